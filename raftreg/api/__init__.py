@@ -1,0 +1,1 @@
+"""gRPC servicers for raftreg.v1, protobuf<->domain conversion, and the one error->status table."""

@@ -1,0 +1,140 @@
+"""Settings, built from `cluster.toml` and passed down as explicit arguments.
+
+Nothing here is a module global: `load_config()` returns a `ClusterConfig`, and every component
+receives the part it needs. `dev_config()` builds a single-node cluster for development that needs
+no file at all.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from raftreg.errors import InvalidArgument
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    raft: str  # host:port of the peer (PySyncObj) port
+    client: str  # host:port of the gRPC API
+    metrics: str = ""  # host:port of the HTTP metrics endpoint; "" disables it
+    data_dir: str = ""  # defaults to <cluster.data_dir>/<name>
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    name: str = "raftreg"
+    # Secret for the raft port (PySyncObj `password`: Fernet-encrypted, authenticated peer
+    # messages). Required: a node refuses to start without one.
+    secret: str = ""
+    data_dir: str = "data"
+    # Raft timing (seconds). Election timeout is drawn from [min, max].
+    heartbeat_interval: float = 0.05
+    election_timeout_min: float = 0.4
+    election_timeout_max: float = 0.8
+    # A leader that has not heard from a majority for this long steps down.
+    leader_fallback_timeout: float = 0.6
+    # Group commit: wait this long for more proposals when others are already in flight.
+    batch_linger_ms: float = 2.0
+    batch_max: int = 256
+    # Log compaction (snapshot) thresholds.
+    snapshot_entries: int = 20000
+    snapshot_interval_s: float = 600.0
+    # How long a proposal waits for its commit before answering "outcome unknown".
+    propose_timeout_s: float = 5.0
+    # Store limits.
+    max_value_bytes: int = 1_572_864
+    max_txn_ops: int = 128
+    # Automatic compaction keeps this many revisions of history (0 disables it).
+    auto_compact_retain: int = 100_000
+    # Leases.
+    min_lease_ttl: int = 2
+    lease_checkpoint_interval_s: float = 5.0
+    # Request-identity entries of clients idle this long are forgotten.
+    client_idle_expiry_s: float = 3600.0
+    # Watches: events buffered per watch stream before the slow watcher is cancelled.
+    watch_buffer_events: int = 10_000
+    watch_progress_interval_s: float = 10.0
+    use_uvloop: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    settings: ClusterSettings
+    nodes: tuple[NodeConfig, ...] = field(default_factory=tuple)
+    path: Path | None = None
+
+    def node(self, name: str) -> NodeConfig:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise InvalidArgument(f"no node named {name!r} in {self.path or 'the configuration'}")
+
+    def data_dir(self, node: NodeConfig) -> Path:
+        base = self.path.parent if self.path is not None else Path.cwd()
+        d = Path(node.data_dir) if node.data_dir else Path(self.settings.data_dir) / node.name
+        return d if d.is_absolute() else base / d
+
+    @property
+    def client_endpoints(self) -> list[str]:
+        return [n.client for n in self.nodes]
+
+
+def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise InvalidArgument(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return cls(**raw)
+
+
+def parse_config(raw: dict[str, Any], path: Path | None = None) -> ClusterConfig:
+    settings = _build(ClusterSettings, dict(raw.get("cluster", {})), "[cluster]")
+    nodes = tuple(_build(NodeConfig, dict(n), "[[node]]") for n in raw.get("node", []))
+    if not nodes:
+        raise InvalidArgument("configuration names no [[node]]")
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise InvalidArgument("node names must be unique")
+    for n in nodes:
+        for addr in (n.raft, n.client) + ((n.metrics,) if n.metrics else ()):
+            split_hostport(addr)
+    return ClusterConfig(settings=settings, nodes=nodes, path=path)
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    p = Path(path).resolve()
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise InvalidArgument(f"configuration file {p} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidArgument(f"{p}: {e}") from None
+    return parse_config(raw, p)
+
+
+def dev_config(
+    data_dir: str | Path, client: str = "127.0.0.1:2379", raft: str = "127.0.0.1:2380"
+) -> ClusterConfig:
+    """A one-node cluster for development: a fresh random secret, everything on loopback."""
+    settings = ClusterSettings(
+        name="raftreg-dev", secret=secrets.token_urlsafe(24), data_dir=str(data_dir)
+    )
+    node = NodeConfig(name="dev", raft=raft, client=client, data_dir=str(Path(data_dir)))
+    return ClusterConfig(settings=settings, nodes=(node,), path=None)
+
+
+def with_settings(cfg: ClusterConfig, **changes: Any) -> ClusterConfig:
+    return replace(cfg, settings=replace(cfg.settings, **changes))
+
+
+def split_hostport(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidArgument(f"address {addr!r} is not host:port")
+    return host.strip("[]"), int(port)
+

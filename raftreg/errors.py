@@ -1,0 +1,75 @@
+"""raftreg's one exception tree.
+
+Every layer raises these; the API maps them to gRPC status codes in one table
+(`raftreg.api.status`) and the gRPC client maps status codes back into them, so callers of any
+`RegistryClient` implementation catch the same classes whatever the backend.
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base of every error raftreg raises on purpose."""
+
+
+class InvalidArgument(RegistryError):
+    """The request is malformed; nothing was changed."""
+
+
+class NotFound(RegistryError):
+    """A named object (lease, member) does not exist; nothing was changed."""
+
+
+class LeaseNotFound(NotFound):
+    """The lease does not exist or has expired."""
+
+
+class AlreadyExists(RegistryError):
+    """The object to create exists already (e.g. a client-chosen lease id)."""
+
+
+class FailedPrecondition(RegistryError):
+    """The request is valid but cannot be applied in the current state."""
+
+
+class Compacted(RegistryError):
+    """The requested revision has been compacted away."""
+
+    def __init__(self, message: str, compact_revision: int = 0) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class FutureRevision(RegistryError):
+    """The requested revision is newer than the store's current revision."""
+
+
+class Unavailable(RegistryError):
+    """No quorum, no leader, or the node cannot be reached; the request was not applied."""
+
+
+class OutcomeUnknown(Unavailable):
+    """A write may or may not have been applied (leader change, timeout after proposing).
+
+    Retrying with the same request identity is safe: the store applies it at most once.
+    """
+
+
+class DeadlineExceeded(RegistryError):
+    """The caller's deadline passed before an answer arrived."""
+
+
+class ResourceExhausted(RegistryError):
+    """A limit was hit (rate limit, watcher buffer, proposal queue)."""
+
+
+class PermissionDenied(RegistryError):
+    """The caller is not allowed to do this."""
+
+
+class Unauthenticated(RegistryError):
+    """The caller presented no valid credentials."""
+
+
+class Cancelled(RegistryError):
+    """The operation was cancelled (e.g. a watch cancelled by the server)."""
