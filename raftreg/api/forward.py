@@ -1,0 +1,115 @@
+"""Forwarding of leader-only lease requests from a follower to the leader's client API.
+
+Writes need no help here (the consensus layer forwards proposals); lease keepalives and
+time-to-live are not replicated, so a follower relays them: unary calls over a channel to the
+current leader, keepalives over one shared LeaseKeepAlive stream whose answers are matched to
+callers by lease id, first come first served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from raftreg.api.status import error_from_status
+from raftreg.errors import Unavailable
+from raftreg.pb import raftreg_pb2 as pb
+from raftreg.pb import raftreg_pb2_grpc as pbg
+
+log = logging.getLogger("raftreg.forward")
+
+
+class LeaderLink:
+    def __init__(self, leader_client_addr: Callable[[], str | None], timeout: float) -> None:
+        self._addr = leader_client_addr
+        self._timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._channel_addr: str | None = None
+        self._ka_queue: asyncio.Queue[pb.LeaseKeepAliveRequest] | None = None
+        self._ka_waiters: dict[int, deque[asyncio.Future[int]]] = defaultdict(deque)
+        self._ka_task: asyncio.Task[None] | None = None
+
+    def _stub(self) -> Any:  # an aio LeaseStub (the generated stubs are typed for sync channels)
+        addr = self._addr()
+        if addr is None:
+            raise Unavailable("no leader to forward to")
+        if addr != self._channel_addr:
+            self._reset()
+            self._channel = grpc.aio.insecure_channel(addr)
+            self._channel_addr = addr
+        assert self._channel is not None
+        return pbg.LeaseStub(self._channel)
+
+    def _reset(self) -> None:
+        if self._ka_task is not None:
+            self._ka_task.cancel()
+            self._ka_task = None
+        self._fail_waiters(Unavailable("leader changed while forwarding a keepalive"))
+        if self._channel is not None:
+            asyncio.get_running_loop().create_task(self._channel.close(None))
+        self._channel = None
+        self._channel_addr = None
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        for q in self._ka_waiters.values():
+            for fut in q:
+                if not fut.done():
+                    fut.set_exception(exc)
+        self._ka_waiters.clear()
+
+    async def time_to_live(self, req: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+        try:
+            resp = await self._stub().LeaseTimeToLive(req, timeout=self._timeout)
+            assert isinstance(resp, pb.LeaseTimeToLiveResponse)
+            return resp
+        except grpc.aio.AioRpcError as e:
+            md: Any = e.trailing_metadata() or ()
+            err = error_from_status(e.code(), e.details() or "", md)
+            raise err from None
+
+    async def keepalive(self, lease_id: int) -> int:
+        stub = self._stub()
+        if self._ka_task is None or self._ka_task.done():
+            self._ka_queue = asyncio.Queue()
+            self._ka_task = asyncio.create_task(self._run_keepalive_stream(stub, self._ka_queue))
+        assert self._ka_queue is not None
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._ka_waiters[lease_id].append(fut)
+        self._ka_queue.put_nowait(pb.LeaseKeepAliveRequest(ID=lease_id))
+        try:
+            return await asyncio.wait_for(fut, self._timeout)
+        except TimeoutError:
+            with contextlib.suppress(ValueError):
+                self._ka_waiters[lease_id].remove(fut)
+            raise Unavailable("the leader did not answer the keepalive in time") from None
+
+    async def _run_keepalive_stream(
+        self, stub: Any, queue: asyncio.Queue[pb.LeaseKeepAliveRequest]
+    ) -> None:
+        async def requests() -> AsyncIterator[pb.LeaseKeepAliveRequest]:
+            while True:
+                yield await queue.get()
+
+        try:
+            call = stub.LeaseKeepAlive(requests())
+            async for resp in call:
+                waiters = self._ka_waiters.get(resp.ID)
+                if waiters:
+                    fut = waiters.popleft()
+                    if not fut.done():
+                        fut.set_result(resp.TTL)
+        except grpc.aio.AioRpcError as e:
+            log.info("keepalive forwarding stream ended: %s", e.code())
+            self._fail_waiters(Unavailable(f"forwarding to the leader failed: {e.details()}"))
+
+    async def close(self) -> None:
+        if self._ka_task is not None:
+            self._ka_task.cancel()
+        if self._channel is not None:
+            await self._channel.close(None)

@@ -1,0 +1,335 @@
+"""grpc.aio servicers for raftreg.v1 over a `RegistryNode`.
+
+Every handler is wrapped by `_rpc`, the single place where a `RegistryError` becomes a gRPC
+status (through `raftreg.api.status`). Handlers only convert and delegate; they hold no state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from raftreg import __version__
+from raftreg.api import convert
+from raftreg.api.status import status_for
+from raftreg.api.forward import LeaderLink
+from raftreg.errors import FailedPrecondition, InvalidArgument, LeaseNotFound, RegistryError
+from raftreg.pb import raftreg_pb2 as pb
+from raftreg.pb import raftreg_pb2_grpc as pbg
+from raftreg.server.node import RegistryNode
+from raftreg.server.watch import Outgoing, WatchSpec
+from raftreg.store.commands import (
+    Compact,
+    DeleteResult,
+    LeaseGrant,
+    LeaseGrantResult,
+    LeaseRevoke,
+    PutResult,
+    Result,
+    TxnResult,
+)
+
+log = logging.getLogger("raftreg.api")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+
+
+def _rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except RegistryError as e:
+            code, details, md = status_for(e)
+            context.set_trailing_metadata(md)
+            await context.abort(code, details)
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the node's log")
+        raise AssertionError("unreachable")  # abort() always raises
+
+    return wrapper
+
+
+def _request_id(m: pb.RequestId) -> tuple[int, int]:
+    return m.client_id, m.seq
+
+
+class _Base:
+    def __init__(self, node: RegistryNode) -> None:
+        self.node = node
+
+    def header(self, revision: int | None = None) -> pb.ResponseHeader:
+        n = self.node
+        return pb.ResponseHeader(
+            cluster_id=n.cluster_id,
+            member_id=n.member_id,
+            revision=n.revision if revision is None else revision,
+            raft_term=n.raft.term,
+        )
+
+
+class KVServicer(_Base, pbg.KVServicer):
+    @_rpc
+    async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:
+        r = convert.range_from_pb(request)
+        result = await self.node.read(r, serializable=request.serializable)
+        return convert.range_result_to_pb(result, self.header(result.revision))
+
+    @_rpc
+    async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
+        result = await self.node.write(
+            convert.put_from_pb(request), *_request_id(request.request_id)
+        )
+        assert isinstance(result, PutResult)
+        return convert.put_result_to_pb(result, self.header(result.revision))
+
+    @_rpc
+    async def DeleteRange(
+        self, request: pb.DeleteRangeRequest, context: Any
+    ) -> pb.DeleteRangeResponse:
+        result = await self.node.write(
+            convert.delete_from_pb(request), *_request_id(request.request_id)
+        )
+        assert isinstance(result, DeleteResult)
+        return convert.delete_result_to_pb(result, self.header(result.revision))
+
+    @_rpc
+    async def Txn(self, request: pb.TxnRequest, context: Any) -> pb.TxnResponse:
+        txn = convert.txn_from_pb(request)
+        result = await self.node.write(txn, *_request_id(request.request_id))
+        assert isinstance(result, TxnResult)
+        return convert.txn_result_to_pb(result, self.header(result.revision))
+
+    @_rpc
+    async def Compact(
+        self, request: pb.CompactionRequest, context: Any
+    ) -> pb.CompactionResponse:
+        result: Result = await self.node.write(Compact(request.revision))
+        return pb.CompactionResponse(header=self.header(result.revision))
+
+
+class LeaseServicer(_Base, pbg.LeaseServicer):
+    def __init__(self, node: RegistryNode, link: LeaderLink) -> None:
+        super().__init__(node)
+        self.link = link
+
+    @_rpc
+    async def LeaseGrant(
+        self, request: pb.LeaseGrantRequest, context: Any
+    ) -> pb.LeaseGrantResponse:
+        ttl = max(request.TTL, self.node.cfg.settings.min_lease_ttl)
+        result = await self.node.write(
+            LeaseGrant(request.ID, ttl), *_request_id(request.request_id)
+        )
+        assert isinstance(result, LeaseGrantResult)
+        return pb.LeaseGrantResponse(
+            header=self.header(result.revision), ID=result.id, TTL=result.ttl
+        )
+
+    @_rpc
+    async def LeaseRevoke(
+        self, request: pb.LeaseRevokeRequest, context: Any
+    ) -> pb.LeaseRevokeResponse:
+        result = await self.node.write(LeaseRevoke(request.ID), *_request_id(request.request_id))
+        return pb.LeaseRevokeResponse(header=self.header(result.revision))
+
+    async def _renew(self, lease_id: int) -> int:
+        if self.node.raft.is_leader:
+            return await self.node.lessor.renew(lease_id)
+        return await self.link.keepalive(lease_id)
+
+    async def LeaseKeepAlive(
+        self, request_iterator: AsyncIterator[pb.LeaseKeepAliveRequest], context: Any
+    ) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
+        """Requests are served concurrently; each answer names its lease. A renewal that cannot
+        be confirmed ends the stream with the error, so the client reconnects elsewhere."""
+        out: asyncio.Queue[pb.LeaseKeepAliveResponse | RegistryError] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def serve(lease_id: int) -> None:
+            try:
+                ttl = await self._renew(lease_id)
+                out.put_nowait(pb.LeaseKeepAliveResponse(header=self.header(), ID=lease_id,
+                                                         TTL=ttl))
+            except RegistryError as e:
+                out.put_nowait(e)
+
+        async def read() -> None:
+            async for req in request_iterator:
+                t = asyncio.create_task(serve(req.ID))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await out.get()
+                if isinstance(item, RegistryError):
+                    code, details, md = status_for(item)
+                    context.set_trailing_metadata(md)
+                    await context.abort(code, details)
+                else:
+                    yield item
+        finally:
+            reader.cancel()
+            for t in tasks:
+                t.cancel()
+
+    @_rpc
+    async def LeaseTimeToLive(
+        self, request: pb.LeaseTimeToLiveRequest, context: Any
+    ) -> pb.LeaseTimeToLiveResponse:
+        if not self.node.raft.is_leader:
+            return await self.link.time_to_live(request)
+        try:
+            left, lease = await self.node.lessor.remaining(request.ID)
+        except LeaseNotFound:
+            return pb.LeaseTimeToLiveResponse(header=self.header(), ID=request.ID, TTL=-1)
+        return pb.LeaseTimeToLiveResponse(
+            header=self.header(),
+            ID=request.ID,
+            TTL=left,
+            grantedTTL=lease.ttl,
+            keys=sorted(lease.keys) if request.keys else [],
+        )
+
+    @_rpc
+    async def LeaseLeases(
+        self, request: pb.LeaseLeasesRequest, context: Any
+    ) -> pb.LeaseLeasesResponse:
+        await self.node.barrier()
+        leases = self.node.lease_ids()
+        return pb.LeaseLeasesResponse(
+            header=self.header(), leases=[pb.LeaseStatus(ID=i) for i in leases]
+        )
+
+
+class WatchServicer(_Base, pbg.WatchServicer):
+    def _to_pb(self, m: Outgoing) -> pb.WatchResponse:
+        return pb.WatchResponse(
+            header=self.header(m.revision),
+            watch_id=m.watch_id,
+            created=m.created,
+            canceled=m.canceled,
+            compact_revision=m.compact_revision,
+            cancel_reason=m.cancel_reason,
+            events=[convert.event_to_pb(e) for e in m.events],
+        )
+
+    async def Watch(
+        self, request_iterator: AsyncIterator[pb.WatchRequest], context: Any
+    ) -> AsyncIterator[pb.WatchResponse]:
+        hub = self.node.watches
+        stream = hub.open_stream()
+
+        async def read() -> None:
+            async for req in request_iterator:
+                which = req.WhichOneof("request_union")
+                if which == "create_request":
+                    c = req.create_request
+                    try:
+                        if not c.key:
+                            raise InvalidArgument("key is not provided")
+                        spec = WatchSpec(
+                            key=c.key,
+                            range_end=c.range_end,
+                            start_revision=max(c.start_revision, 0),
+                            prev_kv=c.prev_kv,
+                            no_put=pb.WatchCreateRequest.NOPUT in c.filters,
+                            no_delete=pb.WatchCreateRequest.NODELETE in c.filters,
+                            progress_notify=c.progress_notify,
+                        )
+                    except RegistryError as e:
+                        stream.send(Outgoing(c.watch_id or -1, self.node.revision, created=True,
+                                             canceled=True, cancel_reason=str(e)))
+                        continue
+                    hub.create(stream, spec, c.watch_id)
+                elif which == "cancel_request":
+                    hub.cancel(stream, req.cancel_request.watch_id)
+                elif which == "progress_request":
+                    hub.progress(stream)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                msg = await stream.queue.get()
+                if msg is None:
+                    break
+                stream.taken(msg)
+                yield self._to_pb(msg)
+        finally:
+            reader.cancel()
+            stream.close()
+
+
+class ClusterServicer(_Base, pbg.ClusterServicer):
+    def _members(self) -> list[pb.Member]:
+        n = self.node
+        st = n.raft_status()
+        out = []
+        for m in n.members:
+            is_self = m.id == n.member_id
+            out.append(
+                pb.Member(
+                    ID=m.id,
+                    name=m.name,
+                    peerURLs=[f"tcp://{m.raft}"],
+                    clientURLs=[f"http://{m.client}"],
+                    isLeader=st.leader == m.raft,
+                    connected=is_self or m.raft in st.connected,
+                )
+            )
+        return out
+
+    @_rpc
+    async def MemberList(
+        self, request: pb.MemberListRequest, context: Any
+    ) -> pb.MemberListResponse:
+        if request.linearizable:
+            await self.node.barrier()
+        return pb.MemberListResponse(header=self.header(), members=self._members())
+
+    @_rpc
+    async def MemberAdd(self, request: pb.MemberAddRequest, context: Any) -> pb.MemberAddResponse:
+        raise FailedPrecondition("live membership changes are not supported yet")
+
+    @_rpc
+    async def MemberRemove(
+        self, request: pb.MemberRemoveRequest, context: Any
+    ) -> pb.MemberRemoveResponse:
+        raise FailedPrecondition("live membership changes are not supported yet")
+
+
+class MaintenanceServicer(_Base, pbg.MaintenanceServicer):
+    @_rpc
+    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
+        n = self.node
+        st = n.raft_status()
+        keys, compact_rev, h, leases = n.store_stats()
+        leader = n.leader_member()
+        errors = [] if st.has_quorum else ["no quorum: this node cannot reach a majority"]
+        if leader is None:
+            errors.append("no leader")
+        return pb.StatusResponse(
+            header=self.header(),
+            version=__version__,
+            leader=0 if leader is None else leader.id,
+            raftIndex=st.commit_index,
+            raftTerm=st.term,
+            raftAppliedIndex=st.applied_index,
+            errors=errors,
+            name=n.me.name,
+            keys=keys,
+            compact_revision=compact_rev,
+            hash=h,
+            leases=leases,
+            watchers=n.watcher_count(),
+        )

@@ -1,0 +1,833 @@
+"""The `raftreg` command, in the spirit of etcdctl.
+
+Client commands (put, get, del, txn, compaction, member, endpoint, lease) talk to the
+registry through a `RegistryClient`; `node` and `dev` run a server process. Output formats:
+`simple` (etcdctl-like lines, the default), `table` (aligned columns) and `json` (the response
+with its header; keys and values base64-encoded as etcdctl does).
+
+Contract: `main()` returns the exit status. A `RegistryError` or an OS-level failure prints one
+line `Error: <message>` to stderr and returns 1; bad usage returns 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import importlib
+import json
+import os
+import re
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn, TextIO
+
+from raftreg.client.endpoints import default_endpoints, normalize_endpoints
+from raftreg.client.grpc_client import GrpcRegistryClient
+from raftreg.client.protocol import RegistryClient, prefix_range_end
+from raftreg.config import ClusterConfig, dev_config, load_config, split_hostport
+from raftreg.errors import InvalidArgument, RegistryError
+from raftreg.store.commands import (
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRange,
+    DeleteResult,
+    KeyValue,
+    Put,
+    PutResult,
+    Range,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    Txn,
+    TxnResult,
+)
+
+ClientFactory = Callable[[Sequence[str], float], RegistryClient]
+OpResult = RangeResult | PutResult | DeleteResult | TxnResult
+
+FORMATS = ("simple", "table", "json")
+_SORT_TARGETS = {
+    "KEY": SortTarget.KEY,
+    "VERSION": SortTarget.VERSION,
+    "CREATE": SortTarget.CREATE,
+    "MODIFY": SortTarget.MOD,
+    "VALUE": SortTarget.VALUE,
+}
+
+
+def _default_factory(endpoints: Sequence[str], timeout: float) -> RegistryClient:
+    return GrpcRegistryClient(endpoints, timeout=timeout, connect_timeout=min(3.0, timeout))
+
+
+# --- small parsers ---------------------------------------------------------------------------
+
+
+def parse_lease_id(text: str) -> int:
+    """A lease id: "0x..." is hex, all digits is decimal, anything else is hex (etcdctl prints
+    ids as 16 hex digits)."""
+    s = text.strip().lower()
+    try:
+        if s.startswith("0x"):
+            value = int(s[2:], 16)
+        elif s.isdigit():
+            value = int(s, 10)
+        else:
+            value = int(s, 16)
+    except ValueError:
+        raise InvalidArgument(f"bad lease id {text!r}") from None
+    if not 0 <= value < 1 << 63:
+        raise InvalidArgument(f"lease id {text!r} out of range")
+    return value
+
+
+def _key_arg(text: str) -> bytes:
+    # argv arrives surrogate-escaped on POSIX: fsencode recovers the exact bytes typed.
+    return os.fsencode(text)
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", errors="backslashreplace")
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """An ArgumentParser that raises `InvalidArgument` instead of exiting (for txn lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InvalidArgument(message)
+
+
+def _add_put_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("key")
+    p.add_argument("value")
+    p.add_argument("--prev-kv", action="store_true", help="return the previous key-value")
+    p.add_argument("--lease", type=parse_lease_id, default=0, help="lease id (hex or decimal)")
+
+
+def _add_range_args(p: argparse.ArgumentParser, *, reads: bool) -> None:
+    p.add_argument("key")
+    p.add_argument("range_end", nargs="?", default=None)
+    p.add_argument("--prefix", action="store_true", help="every key with this prefix")
+    p.add_argument("--from-key", action="store_true", help="every key >= KEY")
+    if not reads:
+        p.add_argument("--prev-kv", action="store_true", help="return the deleted key-values")
+        return
+    p.add_argument("--rev", type=int, default=0, help="read at this revision")
+    p.add_argument("--limit", type=int, default=0, help="at most this many keys")
+    p.add_argument("--keys-only", action="store_true")
+    p.add_argument("--count-only", action="store_true")
+    p.add_argument("--print-value-only", action="store_true")
+    p.add_argument(
+        "--consistency", choices=("l", "s"), default="l", help="l: linearizable, s: serializable"
+    )
+    p.add_argument("--sort-by", type=str.upper, choices=tuple(_SORT_TARGETS), default=None)
+    p.add_argument("--order", type=str.upper, choices=("ASCEND", "DESCEND"), default=None)
+
+
+def _range_bounds(ns: argparse.Namespace) -> tuple[bytes, bytes]:
+    key = _key_arg(ns.key)
+    given = [ns.range_end is not None, ns.prefix, ns.from_key]
+    if sum(given) > 1:
+        raise InvalidArgument("use only one of RANGE_END, --prefix and --from-key")
+    if ns.prefix:
+        return key, prefix_range_end(key)
+    if ns.from_key:
+        return key, b"\0"
+    return key, _key_arg(ns.range_end) if ns.range_end is not None else b""
+
+
+def _range_op(ns: argparse.Namespace) -> Range:
+    key, end = _range_bounds(ns)
+    order = SortOrder[ns.order] if ns.order else SortOrder.NONE
+    if ns.sort_by and order is SortOrder.NONE:
+        order = SortOrder.ASCEND
+    target = _SORT_TARGETS[ns.sort_by] if ns.sort_by else SortTarget.KEY
+    return Range(key, end, ns.rev, ns.limit, order, target, ns.keys_only, ns.count_only)
+
+
+def _put_op(ns: argparse.Namespace) -> Put:
+    return Put(_key_arg(ns.key), _key_arg(ns.value), ns.lease, ns.prev_kv)
+
+
+def _delete_op(ns: argparse.Namespace) -> DeleteRange:
+    key, end = _range_bounds(ns)
+    return DeleteRange(key, end, ns.prev_kv)
+
+
+def _op_parser() -> _RaisingParser:
+    p = _RaisingParser(prog="txn", add_help=False)
+    sub = p.add_subparsers(dest="op", required=True, parser_class=_RaisingParser)
+    _add_put_args(sub.add_parser("put", add_help=False))
+    _add_range_args(sub.add_parser("get", add_help=False), reads=True)
+    _add_range_args(sub.add_parser("del", add_help=False), reads=False)
+    return p
+
+
+def parse_op(line: str, parser: _RaisingParser | None = None) -> Range | Put | DeleteRange:
+    """One txn request line: `put KEY VALUE [--lease ID]`, `get KEY [RANGE_END] [flags]` or
+    `del KEY [RANGE_END] [--prefix] [--prev-kv]` (shell-style quoting)."""
+    try:
+        words = shlex.split(line)
+    except ValueError as e:
+        raise InvalidArgument(f"bad request {line!r}: {e}") from None
+    try:
+        ns = (parser or _op_parser()).parse_args(words)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"bad request {line!r}: {e}") from None
+    if ns.op == "put":
+        return _put_op(ns)
+    if ns.op == "get":
+        return _range_op(ns)
+    return _delete_op(ns)
+
+
+_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+_COMPARE_RE = re.compile(
+    rf"^\s*(\w+)\s*\(\s*{_QUOTED}\s*\)\s*(==|=|!=|<|>)\s*(?:{_QUOTED}|(\S+))\s*$"
+)
+_COMPARE_TARGETS = {
+    "ver": CompareTarget.VERSION,
+    "version": CompareTarget.VERSION,
+    "c": CompareTarget.CREATE,
+    "create": CompareTarget.CREATE,
+    "m": CompareTarget.MOD,
+    "mod": CompareTarget.MOD,
+    "val": CompareTarget.VALUE,
+    "value": CompareTarget.VALUE,
+    "lease": CompareTarget.LEASE,
+}
+_COMPARE_OPS = {
+    "=": CompareResult.EQUAL,
+    "==": CompareResult.EQUAL,
+    "!=": CompareResult.NOT_EQUAL,
+    "<": CompareResult.LESS,
+    ">": CompareResult.GREATER,
+}
+
+
+def _unquote(s: str) -> str:
+    try:
+        out = json.loads(f'"{s}"')
+    except json.JSONDecodeError:
+        return s
+    return out if isinstance(out, str) else s
+
+
+def parse_compare(line: str) -> Compare:
+    """One etcdctl compare line, e.g. `value("k") = "v"`, `mod("k") > "5"`,
+    `version("k") = "0"`, `create("k") < "3"`, `lease("k") = "694d77aa9e38260f"`."""
+    m = _COMPARE_RE.match(line)
+    if m is None:
+        raise InvalidArgument(f"malformed comparison: {line}")
+    name, key, op, quoted, bare = m.groups()
+    target = _COMPARE_TARGETS.get(name.lower())
+    if target is None:
+        raise InvalidArgument(f"malformed comparison: {line} (unknown target {name!r})")
+    raw = _unquote(quoted) if quoted is not None else bare
+    operand: bytes | int
+    if target is CompareTarget.VALUE:
+        operand = os.fsencode(raw)
+    elif target is CompareTarget.LEASE:
+        operand = parse_lease_id(raw)
+    else:
+        try:
+            operand = int(raw, 10)
+        except ValueError:
+            raise InvalidArgument(f"malformed comparison: {line} (not a number)") from None
+    return Compare(os.fsencode(_unquote(key)), target, _COMPARE_OPS[op], operand)
+
+
+def read_txn(lines: Iterator[str], prompt: Callable[[str], None] | None = None) -> Txn:
+    """etcdctl's txn format: compare lines, a blank line, success requests, a blank line,
+    failure requests, a blank line (or end of input). Reads no further than that."""
+    parser = _op_parser()
+    sections: list[list[str]] = []
+    titles = (
+        "compares:",
+        "success requests (get, put, del):",
+        "failure requests (get, put, del):",
+    )
+    for title in titles:
+        if prompt is not None:
+            prompt(title)
+        section: list[str] = []
+        for raw in lines:
+            line = raw.strip()
+            if not line:
+                break
+            section.append(line)
+        sections.append(section)
+    compares, success, failure = sections
+    return Txn(
+        compare=tuple(parse_compare(c) for c in compares),
+        success=tuple(parse_op(o, parser) for o in success),
+        failure=tuple(parse_op(o, parser) for o in failure),
+    )
+
+
+def parse_txn(text: str) -> Txn:
+    return read_txn(iter(text.splitlines()))
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A bordered table with columns as wide as their widest cell."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+
+    return "\n".join([rule, line(headers), rule, *(line(r) for r in cells), rule])
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def kv_json(kv: KeyValue) -> dict[str, Any]:
+    return {
+        "key": _b64(kv.key),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+        "value": _b64(kv.value),
+        "lease": kv.lease,
+    }
+
+
+def result_json(r: OpResult) -> dict[str, Any]:
+    """The etcd-shaped JSON of a KV response; the header carries the revision."""
+    out: dict[str, Any] = {"header": {"revision": r.revision}}
+    if isinstance(r, RangeResult):
+        out.update(kvs=[kv_json(kv) for kv in r.kvs], more=r.more, count=r.count)
+    elif isinstance(r, PutResult):
+        if r.prev_kv is not None:
+            out["prev_kv"] = kv_json(r.prev_kv)
+    elif isinstance(r, DeleteResult):
+        out.update(deleted=r.deleted, prev_kvs=[kv_json(kv) for kv in r.prev_kvs])
+    else:
+        names = {
+            RangeResult: "response_range",
+            PutResult: "response_put",
+            DeleteResult: "response_delete_range",
+            TxnResult: "response_txn",
+        }
+        out["succeeded"] = r.succeeded
+        out["responses"] = [{names[type(x)]: result_json(x)} for x in r.responses]
+    return out
+
+
+def _kv_lines(
+    kvs: Sequence[KeyValue], *, keys_only: bool = False, value_only: bool = False
+) -> list[str]:
+    out: list[str] = []
+    for kv in kvs:
+        if not value_only:
+            out.append(_text(kv.key))
+        if not keys_only:
+            out.append(_text(kv.value))
+    return out
+
+
+def simple_lines(r: OpResult, *, keys_only: bool = False, value_only: bool = False) -> list[str]:
+    """etcdctl's simple output of a KV response."""
+    if isinstance(r, RangeResult):
+        return _kv_lines(r.kvs, keys_only=keys_only, value_only=value_only)
+    if isinstance(r, PutResult):
+        return ["OK", *(_kv_lines([r.prev_kv]) if r.prev_kv is not None else [])]
+    if isinstance(r, DeleteResult):
+        return [str(r.deleted), *_kv_lines(r.prev_kvs)]
+    out = ["SUCCESS" if r.succeeded else "FAILURE"]
+    for x in r.responses:
+        out += ["", *simple_lines(x)]
+    return out
+
+
+KV_HEADERS = ("KEY", "VALUE", "CREATE_REV", "MOD_REV", "VERSION", "LEASE")
+
+
+def kv_rows(kvs: Sequence[KeyValue]) -> list[list[object]]:
+    return [
+        [
+            _text(kv.key),
+            _text(kv.value),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version,
+            f"{kv.lease:x}" if kv.lease else "0",
+        ]
+        for kv in kvs
+    ]
+
+
+@dataclass
+class _Ctx:
+    fmt: str
+    endpoints: list[str]
+    timeout: float
+    factory: ClientFactory
+    out: TextIO
+    err: TextIO
+    stdin: TextIO
+
+    def print(self, *lines: str) -> None:
+        for line in lines:
+            self.out.write(line + "\n")
+
+    def json(self, obj: object) -> None:
+        self.out.write(json.dumps(obj) + "\n")
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        self.out.write(format_table(headers, rows) + "\n")
+
+
+# --- client commands ---------------------------------------------------------------------------
+
+Command = Callable[[RegistryClient, argparse.Namespace, _Ctx], Awaitable[int]]
+
+
+def _print_result(ctx: _Ctx, r: OpResult) -> None:
+    if ctx.fmt == "json":
+        ctx.json(result_json(r))
+    elif ctx.fmt == "table" and isinstance(r, RangeResult):
+        ctx.table(KV_HEADERS, kv_rows(r.kvs))
+    elif ctx.fmt == "table" and isinstance(r, DeleteResult) and r.prev_kvs:
+        ctx.table(KV_HEADERS, kv_rows(r.prev_kvs))
+    else:
+        ctx.print(*simple_lines(r))
+
+
+async def cmd_put(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    op = _put_op(ns)
+    _print_result(ctx, await client.put(op.key, op.value, lease=op.lease, prev_kv=op.prev_kv))
+    return 0
+
+
+async def cmd_get(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    r = _range_op(ns)
+    res = await client.get(
+        r.key,
+        range_end=r.range_end,
+        revision=r.revision,
+        limit=r.limit,
+        keys_only=r.keys_only,
+        count_only=r.count_only,
+        serializable=ns.consistency == "s",
+        sort_order=r.sort_order,
+        sort_target=r.sort_target,
+    )
+    if ctx.fmt == "simple" and r.count_only:
+        ctx.print(str(res.count))
+    elif ctx.fmt == "simple":
+        ctx.print(*simple_lines(res, keys_only=r.keys_only, value_only=ns.print_value_only))
+    else:
+        _print_result(ctx, res)
+    return 0
+
+
+async def cmd_del(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    d = _delete_op(ns)
+    _print_result(ctx, await client.delete(d.key, range_end=d.range_end, prev_kv=d.prev_kv))
+    return 0
+
+
+async def cmd_txn(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    interactive = ctx.stdin.isatty()
+
+    def prompt(title: str) -> None:
+        ctx.err.write(title + "\n")
+        ctx.err.flush()
+
+    txn = read_txn(iter(ctx.stdin), prompt if interactive else None)
+    _print_result(ctx, await client.txn(txn))
+    return 0
+
+
+async def cmd_compaction(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    rev = await client.compact(ns.revision)
+    if ctx.fmt == "json":
+        ctx.json({"header": {"revision": rev}})
+    else:
+        ctx.print(f"compacted revision {ns.revision}")
+    return 0
+
+
+async def cmd_member_list(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    members = await client.member_list()
+    if ctx.fmt == "json":
+        ctx.json({"members": [asdict(m) for m in members]})
+        return 0
+    rows = [
+        [
+            f"{m.id:x}",
+            "started" if m.connected else "unreachable",
+            m.name,
+            ",".join(m.peer_urls),
+            ",".join(m.client_urls),
+            str(m.is_learner).lower(),
+            str(m.is_leader).lower(),
+        ]
+        for m in members
+    ]
+    if ctx.fmt == "table":
+        ctx.table(
+            ("ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER", "IS LEADER"),
+            rows,
+        )
+    else:
+        ctx.print(*(", ".join(r) for r in rows))
+    return 0
+
+
+STATUS_HEADERS = (
+    "ENDPOINT",
+    "ID",
+    "NAME",
+    "VERSION",
+    "IS LEADER",
+    "RAFT TERM",
+    "RAFT INDEX",
+    "APPLIED INDEX",
+    "REVISION",
+    "COMPACTED",
+    "KEYS",
+    "HASH",
+    "ERRORS",
+)
+
+
+async def cmd_endpoint_status(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    eps = list(client.endpoints)
+    results = await asyncio.gather(*(client.status(ep) for ep in eps), return_exceptions=True)
+    rows: list[list[object]] = []
+    docs: list[dict[str, Any]] = []
+    failed = 0
+    for ep, st in zip(eps, results, strict=True):
+        if isinstance(st, RegistryError):
+            ctx.err.write(f"Error: failed to get the status of endpoint {ep}: {st}\n")
+            failed += 1
+            continue
+        if isinstance(st, BaseException):
+            raise st
+        docs.append({"Endpoint": ep, "Status": asdict(st)})
+        rows.append(
+            [
+                ep,
+                f"{st.member_id:x}",
+                st.name,
+                st.version,
+                str(st.is_leader).lower(),
+                st.raft_term,
+                st.raft_index,
+                st.applied_index,
+                st.revision,
+                st.compact_revision,
+                st.keys,
+                f"{st.hash:x}",
+                "; ".join(st.errors),
+            ]
+        )
+    if ctx.fmt == "json":
+        ctx.json(docs)
+    elif ctx.fmt == "table" and rows:
+        ctx.table(STATUS_HEADERS, rows)
+    else:
+        ctx.print(*(", ".join(str(c) for c in r) for r in rows))
+    return 1 if failed else 0
+
+
+async def _check_health(ctx: _Ctx, endpoint: str) -> tuple[str, bool, float, str]:
+    start = time.monotonic()
+    try:
+        async with ctx.factory([endpoint], ctx.timeout) as c:
+            await c.get(b"health", count_only=True)
+    except RegistryError as e:
+        return endpoint, False, time.monotonic() - start, str(e)
+    return endpoint, True, time.monotonic() - start, ""
+
+
+async def cmd_endpoint_health(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    results = await asyncio.gather(*(_check_health(ctx, ep) for ep in client.endpoints))
+    if ctx.fmt == "json":
+        ctx.json(
+            [
+                {"endpoint": ep, "health": ok, "took": f"{took * 1000:.3f}ms", "error": err}
+                for ep, ok, took, err in results
+            ]
+        )
+    elif ctx.fmt == "table":
+        ctx.table(
+            ("ENDPOINT", "HEALTH", "TOOK", "ERROR"),
+            [[ep, str(ok).lower(), f"{took * 1000:.3f}ms", err] for ep, ok, took, err in results],
+        )
+    else:
+        for ep, ok, took, err in results:
+            if ok:
+                ctx.print(
+                    f"{ep} is healthy: successfully committed proposal: took = {took * 1000:.3f}ms"
+                )
+            else:
+                ctx.err.write(f"{ep} is unhealthy: failed to commit proposal: {err}\n")
+    return 0 if all(ok for _, ok, _, _ in results) else 1
+
+
+async def cmd_lease_grant(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    r = await client.lease_grant(ns.ttl)
+    if ctx.fmt == "json":
+        ctx.json({"header": {"revision": r.revision}, "ID": r.id, "TTL": r.ttl})
+    else:
+        ctx.print(f"lease {r.id:016x} granted with TTL({r.ttl}s)")
+    return 0
+
+
+async def cmd_lease_revoke(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    await client.lease_revoke(ns.id)
+    if ctx.fmt == "json":
+        ctx.json({"ID": ns.id, "revoked": True})
+    else:
+        ctx.print(f"lease {ns.id:016x} revoked")
+    return 0
+
+
+async def cmd_lease_timetolive(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    t = await client.lease_time_to_live(ns.id, keys=ns.keys)
+    if ctx.fmt == "json":
+        ctx.json(
+            {
+                "ID": t.id,
+                "TTL": t.ttl,
+                "grantedTTL": t.granted_ttl,
+                "keys": [_b64(k) for k in t.keys],
+            }
+        )
+        return 0
+    if t.ttl == -1:
+        ctx.print(f"lease {ns.id:016x} already expired")
+        return 0
+    line = f"lease {t.id:016x} granted with TTL({t.granted_ttl}s), remaining({t.ttl}s)"
+    if ns.keys:
+        line += f", attached keys([{' '.join(_text(k) for k in t.keys)}])"
+    ctx.print(line)
+    return 0
+
+
+async def cmd_lease_list(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    ids = await client.lease_list()
+    if ctx.fmt == "json":
+        ctx.json({"leases": [{"ID": i} for i in ids]})
+    elif ctx.fmt == "table":
+        ctx.table(("ID",), [[f"{i:016x}"] for i in ids])
+    else:
+        ctx.print(f"found {len(ids)} leases", *(f"{i:016x}" for i in ids))
+    return 0
+
+
+# --- server commands -----------------------------------------------------------------------
+
+
+ServeNode = Callable[[ClusterConfig, str], int]
+
+
+def _serve_node() -> ServeNode:
+    """`raftreg.server.main.serve_node(cfg, name) -> int`, imported only when a server command
+    runs (client commands never load the server, and its import errors stay its own)."""
+    try:
+        module = importlib.import_module("raftreg.server.main")
+    except ImportError as e:
+        raise InvalidArgument(f"the raftreg server is not available: {e}") from None
+    fn: ServeNode = module.serve_node
+    return fn
+
+
+def cmd_node(ns: argparse.Namespace, ctx: _Ctx) -> int:
+    cfg = load_config(getattr(ns, "config", "cluster.toml"))
+    cfg.node(ns.name)  # fail early with a clear message for an unknown name
+    return _serve_node()(cfg, ns.name)
+
+
+def _port_free(host: str, port: int) -> bool:
+    if not 0 < port < 65536:
+        return False
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _raft_address(listen: str) -> str:
+    """A free port next to the client port (port + 1 when free, else any free port)."""
+    host, port = split_hostport(listen)
+    if _port_free(host, port + 1):
+        return f"{host}:{port + 1}"
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        free = int(s.getsockname()[1])
+    return f"{host}:{free}"
+
+
+def cmd_dev(ns: argparse.Namespace, ctx: _Ctx) -> int:
+    split_hostport(ns.listen)
+    cfg = dev_config(ns.data_dir, client=ns.listen, raft=_raft_address(ns.listen))
+    serve = _serve_node()
+    ctx.err.write(f"raftreg dev: serving on {ns.listen}, data in {ns.data_dir}\n")
+    return serve(cfg, "dev")
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def _global_options(defaults: bool) -> argparse.ArgumentParser:
+    """Global options; accepted before or after the subcommand. Only the top-level copy has
+    defaults (the others SUPPRESS, so they never overwrite a value given earlier)."""
+    p = argparse.ArgumentParser(add_help=False)
+    d: Callable[[object], object] = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    g = p.add_argument_group("global options")
+    g.add_argument(
+        "--endpoints",
+        default=d(None),
+        help="comma-separated host:port list (default: client addresses in ./cluster.toml, "
+        "else 127.0.0.1:2379)",
+    )
+    g.add_argument("-w", "--write-out", choices=FORMATS, default=d("simple"), help="output format")
+    g.add_argument("--timeout", type=float, default=d(5.0), help="per-request timeout, seconds")
+    g.add_argument("--config", default=d("cluster.toml"), help="cluster configuration file")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options(defaults=False)
+    parser = argparse.ArgumentParser(
+        prog="raftreg",
+        description="raftreg: a Raft-backed etcd-style service registry",
+        parents=[_global_options(defaults=True)],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def leaf(
+        group: Any, name: str, help: str, func: Command | Callable[[argparse.Namespace, _Ctx], int]
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = group.add_parser(name, help=help, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    _add_put_args(leaf(sub, "put", "put a key", cmd_put))
+    _add_range_args(leaf(sub, "get", "get a key or range", cmd_get), reads=True)
+    _add_range_args(leaf(sub, "del", "delete a key or range", cmd_del), reads=False)
+    leaf(sub, "txn", "run a transaction read from stdin (etcdctl format)", cmd_txn)
+    leaf(sub, "compaction", "discard history before REV", cmd_compaction).add_argument(
+        "revision", type=int
+    )
+
+    member = sub.add_parser("member", help="cluster membership").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    leaf(member, "list", "list members", cmd_member_list)
+
+    endpoint = sub.add_parser("endpoint", help="per-endpoint checks").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    leaf(endpoint, "status", "status of every endpoint", cmd_endpoint_status)
+    leaf(endpoint, "health", "health of every endpoint", cmd_endpoint_health)
+
+    lease = sub.add_parser("lease", help="leases").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    leaf(lease, "grant", "grant a lease", cmd_lease_grant).add_argument("ttl", type=int)
+    leaf(lease, "revoke", "revoke a lease", cmd_lease_revoke).add_argument("id", type=_lease_arg)
+    ttl = leaf(lease, "timetolive", "remaining time of a lease", cmd_lease_timetolive)
+    ttl.add_argument("id", type=_lease_arg)
+    ttl.add_argument("--keys", action="store_true", help="also list the attached keys")
+    leaf(lease, "list", "list leases", cmd_lease_list)
+
+    node = leaf(sub, "node", "run one node of the cluster in cluster.toml", cmd_node)
+    node.add_argument("--name", required=True, help="this node's name in the configuration")
+    dev = leaf(sub, "dev", "run a single-node development registry", cmd_dev)
+    dev.add_argument("--data-dir", default="default.raftreg", help="data directory")
+    dev.add_argument("--listen", default="127.0.0.1:2379", help="client address host:port")
+    return parser
+
+
+def _lease_arg(text: str) -> int:
+    try:
+        return parse_lease_id(text)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+_SERVER_COMMANDS = frozenset({"node", "dev"})
+
+
+async def _run_client_command(ns: argparse.Namespace, ctx: _Ctx) -> int:
+    func: Command = ns.func
+    async with ctx.factory(ctx.endpoints, ctx.timeout) as client:
+        return await func(client, ns, ctx)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    client_factory: ClientFactory = _default_factory,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """`main` with injectable client factory and streams (for tests and embedding)."""
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(list(argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    if ns.command is None:
+        parser.print_help(err)
+        return 2
+    try:
+        if ns.timeout <= 0:
+            raise InvalidArgument("--timeout must be positive")
+        endpoints = (
+            list(normalize_endpoints(e for e in ns.endpoints.split(",") if e.strip()))
+            if ns.endpoints
+            else ([] if ns.command in _SERVER_COMMANDS else default_endpoints(ns.config))
+        )
+        ctx = _Ctx(
+            fmt=ns.write_out,
+            endpoints=endpoints,
+            timeout=ns.timeout,
+            factory=client_factory,
+            out=out,
+            err=err,
+            stdin=stdin or sys.stdin,
+        )
+        if ns.command in _SERVER_COMMANDS:
+            server_func: Callable[[argparse.Namespace, _Ctx], int] = ns.func
+            return server_func(ns, ctx)
+        return asyncio.run(_run_client_command(ns, ctx))
+    except RegistryError as e:
+        err.write(f"Error: {e}\n")
+        return 1
+    except OSError as e:
+        err.write(f"Error: {e.strerror or e}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The `RegistryClient` protocol and the small value types it returns.
+
+Every implementation (the raftreg gRPC client, the etcd adapter, the in-memory one) satisfies
+this protocol and raises only `raftreg.errors` exceptions, so callers never depend on a backend.
+
+Keys and values accept `str | bytes`; a `str` is encoded as UTF-8. Results are the store's own
+domain types (`RangeResult`, `PutResult`, ...) so the same objects flow through every layer.
+Range selection follows etcd: `range_end == b""` is the single key, `b"\\0"` every key >= key,
+otherwise the half-open [key, range_end); `prefix=True` derives range_end with
+`prefix_range_end`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from raftreg.errors import InvalidArgument
+from raftreg.store.commands import (
+    DeleteResult,
+    LeaseGrantResult,
+    PutResult,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    Txn,
+    TxnResult,
+)
+
+KeyLike = str | bytes
+
+
+def to_bytes(value: KeyLike) -> bytes:
+    """`value` as bytes; `str` is encoded as UTF-8."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise InvalidArgument(f"expected str or bytes, got {type(value).__name__}")
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """The range_end selecting every key that starts with `prefix` (etcd's `GetPrefixRangeEnd`).
+
+    Trailing 0xff bytes are dropped and the last remaining byte is incremented; when nothing
+    remains (empty or all-0xff prefix) the answer is b"\\0", i.e. "every key >= prefix".
+    """
+    end = bytearray(prefix)
+    while end and end[-1] == 0xFF:
+        end.pop()
+    if not end:
+        return b"\0"
+    end[-1] += 1
+    return bytes(end)
+
+
+def resolve_range(key: KeyLike, range_end: KeyLike, prefix: bool) -> tuple[bytes, bytes]:
+    """(key, range_end) as bytes; `prefix=True` derives range_end and excludes an explicit one."""
+    k = to_bytes(key)
+    end = to_bytes(range_end)
+    if prefix:
+        if end:
+            raise InvalidArgument("give either prefix=True or a range_end, not both")
+        end = prefix_range_end(k)
+    return k, end
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTTL:
+    """A lease's remaining time. `ttl == -1` means the lease does not exist (any more)."""
+
+    id: int
+    ttl: int
+    granted_ttl: int
+    keys: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One cluster member as seen by the node that answered. `client_urls` are as advertised
+    (e.g. "http://127.0.0.1:2379")."""
+
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool = False
+    is_leader: bool = False
+    connected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """The status of the node at `endpoint`. `leader` is the leader's member id (0 = none
+    known); `is_leader` is `member_id == leader`. `errors` lists the node's own complaints
+    (e.g. "no leader")."""
+
+    endpoint: str
+    member_id: int
+    leader: int
+    is_leader: bool
+    name: str = ""
+    version: str = ""
+    revision: int = 0
+    raft_term: int = 0
+    raft_index: int = 0
+    applied_index: int = 0
+    db_size: int = 0
+    db_size_in_use: int = 0
+    keys: int = 0
+    leases: int = 0
+    watchers: int = 0
+    compact_revision: int = 0
+    hash: int = 0
+    is_learner: bool = False
+    errors: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class RegistryClient(Protocol):
+    """An async client of an etcd-style registry.
+
+    Contract: every method raises only `raftreg.errors.RegistryError` subclasses. A write that
+    may or may not have been applied raises `OutcomeUnknown`, never a plain failure.
+    """
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoints ("host:port") this client talks to."""
+        ...
+
+    async def get(
+        self,
+        key: KeyLike,
+        *,
+        range_end: KeyLike = b"",
+        prefix: bool = False,
+        revision: int = 0,
+        limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+        serializable: bool = False,
+        sort_order: SortOrder = SortOrder.NONE,
+        sort_target: SortTarget = SortTarget.KEY,
+    ) -> RangeResult:
+        """Read a key or range. Linearizable unless `serializable=True` (then possibly stale,
+        served by any node)."""
+        ...
+
+    async def put(
+        self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False
+    ) -> PutResult: ...
+
+    async def delete(
+        self,
+        key: KeyLike,
+        *,
+        range_end: KeyLike = b"",
+        prefix: bool = False,
+        prev_kv: bool = False,
+    ) -> DeleteResult: ...
+
+    async def txn(self, txn: Txn) -> TxnResult: ...
+
+    async def compact(self, revision: int) -> int:
+        """Discard history below `revision`; returns the header revision."""
+        ...
+
+    async def lease_grant(self, ttl: int, *, id: int = 0) -> LeaseGrantResult:
+        """Grant a lease of `ttl` seconds; `id=0` lets the server pick the id."""
+        ...
+
+    async def lease_revoke(self, id: int) -> None:
+        """Revoke a lease and delete its keys; `LeaseNotFound` if it does not exist."""
+        ...
+
+    async def lease_time_to_live(self, id: int, *, keys: bool = False) -> LeaseTTL: ...
+
+    async def lease_list(self) -> list[int]: ...
+
+    async def lease_keepalive_once(self, id: int) -> int:
+        """Renew a lease once; returns the new remaining TTL, 0 when the lease is lost."""
+        ...
+
+    async def member_list(self) -> list[Member]: ...
+
+    async def status(self, endpoint: str | None = None) -> NodeStatus:
+        """The status of `endpoint`, or of any reachable endpoint when None."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Idempotent; later calls raise `FailedPrecondition`."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

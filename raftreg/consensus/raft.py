@@ -1,0 +1,322 @@
+"""PySyncObj behind the narrow interface the rest of raftreg sees.
+
+Contract:
+- `propose(data)` replicates one opaque command and resolves with whatever `apply_one(data)`
+  returned on THIS node once THIS node has applied it. Commands from concurrent callers are
+  grouped into one log entry (group commit); a lone proposal goes out at once, later ones wait
+  at most `batch_linger_ms` while earlier entries are in flight.
+- `read_barrier()` resolves once this node has applied a log entry that was proposed after the
+  call began; reads served from the local state machine after it are linearizable. Concurrent
+  readers share one barrier entry.
+- Outcomes: `Unavailable` means the command was certainly not applied; `OutcomeUnknown` means it
+  may have been (leader change, timeout after proposing). Never anything in between.
+- `apply_one`, `snapshot` and `restore` run on PySyncObj's tick thread. They must not block; the
+  owner hands anything slow to its event loop.
+
+Security: the peer protocol is pickle, so a cluster secret is mandatory (PySyncObj encrypts and
+authenticates every peer message with it, and drops a connection whose first message does not
+decrypt). The raft port binds to the configured host only.
+
+Persistence: journal file + msgpack full dump (custom serializer hooks), both under data_dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.node import TCPNode
+
+from raftreg.errors import InvalidArgument, OutcomeUnknown, ResourceExhausted, Unavailable
+
+log = logging.getLogger("raftreg.consensus")
+
+_DUMP_FORMAT = 1
+_DUMP_MAGIC = "raftreg-raft-dump"
+
+ApplyFn = Callable[[bytes], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RaftSettings:
+    self_addr: str
+    peers: tuple[str, ...]  # other members' raft addresses
+    secret: str
+    data_dir: Path
+    heartbeat_interval: float = 0.05
+    election_timeout_min: float = 0.4
+    election_timeout_max: float = 0.8
+    leader_fallback_timeout: float = 0.6
+    batch_linger_ms: float = 2.0
+    batch_max: int = 256
+    snapshot_entries: int = 20000
+    snapshot_interval_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RaftStatus:
+    self_addr: str
+    leader: str | None
+    is_leader: bool
+    term: int
+    commit_index: int
+    applied_index: int
+    log_len: int
+    connected: frozenset[str]
+    has_quorum: bool
+
+
+_NOT_APPLIED = {
+    FAIL_REASON.QUEUE_FULL: "proposal queue is full",
+    FAIL_REASON.MISSING_LEADER: "no leader (election in progress or no quorum)",
+    FAIL_REASON.NOT_LEADER: "the contacted node is not the leader",
+    FAIL_REASON.REQUEST_DENIED: "request denied by the leader",
+    FAIL_REASON.DISCARDED: "entry was replaced by a new leader's log",
+}
+
+
+class _Fsm(SyncObj):  # type: ignore[misc]
+    """The replicated object: one replicated method that applies a group of commands."""
+
+    def __init__(
+        self, self_addr: str, peers: list[str], conf: SyncObjConf, apply_one: ApplyFn
+    ) -> None:
+        self._apply_one = apply_one
+        super().__init__(self_addr, peers, conf)
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply_group(self, payload: bytes) -> list[Any]:
+        # An empty item is a read barrier: it proves the log position and changes nothing.
+        items: list[bytes] = msgpack.unpackb(payload)
+        return [self._apply_one(item) if item else None for item in items]
+
+
+class RaftNode:
+    """One member of the raft group; construct it on the thread that runs the event loop."""
+
+    def __init__(
+        self,
+        settings: RaftSettings,
+        apply_one: ApplyFn,
+        snapshot: Callable[[], bytes],
+        restore: Callable[[bytes], None],
+        *,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        if not settings.secret:
+            raise InvalidArgument("a cluster secret is required on the raft port")
+        self._s = settings
+        self._loop = loop
+        self._snapshot = snapshot
+        self._restore = restore
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(settings.data_dir, 0o700)
+        self._pending: list[tuple[bytes, asyncio.Future[Any] | None]] = []
+        self._barrier: asyncio.Future[Any] | None = None
+        self._inflight = 0
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._closed = False
+        conf = SyncObjConf(
+            password=settings.secret,
+            bindAddress=settings.self_addr,
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=settings.heartbeat_interval,
+            raftMinTimeout=settings.election_timeout_min,
+            raftMaxTimeout=settings.election_timeout_max,
+            leaderFallbackTimeout=settings.leader_fallback_timeout,
+            connectionTimeout=max(settings.election_timeout_max * 2, 1.0),
+            connectionRetryTime=0.2,
+            autoTickPeriod=0.02,
+            commandsWaitLeader=False,
+            journalFile=str(settings.data_dir / "raft.journal"),
+            fullDumpFile=str(settings.data_dir / "raft.dump"),
+            serializer=self._serialize,
+            deserializer=self._deserialize,
+            logCompactionMinEntries=settings.snapshot_entries,
+            logCompactionMinTime=settings.snapshot_interval_s,
+            useFork=False,
+            tcp_keepalive=(3, 1, 3),
+        )
+        self._fsm = _Fsm(settings.self_addr, list(settings.peers), conf, apply_one)
+
+    # ----------------------------------------------------------------------------- proposals
+
+    async def propose(self, data: bytes) -> Any:
+        """Replicate one non-empty command; see the module contract for the outcomes."""
+        assert data, "empty commands are reserved for read barriers"
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._enqueue(data, fut)
+        return await fut
+
+    async def read_barrier(self) -> None:
+        if self._barrier is None:
+            self._barrier = self._loop.create_future()
+            self._enqueue(b"", None)
+        await asyncio.shield(self._barrier)
+
+    def _enqueue(self, data: bytes, fut: asyncio.Future[Any] | None) -> None:
+        if self._closed:
+            raise Unavailable("node is shutting down")
+        self._pending.append((data, fut))
+        if len(self._pending) >= self._s.batch_max:
+            self._flush()
+        elif self._flush_handle is None:
+            if self._inflight == 0:
+                # Nothing in flight: go now, but let callers woken in this loop turn join in.
+                self._flush_handle = self._loop.call_soon(self._flush)
+            else:
+                self._flush_handle = self._loop.call_later(
+                    self._s.batch_linger_ms / 1000.0, self._flush
+                )
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._pending:
+            return
+        items, self._pending = self._pending, []
+        barrier, self._barrier = self._barrier, None
+        self._inflight += 1
+        payload = msgpack.packb([d for d, _ in items])
+
+        def on_done(result: Any, err: int) -> None:  # tick thread
+            self._loop.call_soon_threadsafe(self._resolve, items, barrier, result, err)
+
+        try:
+            self._fsm.apply_group(payload, callback=on_done)
+        except Exception as e:  # pragma: no cover - PySyncObj raises nothing here today
+            self._resolve(items, barrier, None, -1)
+            log.exception("proposal failed: %s", e)
+
+    def _resolve(
+        self,
+        items: list[tuple[bytes, asyncio.Future[Any] | None]],
+        barrier: asyncio.Future[Any] | None,
+        result: Any,
+        err: int,
+    ) -> None:
+        self._inflight -= 1
+        if self._pending and self._inflight == 0 and self._flush_handle is not None:
+            # The batch we were lingering for is done: no reason to keep waiting.
+            self._flush()
+        exc: Exception | None = None
+        if err != FAIL_REASON.SUCCESS:
+            if err in _NOT_APPLIED:
+                kind = ResourceExhausted if err == FAIL_REASON.QUEUE_FULL else Unavailable
+                exc = kind(_NOT_APPLIED[err])
+            else:
+                exc = OutcomeUnknown(f"leader changed before the outcome was known (reason {err})")
+        for i, (_, fut) in enumerate(items):
+            if fut is None or fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result[i])
+        if barrier is not None and not barrier.done():
+            if exc is not None:
+                # A barrier that may or may not have committed proves nothing: not served.
+                barrier.set_exception(Unavailable(str(exc)))
+            else:
+                barrier.set_result(None)
+
+    # ----------------------------------------------------------------------------- persistence
+
+    def _serialize(self, filename: str, data: Any) -> None:  # tick thread
+        last_entry, prev_entry, cluster = data
+        blob = msgpack.packb(
+            {
+                "magic": _DUMP_MAGIC,
+                "format": _DUMP_FORMAT,
+                "state": self._snapshot(),
+                "entries": [list(last_entry), list(prev_entry)],
+                "cluster": sorted(n.address for n in cluster),
+            }
+        )
+        with open(filename, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _deserialize(self, filename: str) -> tuple[Any, Any, Any]:  # tick thread
+        with open(filename, "rb") as f:
+            d = msgpack.unpackb(f.read())
+        if not isinstance(d, dict) or d.get("magic") != _DUMP_MAGIC:
+            raise InvalidArgument(f"{filename} is not a raftreg raft dump")
+        if d.get("format") != _DUMP_FORMAT:
+            raise InvalidArgument(f"{filename}: unsupported dump format {d.get('format')}")
+        self._restore(d["state"])
+        last_entry, prev_entry = (tuple(e) for e in d["entries"])
+        return last_entry, prev_entry, {TCPNode(a) for a in d["cluster"]}
+
+    def force_snapshot(self) -> None:
+        self._fsm.forceLogCompaction()
+
+    # ----------------------------------------------------------------------------- status
+
+    @property
+    def self_addr(self) -> str:
+        return self._s.self_addr
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self._fsm._isLeader())
+
+    @property
+    def leader(self) -> str | None:
+        node = self._fsm._getLeader()
+        return None if node is None else str(node.address)
+
+    @property
+    def term(self) -> int:
+        return int(self._fsm.raftCurrentTerm)
+
+    @property
+    def members(self) -> list[str]:
+        return sorted([self._s.self_addr, *self._s.peers])
+
+    def status(self) -> RaftStatus:
+        # Plain attribute reads only: getStatus() iterates dicts the tick thread mutates.
+        f = self._fsm
+        leader = f._getLeader()
+        return RaftStatus(
+            self_addr=self._s.self_addr,
+            leader=None if leader is None else str(leader.address),
+            is_leader=bool(f._isLeader()),
+            term=int(f.raftCurrentTerm),
+            commit_index=int(f.raftCommitIndex),
+            applied_index=int(f.raftLastApplied),
+            log_len=int(f._getRaftLogSize()),
+            connected=frozenset(p for p in self._s.peers if f.isNodeConnected(TCPNode(p))),
+            has_quorum=bool(f.hasQuorum),
+        )
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Stop the tick thread and fail whatever is still waiting."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._fsm.destroy()
+        deadline = time.monotonic() + 2.0
+        while self._fsm.tick_thread_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pending, self._pending = self._pending, []
+        for _, fut in pending:
+            if fut is not None and not fut.done():
+                fut.set_exception(Unavailable("node is shutting down"))
+        if self._barrier is not None and not self._barrier.done():
+            self._barrier.set_exception(Unavailable("node is shutting down"))

@@ -1,0 +1,28 @@
+"""`python -m raftreg.server --config cluster.toml --name n1`: run one node (same as `raftreg node`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raftreg.config import load_config
+from raftreg.errors import RegistryError
+from raftreg.server.main import serve_node
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m raftreg.server")
+    p.add_argument("--config", default="cluster.toml")
+    p.add_argument("--name", required=True)
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(a.config)
+        cfg.node(a.name)
+    except RegistryError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    return serve_node(cfg, a.name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

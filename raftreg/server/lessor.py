@@ -1,0 +1,128 @@
+"""Lease deadlines (etcd's lessor): kept by the leader only, on its monotonic clock.
+
+Contract:
+- On becoming leader every lease gets a fresh full TTL, so a failover never expires a lease
+  early; a whole-cluster restart is a failover too.
+- `renew(id)` is answered only after a read barrier confirmed this node still leads, and the
+  new deadline counts from BEFORE the barrier: once a renewal is acknowledged, no leader (this
+  one or the next, which grants a full TTL on promotion) expires the lease before that deadline.
+- Expiry is decided here but carried out as a replicated `LeaseExpire` command, in batches,
+  so every replica deletes the same keys at the same revision. A lease whose expiry is in
+  flight is no longer renewable (renew answers 0, the lease is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from raftreg.errors import LeaseNotFound, RegistryError, Unavailable
+from raftreg.store.commands import LeaseExpire, LeaseInfo
+
+log = logging.getLogger("raftreg.lessor")
+
+EXPIRE_BATCH = 1000
+
+
+class Lessor:
+    def __init__(
+        self,
+        *,
+        is_leader: Callable[[], bool],
+        term: Callable[[], int],
+        leases: Callable[[], list[LeaseInfo]],
+        lease: Callable[[int], LeaseInfo | None],
+        barrier: Callable[[], Awaitable[None]],
+        expire: Callable[[LeaseExpire], Awaitable[object]],
+        tick_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._is_leader = is_leader
+        self._term = term
+        self._leases = leases
+        self._lease = lease
+        self._barrier = barrier
+        self._expire = expire
+        self._tick = tick_s
+        self._clock = clock
+        self._deadlines: dict[int, float] = {}
+        self._expiring: set[int] = set()
+        self._led_term: int | None = None
+
+    # ------------------------------------------------------------------ leader view
+
+    def _ensure_current(self) -> bool:
+        """Start a fresh lease epoch when this node (re)gains leadership. False if not leader."""
+        if not self._is_leader():
+            self._led_term = None
+            self._deadlines.clear()
+            self._expiring.clear()
+            return False
+        term = self._term()
+        if self._led_term != term:
+            now = self._clock()
+            self._deadlines = {lease.id: now + lease.ttl for lease in self._leases()}
+            self._expiring.clear()
+            self._led_term = term
+            log.info("leading term %d: %d leases get a fresh TTL", term, len(self._deadlines))
+        return True
+
+    def _deadline(self, lease: LeaseInfo) -> float:
+        d = self._deadlines.get(lease.id)
+        if d is None:  # granted since we took over: its TTL starts now
+            d = self._deadlines[lease.id] = self._clock() + lease.ttl
+        return d
+
+    async def renew(self, lease_id: int) -> int:
+        """Leader only: extend the lease by its TTL; returns the TTL, 0 if the lease is gone."""
+        started = self._clock()
+        await self._barrier()
+        if not self._ensure_current():
+            raise Unavailable("not the leader")
+        lease = self._lease(lease_id)
+        if lease is None or lease_id in self._expiring:
+            return 0
+        self._deadlines[lease_id] = max(self._deadline(lease), started + lease.ttl)
+        return lease.ttl
+
+    async def remaining(self, lease_id: int) -> tuple[int, LeaseInfo]:
+        """Leader only: (remaining whole seconds, lease). Raises LeaseNotFound."""
+        await self._barrier()
+        if not self._ensure_current():
+            raise Unavailable("not the leader")
+        lease = self._lease(lease_id)
+        if lease is None or lease_id in self._expiring:
+            raise LeaseNotFound(f"lease {lease_id:x} not found")
+        left = self._deadline(lease) - self._clock()
+        return max(0, int(left + 0.999)), lease
+
+    # ------------------------------------------------------------------ expiry loop
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick)
+            if not self._ensure_current():
+                continue
+            now = self._clock()
+            live = {lease.id: lease for lease in self._leases()}
+            for gone in [i for i in self._deadlines if i not in live]:
+                del self._deadlines[gone]
+            self._expiring &= set(live)
+            due = sorted(
+                lid for lid, lease in live.items()
+                if lid not in self._expiring and self._deadline(lease) <= now
+            )
+            for i in range(0, len(due), EXPIRE_BATCH):
+                batch = tuple(due[i : i + EXPIRE_BATCH])
+                self._expiring.update(batch)
+                asyncio.create_task(self._propose_expiry(batch))
+
+    async def _propose_expiry(self, ids: tuple[int, ...]) -> None:
+        try:
+            await self._expire(LeaseExpire(ids))
+        except RegistryError as e:
+            # Not applied (or unknown): let the next tick decide again if we still lead.
+            log.warning("lease expiry of %d leases not confirmed: %s", len(ids), e)
+            self._expiring.difference_update(ids)

@@ -1,0 +1,244 @@
+"""One registry node: the store, replicated by the consensus adapter, behind async read/write.
+
+Threading contract: the store is mutated only on the raft tick thread (inside `_apply_one`),
+under `self._lock`; the event loop reads it under the same lock. Nothing on the tick thread
+waits for the event loop: applied events are handed over with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from raftreg.config import ClusterConfig, NodeConfig
+from raftreg.consensus import RaftNode, RaftSettings, RaftStatus
+from raftreg.errors import InvalidArgument, OutcomeUnknown, Unavailable
+from raftreg.server.lessor import Lessor
+from raftreg.server.watch import WatchHub
+from raftreg.store import Store, decode_request, encode_request, failure_to_error
+from raftreg.store.commands import (
+    Command,
+    Compact,
+    Event,
+    ExpireClients,
+    Failure,
+    LeaseGrant,
+    LeaseInfo,
+    Range,
+    RangeResult,
+    Request,
+    Result,
+)
+
+log = logging.getLogger("raftreg.node")
+
+
+def stable_id(name: str) -> int:
+    """A 63-bit id derived from a name, the same on every node (member and cluster ids)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    id: int
+    name: str
+    raft: str
+    client: str
+
+
+EventSink = Callable[[int, list[Event]], None]
+
+
+class RegistryNode:
+    def __init__(self, cfg: ClusterConfig, name: str, *, loop: asyncio.AbstractEventLoop) -> None:
+        s = cfg.settings
+        self.cfg = cfg
+        self.me: NodeConfig = cfg.node(name)
+        self.cluster_id = stable_id(s.name)
+        self.members = [Member(stable_id(n.name), n.name, n.raft, n.client) for n in cfg.nodes]
+        self.member_id = stable_id(name)
+        self._by_raft = {m.raft: m for m in self.members}
+        self._loop = loop
+        self._lock = threading.Lock()
+        self.store = Store(max_value_bytes=s.max_value_bytes, max_txn_ops=s.max_txn_ops)
+        self._sinks: list[EventSink] = []
+        self._propose_timeout = s.propose_timeout_s
+        self.watches = WatchHub(
+            lambda: self.store.revision, self._history, buffer_limit=s.watch_buffer_events
+        )
+        self.add_event_sink(self.watches.publish)
+        self.lessor = Lessor(
+            is_leader=lambda: self.raft.is_leader,
+            term=lambda: self.raft.term,
+            leases=self._leases,
+            lease=self._lease,
+            barrier=self.barrier,
+            expire=self.write,
+        )
+        self.raft = RaftNode(
+            RaftSettings(
+                self_addr=self.me.raft,
+                peers=tuple(n.raft for n in cfg.nodes if n.name != name),
+                secret=s.secret,
+                data_dir=cfg.data_dir(self.me),
+                heartbeat_interval=s.heartbeat_interval,
+                election_timeout_min=s.election_timeout_min,
+                election_timeout_max=s.election_timeout_max,
+                leader_fallback_timeout=s.leader_fallback_timeout,
+                batch_linger_ms=s.batch_linger_ms,
+                batch_max=s.batch_max,
+                snapshot_entries=s.snapshot_entries,
+                snapshot_interval_s=s.snapshot_interval_s,
+            ),
+            self._apply_one,
+            self._snapshot,
+            self._restore,
+            loop=loop,
+        )
+
+    # ------------------------------------------------------------------ tick-thread callbacks
+
+    def _apply_one(self, data: bytes) -> Result:
+        with self._lock:
+            result, events = self.store.apply(decode_request(data))
+        if events and self._sinks:
+            self._loop.call_soon_threadsafe(self._publish, result.revision, events)
+        return result
+
+    def _snapshot(self) -> bytes:
+        with self._lock:
+            return self.store.snapshot()
+
+    def _restore(self, blob: bytes) -> None:
+        with self._lock:
+            self.store.restore(blob)
+        log.info("restored state from snapshot at revision %d", self.store.revision)
+        self._loop.call_soon_threadsafe(self.watches.resync)
+
+    # ------------------------------------------------------------------ locked store views
+
+    def _history(self, start: int, key: bytes, range_end: bytes) -> list[Event]:
+        with self._lock:
+            return self.store.events_since(start, key, range_end)
+
+    def _leases(self) -> list[LeaseInfo]:
+        with self._lock:
+            return self.store.leases()
+
+    def _lease(self, lease_id: int) -> LeaseInfo | None:
+        with self._lock:
+            return self.store.lease(lease_id)
+
+    def _publish(self, revision: int, events: list[Event]) -> None:
+        for sink in self._sinks:
+            sink(revision, events)
+
+    def add_event_sink(self, sink: EventSink) -> None:
+        """`sink(revision, events)` is called on the event loop, in apply order."""
+        self._sinks.append(sink)
+
+    # ------------------------------------------------------------------ requests
+
+    async def write(self, command: Command, client_id: int = 0, seq: int = 0) -> Result:
+        """Validate, replicate and apply one command; raise the domain error on failure."""
+        self.store.validate(command)
+        if isinstance(command, LeaseGrant) and command.id == 0:
+            command = LeaseGrant(random.getrandbits(62) + 1, command.ttl)
+        req = Request(command, now_ms=int(time.time() * 1000), client_id=client_id, seq=seq)
+        try:
+            result: Result = await asyncio.wait_for(
+                self.raft.propose(encode_request(req)), self._propose_timeout
+            )
+        except TimeoutError:
+            raise OutcomeUnknown(
+                f"no commit within {self._propose_timeout:g}s; the write may still apply"
+            ) from None
+        if isinstance(result, Failure):
+            raise failure_to_error(result)
+        return result
+
+    async def read(self, r: Range, *, serializable: bool = False) -> RangeResult:
+        if not serializable:
+            await self.barrier()
+        with self._lock:
+            return self.store.range(r)
+
+    async def barrier(self) -> None:
+        """Wait until this node has applied everything committed before the call."""
+        try:
+            await asyncio.wait_for(self.raft.read_barrier(), self._propose_timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"no quorum confirmed the read within {self._propose_timeout:g}s"
+            ) from None
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def revision(self) -> int:
+        return self.store.revision
+
+    def raft_status(self) -> RaftStatus:
+        return self.raft.status()
+
+    def leader_member(self) -> Member | None:
+        leader = self.raft.leader
+        return None if leader is None else self._by_raft.get(leader)
+
+    def leader_client_addr(self) -> str | None:
+        m = self.leader_member()
+        return None if m is None else m.client
+
+    def member_by_raft(self, addr: str) -> Member | None:
+        return self._by_raft.get(addr)
+
+    def lease_ids(self) -> list[int]:
+        with self._lock:
+            return [lease.id for lease in self.store.leases()]
+
+    def watcher_count(self) -> int:
+        return len(self.watches)
+
+    def store_stats(self) -> tuple[int, int, int, int]:
+        """(keys, compact_revision, hash, leases) read atomically."""
+        with self._lock:
+            st = self.store
+            return st.key_count(), st.compact_revision, st.hash(), len(st.leases())
+
+    # ------------------------------------------------------------------ leader housekeeping
+
+    async def housekeeping(self) -> None:
+        """Leader-only periodic commands: automatic compaction and request-table expiry."""
+        s = self.cfg.settings
+        ticks = 0
+        while True:
+            await asyncio.sleep(1.0)
+            ticks += 1
+            if not self.raft.is_leader:
+                continue
+            try:
+                rev, compacted = self.store.revision, self.store.compact_revision
+                keep = s.auto_compact_retain
+                if keep and rev - compacted > keep + keep // 10:
+                    await self.write(Compact(rev - keep))
+                idle_before = int((time.time() - s.client_idle_expiry_s) * 1000)
+                if idle_before > 0 and ticks % 60 == 0:
+                    await self.write(ExpireClients(idle_before))
+            except InvalidArgument:
+                log.exception("housekeeping command rejected")
+            except Exception as e:  # leadership moved, no quorum: the next leader takes over
+                log.debug("housekeeping skipped: %s", e)
+
+    async def progress_notifications(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.settings.watch_progress_interval_s)
+            self.watches.progress()
+
+    def close(self) -> None:
+        self.raft.close()

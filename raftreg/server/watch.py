@@ -1,0 +1,219 @@
+"""The watch hub: watches as observers of the store's applied events (etcd's watchable_store).
+
+Guarantees, per watcher:
+- events are delivered in revision order, with no gap and no duplicate, and a revision is never
+  split across responses;
+- a watch starts at any revision >= the compaction point (catching up from the store's history)
+  or is cancelled with the compact revision;
+- a watcher whose stream cannot keep up is cancelled once `buffer_limit` events are queued; it
+  never slows apply or other watchers.
+
+How: every watcher tracks `next_rev`, the first revision it has not seen. Catch-up reads
+`store.events_since(next_rev)` under the node's lock; live events (published on the event loop
+in apply order, after the lock was released) with a revision below `next_rev` are dropped. Both
+together cover every revision exactly once. After a snapshot install the live stream has a
+hole, so `resync()` makes every watcher catch up again from its `next_rev`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from raftreg.errors import Compacted
+from raftreg.store.commands import Event, EventType
+
+log = logging.getLogger("raftreg.watch")
+
+ALL_KEYS = b"\0"
+
+
+def in_range(key: bytes, start: bytes, end: bytes) -> bool:
+    if not end:
+        return key == start
+    if end == ALL_KEYS:
+        return key >= start
+    return start <= key < end
+
+
+@dataclass(slots=True)
+class WatchSpec:
+    key: bytes
+    range_end: bytes = b""
+    start_revision: int = 0
+    prev_kv: bool = False
+    no_put: bool = False
+    no_delete: bool = False
+    progress_notify: bool = False
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One message for a watch stream. `events` hold whole revisions only."""
+
+    watch_id: int
+    revision: int
+    events: list[Event] = field(default_factory=list)
+    created: bool = False
+    canceled: bool = False
+    compact_revision: int = 0
+    cancel_reason: str = ""
+
+
+class Watcher:
+    def __init__(self, wid: int, spec: WatchSpec, stream: WatchStream) -> None:
+        self.id = wid
+        self.spec = spec
+        self.stream = stream
+        self.next_rev = 0
+
+    def select(self, events: list[Event]) -> list[Event]:
+        s = self.spec
+        out = []
+        for e in events:
+            if e.kv.mod_revision < self.next_rev or not in_range(e.kv.key, s.key, s.range_end):
+                continue
+            if (s.no_put and e.type == EventType.PUT) or (
+                s.no_delete and e.type == EventType.DELETE
+            ):
+                continue
+            out.append(e if s.prev_kv or e.prev_kv is None else Event(e.type, e.kv, None))
+        return out
+
+
+class WatchStream:
+    """The server side of one Watch RPC: many watchers, one bounded outgoing queue."""
+
+    def __init__(self, hub: WatchHub) -> None:
+        self.hub = hub
+        self.queue: asyncio.Queue[Outgoing | None] = asyncio.Queue()
+        self.queued_events = 0
+        self.watchers: dict[int, Watcher] = {}
+        self.closed = False
+
+    def send(self, msg: Outgoing) -> None:
+        if self.closed:
+            return
+        self.queued_events += len(msg.events)
+        self.queue.put_nowait(msg)
+
+    def taken(self, msg: Outgoing) -> None:
+        self.queued_events -= len(msg.events)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for w in list(self.watchers.values()):
+                self.hub.remove(w)
+            self.queue.put_nowait(None)
+
+
+class WatchHub:
+    def __init__(
+        self,
+        current_revision: Callable[[], int],
+        history: Callable[[int, bytes, bytes], list[Event]],
+        *,
+        buffer_limit: int,
+    ) -> None:
+        """`history(start, key, range_end)` reads `store.events_since` under the node's lock
+        and raises `Compacted`; `current_revision()` reads the store's revision."""
+        self._revision = current_revision
+        self._history = history
+        self._limit = buffer_limit
+        self._watchers: dict[int, Watcher] = {}
+        self._ids = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._watchers)
+
+    def open_stream(self) -> WatchStream:
+        return WatchStream(self)
+
+    def create(self, stream: WatchStream, spec: WatchSpec, wid: int = 0) -> Watcher | None:
+        """Register a watcher; sends `created` (and catch-up events, or the cancel)."""
+        if wid == 0:
+            wid = next(self._ids)
+            while wid in self._watchers:
+                wid = next(self._ids)
+        elif wid in self._watchers:
+            stream.send(
+                Outgoing(wid, self._revision(), created=True, canceled=True,
+                         cancel_reason=f"watch id {wid} is already in use")
+            )
+            return None
+        w = Watcher(wid, spec, stream)
+        rev = self._revision()
+        stream.send(Outgoing(wid, rev, created=True))
+        w.next_rev = spec.start_revision if spec.start_revision > 0 else rev + 1
+        self._watchers[wid] = w
+        stream.watchers[wid] = w
+        if w.next_rev <= rev:
+            self._catch_up(w)
+        return w
+
+    def cancel(self, stream: WatchStream, wid: int, reason: str = "") -> bool:
+        w = stream.watchers.get(wid)
+        if w is None:
+            return False
+        self.remove(w)
+        stream.send(Outgoing(wid, self._revision(), canceled=True, cancel_reason=reason))
+        return True
+
+    def remove(self, w: Watcher) -> None:
+        self._watchers.pop(w.id, None)
+        w.stream.watchers.pop(w.id, None)
+
+    def _catch_up(self, w: Watcher) -> None:
+        try:
+            events = self._history(w.next_rev, w.spec.key, w.spec.range_end)
+        except Compacted as e:
+            self.remove(w)
+            w.stream.send(
+                Outgoing(w.id, self._revision(), canceled=True,
+                         compact_revision=e.compact_revision,
+                         cancel_reason="required revision has been compacted")
+            )
+            return
+        self._deliver(w, events, self._revision())
+
+    def _deliver(self, w: Watcher, events: list[Event], revision: int) -> None:
+        selected = w.select(events)
+        if events:
+            w.next_rev = max(w.next_rev, events[-1].kv.mod_revision + 1)
+        if not selected:
+            return
+        if w.stream.queued_events + len(selected) > self._limit:
+            self.remove(w)
+            w.stream.send(
+                Outgoing(w.id, revision, canceled=True,
+                         cancel_reason="watcher is too slow: event buffer full; "
+                         "re-create it from the last revision received")
+            )
+            return
+        w.stream.send(Outgoing(w.id, revision, events=selected))
+
+    # ------------------------------------------------------------------ publishers (event loop)
+
+    def publish(self, revision: int, events: list[Event]) -> None:
+        for w in list(self._watchers.values()):
+            if revision >= w.next_rev:
+                self._deliver(w, events, revision)
+
+    def resync(self) -> None:
+        """After the store was replaced by a snapshot: catch every watcher up again."""
+        for w in list(self._watchers.values()):
+            self._catch_up(w)
+
+    def progress(self, stream: WatchStream | None = None) -> None:
+        """Progress notifications: to one stream (on request) or to watchers that asked."""
+        rev = self._revision()
+        if stream is not None:
+            stream.send(Outgoing(-1, rev))
+            return
+        for w in list(self._watchers.values()):
+            if w.spec.progress_notify and w.next_rev > rev:
+                w.stream.send(Outgoing(w.id, rev))

@@ -1,0 +1,412 @@
+"""CLI argument parsing and output formatting, against a fake in-process client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import pytest
+
+from raftreg.cli import build_parser, format_table, result_json, run, simple_lines
+from raftreg.client.protocol import LeaseTTL, Member, NodeStatus, resolve_range, to_bytes
+from raftreg.errors import LeaseNotFound, RegistryError, Unavailable
+from raftreg.store.commands import (
+    DeleteRange,
+    DeleteResult,
+    KeyValue,
+    LeaseGrantResult,
+    Put,
+    PutResult,
+    Range,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    Txn,
+    TxnResult,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class FakeClient:
+    """A tiny in-memory stand-in for a RegistryClient; records the calls it gets."""
+
+    def __init__(self, endpoints: Sequence[str], fail: RegistryError | None = None) -> None:
+        self._endpoints = tuple(endpoints)
+        self.fail = fail
+        self.kvs: dict[bytes, KeyValue] = {}
+        self.rev = 1
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.leases: dict[int, int] = {}
+        self.closed = False
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._endpoints
+
+    def _record(self, name: str, **kw: Any) -> None:
+        self.calls.append((name, kw))
+        if self.fail is not None:
+            raise self.fail
+
+    def _select(self, key: bytes, end: bytes) -> list[KeyValue]:
+        if not end:
+            return [self.kvs[key]] if key in self.kvs else []
+        return [kv for k, kv in sorted(self.kvs.items()) if k >= key and (end == b"\0" or k < end)]
+
+    async def get(self, key: Any, *, range_end: Any = b"", prefix: bool = False, **kw: Any) -> RangeResult:
+        k, end = resolve_range(key, range_end, prefix)
+        self._record("get", key=k, range_end=end, **kw)
+        kvs = self._select(k, end)
+        if kw.get("sort_order") == SortOrder.DESCEND:
+            kvs.reverse()
+        count = len(kvs)
+        if kw.get("limit"):
+            kvs = kvs[: kw["limit"]]
+        if kw.get("count_only"):
+            kvs = []
+        return RangeResult(self.rev, tuple(kvs), False, count)
+
+    async def put(self, key: Any, value: Any, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
+        k = to_bytes(key)
+        self._record("put", key=k, value=to_bytes(value), lease=lease, prev_kv=prev_kv)
+        self.rev += 1
+        prev = self.kvs.get(k)
+        self.kvs[k] = KeyValue(
+            k, prev.create_revision if prev else self.rev, self.rev,
+            (prev.version if prev else 0) + 1, to_bytes(value), lease,
+        )
+        return PutResult(self.rev, prev if prev_kv else None)
+
+    async def delete(
+        self, key: Any, *, range_end: Any = b"", prefix: bool = False, prev_kv: bool = False
+    ) -> DeleteResult:
+        k, end = resolve_range(key, range_end, prefix)
+        self._record("delete", key=k, range_end=end, prev_kv=prev_kv)
+        gone = self._select(k, end)
+        for kv in gone:
+            del self.kvs[kv.key]
+        if gone:
+            self.rev += 1
+        return DeleteResult(self.rev, len(gone), tuple(gone) if prev_kv else ())
+
+    async def txn(self, txn: Txn) -> TxnResult:
+        self._record("txn", txn=txn)
+        out: list[Any] = []
+        for op in txn.success:
+            if isinstance(op, Put):
+                out.append(await self.put(op.key, op.value))
+            elif isinstance(op, Range):
+                out.append(await self.get(op.key, range_end=op.range_end))
+            elif isinstance(op, DeleteRange):
+                out.append(await self.delete(op.key, range_end=op.range_end))
+        return TxnResult(self.rev, True, tuple(out))
+
+    async def compact(self, revision: int) -> int:
+        self._record("compact", revision=revision)
+        return self.rev
+
+    async def lease_grant(self, ttl: int, *, id: int = 0) -> LeaseGrantResult:
+        self._record("lease_grant", ttl=ttl, id=id)
+        lid = id or 0x694D77AA9E38260F
+        self.leases[lid] = ttl
+        return LeaseGrantResult(self.rev, lid, ttl)
+
+    async def lease_revoke(self, id: int) -> None:
+        self._record("lease_revoke", id=id)
+        if id not in self.leases:
+            raise LeaseNotFound("requested lease not found")
+        del self.leases[id]
+
+    async def lease_time_to_live(self, id: int, *, keys: bool = False) -> LeaseTTL:
+        self._record("lease_time_to_live", id=id, keys=keys)
+        if id not in self.leases:
+            return LeaseTTL(id, -1, 0)
+        return LeaseTTL(id, self.leases[id] - 1, self.leases[id], (b"a", b"b") if keys else ())
+
+    async def lease_list(self) -> list[int]:
+        self._record("lease_list")
+        return sorted(self.leases)
+
+    async def lease_keepalive_once(self, id: int) -> int:
+        self._record("lease_keepalive_once", id=id)
+        return self.leases.get(id, 0)
+
+    async def member_list(self) -> list[Member]:
+        self._record("member_list")
+        return [
+            Member(1, "n1", ("tcp://127.0.0.1:2380",), ("http://127.0.0.1:2379",), False, True, True),
+            Member(0xAB, "n2", ("tcp://127.0.0.1:2382",), ("http://127.0.0.1:2381",), False, False, False),
+        ]
+
+    async def status(self, endpoint: str | None = None) -> NodeStatus:
+        self._record("status", endpoint=endpoint)
+        if endpoint == "127.0.0.1:9":
+            raise Unavailable("cannot connect to 127.0.0.1:9")
+        return NodeStatus(endpoint or "?", 1, 1, True, name="n1", version="0.1.0", revision=self.rev)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class Harness:
+    def __init__(self, fail: RegistryError | None = None) -> None:
+        self.clients: list[FakeClient] = []
+        self.fail = fail
+        self.shared: FakeClient | None = None
+        self.factory_args: list[tuple[list[str], float]] = []
+
+    def factory(self, endpoints: Sequence[str], timeout: float) -> FakeClient:
+        self.factory_args.append((list(endpoints), timeout))
+        c = FakeClient(endpoints, self.fail)
+        if self.shared is not None:  # share state between invocations
+            c.kvs, c.rev, c.leases = self.shared.kvs, self.shared.rev, self.shared.leases
+        self.shared = c
+        self.clients.append(c)
+        return c
+
+    def __call__(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = run(
+            ["--endpoints", "127.0.0.1:2379", *argv],
+            client_factory=self.factory,
+            stdin=io.StringIO(stdin),
+            stdout=out,
+            stderr=err,
+        )
+        if self.shared is not None and self.clients:
+            self.shared.rev = self.clients[-1].rev
+        return code, out.getvalue(), err.getvalue()
+
+    @property
+    def last(self) -> FakeClient:
+        return self.clients[-1]
+
+
+@pytest.fixture
+def cli() -> Harness:
+    return Harness()
+
+
+def test_parser_globals_before_and_after_subcommand() -> None:
+    p = build_parser()
+    ns = p.parse_args(["--endpoints", "a:1,b:2", "-w", "json", "get", "k"])
+    assert (ns.endpoints, ns.write_out, ns.timeout, ns.key) == ("a:1,b:2", "json", 5.0, "k")
+    ns = p.parse_args(["get", "k", "--prefix", "-w", "table", "--timeout", "2.5"])
+    assert (ns.write_out, ns.timeout, ns.prefix, ns.endpoints) == ("table", 2.5, True, None)
+    ns = p.parse_args(["-w", "json", "put", "k", "v", "--lease", "694d77aa9e38260f"])
+    assert (ns.write_out, ns.lease) == ("json", 0x694D77AA9E38260F)
+    ns = p.parse_args(["lease", "timetolive", "0x10", "--keys"])
+    assert (ns.id, ns.keys) == (16, True)
+    ns = p.parse_args(["node", "--config", "c.toml", "--name", "n1"])
+    assert (ns.config, ns.name) == ("c.toml", "n1")
+    ns = p.parse_args(["dev"])
+    assert (ns.data_dir, ns.listen) == ("default.raftreg", "127.0.0.1:2379")
+
+
+def test_usage_errors_return_2(cli: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("get")[0] == 2
+    assert cli("frobnicate")[0] == 2
+    assert cli("get", "k", "--sort-by", "SIZE")[0] == 2
+    assert cli("lease", "revoke", "xyz")[0] == 2
+    assert run([], stderr=io.StringIO()) == 2
+    assert cli.clients == []
+
+
+def test_endpoints_default_and_flag(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    monkeypatch.chdir(tmp_path)
+    assert run(["get", "k"], client_factory=h.factory, stdout=io.StringIO()) == 0
+    assert h.factory_args[-1] == (["127.0.0.1:2379"], 5.0)
+    (tmp_path / "cluster.toml").write_text(
+        '[[node]]\nname = "n1"\nraft = "127.0.0.1:12380"\nclient = "127.0.0.1:12379"\n'
+    )
+    assert run(["get", "k", "--timeout", "1"], client_factory=h.factory, stdout=io.StringIO()) == 0
+    assert h.factory_args[-1] == (["127.0.0.1:12379"], 1.0)
+    args = ["--endpoints", "http://a:1, b:2", "get", "k"]
+    assert run(args, client_factory=h.factory, stdout=io.StringIO()) == 0
+    assert h.factory_args[-1] == (["a:1", "b:2"], 5.0)
+
+
+def test_put_get_simple(cli: Harness) -> None:
+    assert cli("put", "foo", "bar") == (0, "OK\n", "")
+    assert cli.last.calls == [("put", {"key": b"foo", "value": b"bar", "lease": 0, "prev_kv": False})]
+    assert cli("put", "foo", "baz", "--prev-kv") == (0, "OK\nfoo\nbar\n", "")
+    cli("put", "fox", "1")
+    assert cli("get", "foo") == (0, "foo\nbaz\n", "")
+    assert cli("get", "fo", "--prefix") == (0, "foo\nbaz\nfox\n1\n", "")
+    assert cli("get", "fo", "--prefix", "--keys-only") == (0, "foo\nfox\n", "")
+    assert cli("get", "fo", "--prefix", "--print-value-only") == (0, "baz\n1\n", "")
+    assert cli("get", "fo", "--prefix", "--count-only") == (0, "2\n", "")
+    assert cli("get", "missing") == (0, "", "")
+
+
+def test_get_options_reach_the_client(cli: Harness) -> None:
+    cli("get", "a", "z", "--rev", "3", "--limit", "2", "--consistency", "s", "--sort-by", "modify")
+    _, kw = cli.last.calls[-1]
+    assert kw == {
+        "key": b"a",
+        "range_end": b"z",
+        "revision": 3,
+        "limit": 2,
+        "keys_only": False,
+        "count_only": False,
+        "serializable": True,
+        "sort_order": SortOrder.ASCEND,
+        "sort_target": SortTarget.MOD,
+    }
+    cli("get", "a", "--from-key", "--order", "DESCEND")
+    _, kw = cli.last.calls[-1]
+    assert (kw["range_end"], kw["sort_order"], kw["sort_target"], kw["serializable"]) == (
+        b"\0", SortOrder.DESCEND, SortTarget.KEY, False
+    )
+    code, _, err = cli("get", "a", "z", "--prefix")
+    assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1
+
+
+def test_get_table_and_json(cli: Harness) -> None:
+    cli("put", "k1", "v1")
+    cli("put", "key2", "value2")
+    code, out, _ = cli("get", "k", "--prefix", "-w", "table")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1].split("|")[1:3] == [" KEY  ", " VALUE  "]
+    assert len({len(line) for line in lines}) == 1  # aligned
+    assert "| key2 | value2 |" in out
+    code, out, _ = cli("get", "k1", "-w", "json")
+    doc = json.loads(out)
+    assert doc["header"]["revision"] == cli.last.rev
+    assert doc["count"] == 1 and doc["more"] is False
+    kv = doc["kvs"][0]
+    assert base64.b64decode(kv["key"]) == b"k1" and base64.b64decode(kv["value"]) == b"v1"
+    assert kv["version"] == 1 and kv["create_revision"] == kv["mod_revision"]
+
+
+def test_del(cli: Harness) -> None:
+    cli("put", "a1", "x")
+    cli("put", "a2", "y")
+    assert cli("del", "a1") == (0, "1\n", "")
+    assert cli("del", "a", "--prefix", "--prev-kv") == (0, "1\na2\ny\n", "")
+    assert cli("del", "nothing") == (0, "0\n", "")
+
+
+def test_txn_from_stdin(cli: Harness) -> None:
+    cli("put", "k", "v")
+    text = 'value("k") = "v"\n\nput k w\nget k\n\nput k other\n'
+    code, out, err = cli("txn", stdin=text)
+    assert (code, err) == (0, "")
+    assert out == "SUCCESS\n\nOK\n\nk\nw\n"
+    _, kw = cli.last.calls[0]
+    assert kw["txn"].compare[0].operand == b"v"
+    code, out, _ = cli("txn", "-w", "json", stdin="\nput x 1\n")
+    doc = json.loads(out)
+    assert doc["succeeded"] is True and "response_put" in doc["responses"][0]
+    code, _, err = cli("txn", stdin="bogus(\n")
+    assert code == 1 and err.startswith("Error: malformed comparison")
+
+
+def test_leases(cli: Harness) -> None:
+    assert cli("lease", "grant", "10") == (0, "lease 694d77aa9e38260f granted with TTL(10s)\n", "")
+    assert cli("lease", "list") == (0, "found 1 leases\n694d77aa9e38260f\n", "")
+    code, out, _ = cli("lease", "timetolive", "694d77aa9e38260f", "--keys")
+    assert out == (
+        "lease 694d77aa9e38260f granted with TTL(10s), remaining(9s), attached keys([a b])\n"
+    )
+    assert cli("lease", "revoke", "694d77aa9e38260f") == (0, "lease 694d77aa9e38260f revoked\n", "")
+    assert cli("lease", "timetolive", "694d77aa9e38260f") == (
+        0, "lease 694d77aa9e38260f already expired\n", ""
+    )
+    assert cli("lease", "revoke", "694d77aa9e38260f") == (
+        1, "", "Error: requested lease not found\n"
+    )
+    cli("put", "k", "v", "--lease", "0x10")
+    assert cli.last.calls[0][1]["lease"] == 16
+
+
+def test_compaction_and_member_list(cli: Harness) -> None:
+    assert cli("compaction", "5") == (0, "compacted revision 5\n", "")
+    code, out, _ = cli("member", "list")
+    assert out.splitlines() == [
+        "1, started, n1, tcp://127.0.0.1:2380, http://127.0.0.1:2379, false, true",
+        "ab, unreachable, n2, tcp://127.0.0.1:2382, http://127.0.0.1:2381, false, false",
+    ]
+    code, out, _ = cli("member", "list", "-w", "table")
+    assert "| ID | STATUS" in out and "| ab | unreachable |" in out
+    code, out, _ = cli("member", "list", "-w", "json")
+    assert json.loads(out)["members"][1]["name"] == "n2"
+
+
+def test_endpoint_status_and_health(cli: Harness) -> None:
+    code, out, err = cli("--endpoints", "127.0.0.1:2379,127.0.0.1:9", "endpoint", "status")
+    assert code == 1
+    assert out.startswith("127.0.0.1:2379, 1, n1, 0.1.0, true,")
+    assert err == (
+        "Error: failed to get the status of endpoint 127.0.0.1:9: cannot connect to 127.0.0.1:9\n"
+    )
+    code, out, _ = cli("endpoint", "status", "-w", "json")
+    assert code == 0 and json.loads(out)[0]["Status"]["name"] == "n1"
+    code, out, err = cli("endpoint", "health")
+    assert code == 0 and err == ""
+    assert out.startswith("127.0.0.1:2379 is healthy: successfully committed proposal: took = ")
+    # health builds one client per endpoint
+    assert cli.factory_args[-1] == (["127.0.0.1:2379"], 5.0)
+
+
+def test_registry_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    h = Harness(fail=Unavailable("put failed after 3 attempts; last error: cannot connect"))
+    code, out, err = h("put", "k", "v")
+    assert (code, out) == (1, "")
+    assert err == "Error: put failed after 3 attempts; last error: cannot connect\n"
+    assert h.last.closed
+
+
+def test_bad_timeout_and_endpoints(cli: Harness) -> None:
+    code, _, err = cli("--timeout", "0", "get", "k")
+    assert code == 1 and err.startswith("Error: --timeout")
+    code, _, err = cli("--endpoints", "nohostport", "get", "k")
+    assert code == 1 and "not host:port" in err
+
+
+def test_node_with_missing_config_is_a_clear_error(tmp_path: Any) -> None:
+    err = io.StringIO()
+    code = run(["node", "--config", str(tmp_path / "nope.toml"), "--name", "n1"], stderr=err)
+    assert code == 1
+    assert err.getvalue().startswith("Error: configuration file") and err.getvalue().count("\n") == 1
+
+
+def test_format_table() -> None:
+    t = format_table(("A", "LONGER"), [["xyz", 1], ["", "2"]])
+    assert t.splitlines() == [
+        "+-----+--------+",
+        "| A   | LONGER |",
+        "+-----+--------+",
+        "| xyz | 1      |",
+        "|     | 2      |",
+        "+-----+--------+",
+    ]
+    assert format_table(("A",), []).count("\n") == 3
+
+
+def test_simple_lines_and_json_of_results() -> None:
+    kv = KeyValue(b"k", 2, 3, 2, b"v", 7)
+    assert simple_lines(PutResult(3, kv)) == ["OK", "k", "v"]
+    assert simple_lines(DeleteResult(4, 1, (kv,))) == ["1", "k", "v"]
+    txn = TxnResult(5, False, (RangeResult(5, (kv,), False, 1), DeleteResult(5, 0)))
+    assert simple_lines(txn) == ["FAILURE", "", "k", "v", "", "0"]
+    doc = result_json(txn)
+    assert doc["succeeded"] is False
+    assert doc["responses"][0]["response_range"]["kvs"][0]["lease"] == 7
+    assert doc["responses"][1]["response_delete_range"]["deleted"] == 0
+    assert result_json(PutResult(3, kv))["prev_kv"]["key"] == base64.b64encode(b"k").decode()

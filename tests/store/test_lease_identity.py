@@ -1,0 +1,213 @@
+"""Leases (grant, attach, move, revoke, expire, checkpoint) and request identity (dedup)."""
+
+from __future__ import annotations
+
+from raftreg.store import (
+    Barrier,
+    DeleteRange,
+    Done,
+    EventType,
+    ExpireClients,
+    KeyValue,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseGrantResult,
+    LeaseInfo,
+    LeaseRevoke,
+    Put,
+    PutResult,
+    Request,
+    Store,
+    Txn,
+    TxnResult,
+)
+
+from .helpers import failure, get, keys, put, run, run_events
+
+
+def test_grant_and_duplicate() -> None:
+    s = Store()
+    assert run(s, LeaseGrant(5, 30)) == LeaseGrantResult(1, 5, 30)
+    assert s.lease(5) == LeaseInfo(5, 30, set(), -1)
+    f = failure(run(s, LeaseGrant(5, 60)), "AlreadyExists")
+    assert f.revision == 1
+    assert s.lease(5) == LeaseInfo(5, 30, set(), -1)
+    assert s.lease(6) is None
+
+
+def test_leases_sorted_and_copies() -> None:
+    s = Store()
+    for i in (9, 2, 5):
+        run(s, LeaseGrant(i, i))
+    assert [lease.id for lease in s.leases()] == [2, 5, 9]
+    put(s, b"k", lease=2)
+    copy = s.lease(2)
+    assert copy is not None
+    copy.keys.add(b"evil")
+    assert s.lease(2) == LeaseInfo(2, 2, {b"k"}, -1)
+
+
+def test_put_with_unknown_lease_fails_and_changes_nothing() -> None:
+    s = Store()
+    put(s, b"k", b"1")
+    before = s.snapshot()
+    result, events = run_events(s, Put(b"k", b"2", lease=42))
+    assert failure(result, "LeaseNotFound").revision == 2
+    assert events == []
+    assert s.snapshot() == before
+
+
+def test_attach_move_detach() -> None:
+    s = Store()
+    run(s, LeaseGrant(1, 10))
+    run(s, LeaseGrant(2, 10))
+    put(s, b"a", lease=1)
+    put(s, b"b", lease=1)
+    assert s.lease(1) == LeaseInfo(1, 10, {b"a", b"b"}, -1)
+    put(s, b"a", lease=2)  # move
+    assert s.lease(1) == LeaseInfo(1, 10, {b"b"}, -1)
+    assert s.lease(2) == LeaseInfo(2, 10, {b"a"}, -1)
+    put(s, b"b")  # detach by putting without lease
+    assert s.lease(1) == LeaseInfo(1, 10, set(), -1)
+    run(s, DeleteRange(b"a"))  # detach by delete
+    assert s.lease(2) == LeaseInfo(2, 10, set(), -1)
+
+
+def test_ignore_value_and_ignore_lease() -> None:
+    s = Store()
+    run(s, LeaseGrant(1, 10))
+    put(s, b"k", b"orig", lease=1)
+    assert run(s, Put(b"k", b"", ignore_value=True, lease=0)) == PutResult(3)
+    assert get(s, b"k") == KeyValue(b"k", 2, 3, 2, b"orig", 0)
+    assert s.lease(1) == LeaseInfo(1, 10, set(), -1)
+    put(s, b"k", b"v2", lease=1)
+    assert run(s, Put(b"k", b"v3", ignore_lease=True)) == PutResult(5)
+    assert get(s, b"k") == KeyValue(b"k", 2, 5, 4, b"v3", 1)
+    assert s.lease(1) == LeaseInfo(1, 10, {b"k"}, -1)
+    f = failure(run(s, Put(b"missing", ignore_value=True)), "InvalidArgument")
+    assert f.message == "key not found"
+    failure(run(s, Put(b"missing", b"x", ignore_lease=True)), "InvalidArgument")
+    assert s.revision == 5
+
+
+def test_revoke_deletes_keys_at_one_revision_sorted() -> None:
+    s = Store()
+    run(s, LeaseGrant(1, 10))
+    put(s, b"c", lease=1)
+    put(s, b"a", lease=1)
+    put(s, b"b")
+    result, events = run_events(s, LeaseRevoke(1))
+    assert result == Done(5)
+    assert [(e.type, e.kv.key, e.kv.mod_revision) for e in events] == [
+        (EventType.DELETE, b"a", 5),
+        (EventType.DELETE, b"c", 5),
+    ]
+    assert events[0].prev_kv == KeyValue(b"a", 3, 3, 1, b"v", 1)
+    assert keys(s) == [b"b"]
+    assert s.lease(1) is None
+    assert failure(run(s, LeaseRevoke(1)), "LeaseNotFound").revision == 5
+
+
+def test_revoke_lease_without_keys_costs_no_revision() -> None:
+    s = Store()
+    run(s, LeaseGrant(1, 10))
+    assert run_events(s, LeaseRevoke(1)) == (Done(1), [])
+    assert s.leases() == []
+
+
+def test_expire_in_order_each_own_revision() -> None:
+    s = Store()
+    for i in (1, 2, 3):
+        run(s, LeaseGrant(i, 10))
+    put(s, b"x", lease=2)  # rev 2
+    put(s, b"y", lease=1)  # rev 3
+    result, events = run_events(s, LeaseExpire((2, 99, 3, 1, 2)))
+    assert result == Done(5)
+    assert [(e.kv.key, e.kv.mod_revision) for e in events] == [(b"x", 4), (b"y", 5)]
+    assert s.leases() == []
+    assert s.key_count() == 0
+
+
+def test_checkpoint() -> None:
+    s = Store()
+    run(s, LeaseGrant(1, 10))
+    run(s, LeaseGrant(2, 10))
+    assert run(s, LeaseCheckpoint(((1, 4500), (77, 1)))) == Done(1)
+    assert s.lease(1) == LeaseInfo(1, 10, set(), 4500)
+    assert s.lease(2) == LeaseInfo(2, 10, set(), -1)
+
+
+def test_txn_put_attaches_lease() -> None:
+    s = Store()
+    run(s, LeaseGrant(3, 10))
+    r = run(s, Txn((), (Put(b"a", lease=3), Put(b"b", lease=3))))
+    assert isinstance(r, TxnResult) and r.revision == 2
+    assert s.lease(3) == LeaseInfo(3, 10, {b"a", b"b"}, -1)
+
+
+# --- request identity ------------------------------------------------------------------------
+
+
+def test_duplicate_request_returns_remembered_result() -> None:
+    s = Store()
+    req = Request(Put(b"k", b"1"), now_ms=100, client_id=7, seq=1)
+    first = s.apply(req)
+    assert first[0] == PutResult(2)
+    assert len(first[1]) == 1
+    put(s, b"other")
+    again = s.apply(req)
+    assert again == (PutResult(2), [])
+    assert s.revision == 3
+    kv = get(s, b"k")
+    assert kv is not None and kv.version == 1
+    # same seq from another client is a different request
+    assert s.apply(Request(Put(b"k", b"1"), client_id=8, seq=1))[0] == PutResult(4)
+    # seq 0 means no identity: always applied
+    s.apply(Request(Put(b"k", b"2"), client_id=7))
+    s.apply(Request(Put(b"k", b"2"), client_id=7))
+    assert s.revision == 6
+
+
+def test_failures_are_remembered_too() -> None:
+    s = Store()
+    req = Request(Put(b"k", lease=5), client_id=1, seq=1)
+    assert failure(s.apply(req)[0], "LeaseNotFound").revision == 1
+    run(s, LeaseGrant(5, 10))
+    # the retry gets the original answer, not a new application
+    assert failure(s.apply(req)[0], "LeaseNotFound").revision == 1
+    assert s.key_count() == 0
+
+
+def test_window_and_too_old() -> None:
+    s = Store(client_window=3)
+    for seq in range(1, 6):
+        assert s.apply(Request(Put(b"k", str(seq).encode()), client_id=1, seq=seq))[1]
+    # window is (5 - 3, 5] = {3, 4, 5}
+    assert s.apply(Request(Put(b"k"), client_id=1, seq=3)) == (PutResult(4), [])
+    f = failure(s.apply(Request(Put(b"k"), client_id=1, seq=2))[0], "FailedPrecondition")
+    assert f.message == "request id too old"
+    assert s.revision == 6
+    # out-of-order arrival inside the window is applied once
+    assert s.apply(Request(Put(b"j"), client_id=1, seq=10))[0] == PutResult(7)
+    assert s.apply(Request(Put(b"i"), client_id=1, seq=9))[0] == PutResult(8)
+    assert s.apply(Request(Put(b"i"), client_id=1, seq=9)) == (PutResult(8), [])
+    failure(s.apply(Request(Put(b"h"), client_id=1, seq=7))[0], "FailedPrecondition")
+    # a huge jump evicts everything below the new floor
+    assert s.apply(Request(Put(b"h"), client_id=1, seq=10**12))[0] == PutResult(9)
+    failure(s.apply(Request(Put(b"h"), client_id=1, seq=10))[0], "FailedPrecondition")
+
+
+def test_expire_clients() -> None:
+    s = Store()
+    s.apply(Request(Put(b"a"), now_ms=1000, client_id=1, seq=1))
+    s.apply(Request(Put(b"b"), now_ms=5000, client_id=2, seq=1))
+    assert run(s, ExpireClients(idle_before_ms=3000)) == Done(3)
+    # client 1 forgotten: its retry applies again; client 2 still deduplicated
+    assert s.apply(Request(Put(b"a"), now_ms=6000, client_id=1, seq=1))[0] == PutResult(4)
+    assert s.apply(Request(Put(b"b"), now_ms=6000, client_id=2, seq=1)) == (PutResult(3), [])
+    # last-seen is refreshed by new requests
+    s.apply(Request(Barrier(), now_ms=9000, client_id=2, seq=2))
+    run(s, ExpireClients(idle_before_ms=8000))
+    assert s.apply(Request(Put(b"a"), now_ms=9500, client_id=1, seq=1))[0] == PutResult(5)
+    assert s.apply(Request(Put(b"b"), now_ms=9500, client_id=2, seq=1)) == (PutResult(3), [])
