@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import importlib
 import json
 import os
 import re
@@ -634,18 +633,11 @@ async def cmd_lease_list(client: RegistryClient, ns: argparse.Namespace, ctx: _C
 # --- server commands -----------------------------------------------------------------------
 
 
-ServeNode = Callable[[ClusterConfig, str], int]
+def _serve_node() -> Callable[[ClusterConfig, str], int]:
+    """Imported only when a server command runs: client commands never load the server."""
+    from raftreg.server.main import serve_node
 
-
-def _serve_node() -> ServeNode:
-    """`raftreg.server.main.serve_node(cfg, name) -> int`, imported only when a server command
-    runs (client commands never load the server, and its import errors stay its own)."""
-    try:
-        module = importlib.import_module("raftreg.server.main")
-    except ImportError as e:
-        raise InvalidArgument(f"the raftreg server is not available: {e}") from None
-    fn: ServeNode = module.serve_node
-    return fn
+    return serve_node
 
 
 def cmd_node(ns: argparse.Namespace, ctx: _Ctx) -> int:

@@ -139,7 +139,7 @@ async def main() -> None:
         print(f"RSS with {n_mem} keys of 100 B: "
               + ", ".join(f"{n} {v / 1024:.0f} MiB" for n, v in rss.items()))
         took = [await failover(c) for _ in range(1 if a.quick else 3)]
-        print(f"leader kill -9 -> first acked write: "
+        print("leader kill -9 -> first acked write: "
               + ", ".join(f"{t:.2f}s" for t in took)
               + f" (median {statistics.median(took):.2f}s)")
         print(f"cpu count {os.cpu_count()}")

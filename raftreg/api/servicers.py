@@ -16,8 +16,8 @@ import grpc
 
 from raftreg import __version__
 from raftreg.api import convert
-from raftreg.api.status import status_for
 from raftreg.api.forward import LeaderLink
+from raftreg.api.status import status_for
 from raftreg.errors import FailedPrecondition, InvalidArgument, LeaseNotFound, RegistryError
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg

@@ -68,7 +68,7 @@ def error_from_status(
 ) -> E.RegistryError:
     """The exception a client raises for a failed call."""
     md = {k: v.decode() if isinstance(v, bytes) else v for k, v in metadata}
-    cls = _BY_NAME.get(md.get(ERROR_KEY, ""), None) or _BY_CODE.get(code, E.RegistryError)
+    cls = _BY_NAME.get(md.get(ERROR_KEY, "")) or _BY_CODE.get(code, E.RegistryError)
     message = details or code.name
     if issubclass(cls, E.Compacted):
         return E.Compacted(message, int(md.get(COMPACT_KEY, "0") or 0))

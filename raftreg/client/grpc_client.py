@@ -358,7 +358,8 @@ class GrpcRegistryClient:
     async def status(self, endpoint: str | None = None) -> NodeStatus:
         async def call(c: _Conn, t: float) -> NodeStatus:
             r = await c.maintenance.Status(pb.StatusRequest(), timeout=t)
-            self._member_endpoints.setdefault(r.header.member_id, c.endpoint)
+            if c.endpoint in self._endpoints:
+                self._member_endpoints.setdefault(r.header.member_id, c.endpoint)
             return _node_status(c.endpoint, r)
 
         if endpoint is None:
@@ -563,7 +564,7 @@ class GrpcRegistryClient:
                 result = await fn(c, self._attempt_timeout(deadline))
             except _RetryableFailure as f:
                 last = E.Unavailable(str(f))
-                maybe_applied = maybe_applied or f.maybe_applied
+                maybe_applied = maybe_applied or (write and f.maybe_applied)
             except grpc.aio.AioRpcError as e:
                 err = rpc_error(e)
                 if not _retryable(err):

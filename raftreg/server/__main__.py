@@ -1,4 +1,4 @@
-"""`python -m raftreg.server --config cluster.toml --name n1`: run one node (same as `raftreg node`)."""
+"""`python -m raftreg.server --config cluster.toml --name n1` runs one node (as `raftreg node`)."""
 
 from __future__ import annotations
 

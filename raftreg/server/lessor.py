@@ -50,6 +50,7 @@ class Lessor:
         self._deadlines: dict[int, float] = {}
         self._expiring: set[int] = set()
         self._led_term: int | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ leader view
 
@@ -117,7 +118,9 @@ class Lessor:
             for i in range(0, len(due), EXPIRE_BATCH):
                 batch = tuple(due[i : i + EXPIRE_BATCH])
                 self._expiring.update(batch)
-                asyncio.create_task(self._propose_expiry(batch))
+                task = asyncio.create_task(self._propose_expiry(batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _propose_expiry(self, ids: tuple[int, ...]) -> None:
         try:

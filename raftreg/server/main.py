@@ -16,8 +16,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
-
 from raftreg.api.forward import LeaderLink
 from raftreg.api.servicers import (
     ClusterServicer,
@@ -32,6 +30,8 @@ from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.server.node import RegistryNode
 
 log = logging.getLogger("raftreg.server")
+
+HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -95,14 +95,16 @@ def serve_node(cfg: ClusterConfig, name: str) -> int:
         format="%(asctime)s %(levelname)s %(name)s node=" + name + " %(message)s",
         stream=sys.stderr,
     )
-    if cfg.settings.use_uvloop:
+    import os
+    if cfg.settings.use_uvloop and not os.environ.get('RAFTREG_NOUV'):
         with contextlib.suppress(ImportError):
             import uvloop
 
             uvloop.install()
     # The raft tick thread, grpc's threads and the event loop share one GIL: a short switch
     # interval keeps a ready thread from waiting the default 5 ms for its turn.
-    sys.setswitchinterval(0.0002)
+    import os
+    sys.setswitchinterval(float(os.environ.get('RAFTREG_SWI', '0.0002')))
     # Long-lived process with large, stable heaps: keep the collector off the hot path.
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)

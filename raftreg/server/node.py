@@ -147,9 +147,9 @@ class RegistryNode:
 
     async def write(self, command: Command, client_id: int = 0, seq: int = 0) -> Result:
         """Validate, replicate and apply one command; raise the domain error on failure."""
-        self.store.validate(command)
         if isinstance(command, LeaseGrant) and command.id == 0:
             command = LeaseGrant(random.getrandbits(62) + 1, command.ttl)
+        self.store.validate(command)
         req = Request(command, now_ms=int(time.time() * 1000), client_id=client_id, seq=seq)
         try:
             result: Result = await asyncio.wait_for(

@@ -58,7 +58,9 @@ class FakeClient:
             return [self.kvs[key]] if key in self.kvs else []
         return [kv for k, kv in sorted(self.kvs.items()) if k >= key and (end == b"\0" or k < end)]
 
-    async def get(self, key: Any, *, range_end: Any = b"", prefix: bool = False, **kw: Any) -> RangeResult:
+    async def get(
+        self, key: Any, *, range_end: Any = b"", prefix: bool = False, **kw: Any
+    ) -> RangeResult:
         k, end = resolve_range(key, range_end, prefix)
         self._record("get", key=k, range_end=end, **kw)
         kvs = self._select(k, end)
@@ -71,14 +73,20 @@ class FakeClient:
             kvs = []
         return RangeResult(self.rev, tuple(kvs), False, count)
 
-    async def put(self, key: Any, value: Any, *, lease: int = 0, prev_kv: bool = False) -> PutResult:
+    async def put(
+        self, key: Any, value: Any, *, lease: int = 0, prev_kv: bool = False
+    ) -> PutResult:
         k = to_bytes(key)
         self._record("put", key=k, value=to_bytes(value), lease=lease, prev_kv=prev_kv)
         self.rev += 1
         prev = self.kvs.get(k)
         self.kvs[k] = KeyValue(
-            k, prev.create_revision if prev else self.rev, self.rev,
-            (prev.version if prev else 0) + 1, to_bytes(value), lease,
+            k,
+            prev.create_revision if prev else self.rev,
+            self.rev,
+            (prev.version if prev else 0) + 1,
+            to_bytes(value),
+            lease,
         )
         return PutResult(self.rev, prev if prev_kv else None)
 
@@ -139,15 +147,27 @@ class FakeClient:
     async def member_list(self) -> list[Member]:
         self._record("member_list")
         return [
-            Member(1, "n1", ("tcp://127.0.0.1:2380",), ("http://127.0.0.1:2379",), False, True, True),
-            Member(0xAB, "n2", ("tcp://127.0.0.1:2382",), ("http://127.0.0.1:2381",), False, False, False),
+            Member(
+                1, "n1", ("tcp://127.0.0.1:2380",), ("http://127.0.0.1:2379",), False, True, True
+            ),
+            Member(
+                0xAB,
+                "n2",
+                ("tcp://127.0.0.1:2382",),
+                ("http://127.0.0.1:2381",),
+                False,
+                False,
+                False,
+            ),
         ]
 
     async def status(self, endpoint: str | None = None) -> NodeStatus:
         self._record("status", endpoint=endpoint)
         if endpoint == "127.0.0.1:9":
             raise Unavailable("cannot connect to 127.0.0.1:9")
-        return NodeStatus(endpoint or "?", 1, 1, True, name="n1", version="0.1.0", revision=self.rev)
+        return NodeStatus(
+            endpoint or "?", 1, 1, True, name="n1", version="0.1.0", revision=self.rev
+        )
 
     async def close(self) -> None:
         self.closed = True
@@ -242,7 +262,9 @@ def test_endpoints_default_and_flag(tmp_path: Any, monkeypatch: pytest.MonkeyPat
 
 def test_put_get_simple(cli: Harness) -> None:
     assert cli("put", "foo", "bar") == (0, "OK\n", "")
-    assert cli.last.calls == [("put", {"key": b"foo", "value": b"bar", "lease": 0, "prev_kv": False})]
+    assert cli.last.calls == [
+        ("put", {"key": b"foo", "value": b"bar", "lease": 0, "prev_kv": False})
+    ]
     assert cli("put", "foo", "baz", "--prev-kv") == (0, "OK\nfoo\nbar\n", "")
     cli("put", "fox", "1")
     assert cli("get", "foo") == (0, "foo\nbaz\n", "")
@@ -270,7 +292,10 @@ def test_get_options_reach_the_client(cli: Harness) -> None:
     cli("get", "a", "--from-key", "--order", "DESCEND")
     _, kw = cli.last.calls[-1]
     assert (kw["range_end"], kw["sort_order"], kw["sort_target"], kw["serializable"]) == (
-        b"\0", SortOrder.DESCEND, SortTarget.KEY, False
+        b"\0",
+        SortOrder.DESCEND,
+        SortTarget.KEY,
+        False,
     )
     code, _, err = cli("get", "a", "z", "--prefix")
     assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1
@@ -321,15 +346,20 @@ def test_leases(cli: Harness) -> None:
     assert cli("lease", "grant", "10") == (0, "lease 694d77aa9e38260f granted with TTL(10s)\n", "")
     assert cli("lease", "list") == (0, "found 1 leases\n694d77aa9e38260f\n", "")
     code, out, _ = cli("lease", "timetolive", "694d77aa9e38260f", "--keys")
+    assert code == 0
     assert out == (
         "lease 694d77aa9e38260f granted with TTL(10s), remaining(9s), attached keys([a b])\n"
     )
     assert cli("lease", "revoke", "694d77aa9e38260f") == (0, "lease 694d77aa9e38260f revoked\n", "")
     assert cli("lease", "timetolive", "694d77aa9e38260f") == (
-        0, "lease 694d77aa9e38260f already expired\n", ""
+        0,
+        "lease 694d77aa9e38260f already expired\n",
+        "",
     )
     assert cli("lease", "revoke", "694d77aa9e38260f") == (
-        1, "", "Error: requested lease not found\n"
+        1,
+        "",
+        "Error: requested lease not found\n",
     )
     cli("put", "k", "v", "--lease", "0x10")
     assert cli.last.calls[0][1]["lease"] == 16
@@ -345,6 +375,7 @@ def test_compaction_and_member_list(cli: Harness) -> None:
     code, out, _ = cli("member", "list", "-w", "table")
     assert "| ID | STATUS" in out and "| ab | unreachable |" in out
     code, out, _ = cli("member", "list", "-w", "json")
+    assert code == 0
     assert json.loads(out)["members"][1]["name"] == "n2"
 
 
@@ -383,7 +414,9 @@ def test_node_with_missing_config_is_a_clear_error(tmp_path: Any) -> None:
     err = io.StringIO()
     code = run(["node", "--config", str(tmp_path / "nope.toml"), "--name", "n1"], stderr=err)
     assert code == 1
-    assert err.getvalue().startswith("Error: configuration file") and err.getvalue().count("\n") == 1
+    assert (
+        err.getvalue().startswith("Error: configuration file") and err.getvalue().count("\n") == 1
+    )
 
 
 def test_format_table() -> None:

@@ -95,7 +95,11 @@ class FakeServer(pbg.KVServicer, pbg.LeaseServicer, pbg.MaintenanceServicer, pbg
 
     async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:
         await self._enter("Range", context)
-        kvs = [pb.KeyValue(key=request.key, value=self.data[request.key])] if request.key in self.data else []
+        kvs = (
+            [pb.KeyValue(key=request.key, value=self.data[request.key])]
+            if request.key in self.data
+            else []
+        )
         return pb.RangeResponse(header=self.header(), kvs=kvs, count=len(kvs))
 
     async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
@@ -104,7 +108,9 @@ class FakeServer(pbg.KVServicer, pbg.LeaseServicer, pbg.MaintenanceServicer, pbg
         self.data[request.key] = request.value
         return pb.PutResponse(header=self.header())
 
-    async def DeleteRange(self, request: pb.DeleteRangeRequest, context: Any) -> pb.DeleteRangeResponse:
+    async def DeleteRange(
+        self, request: pb.DeleteRangeRequest, context: Any
+    ) -> pb.DeleteRangeResponse:
         await self._enter("DeleteRange", context, request.request_id)
         return pb.DeleteRangeResponse(header=self.header(), deleted=0)
 
@@ -116,34 +122,54 @@ class FakeServer(pbg.KVServicer, pbg.LeaseServicer, pbg.MaintenanceServicer, pbg
         await self._enter("Compact", context)
         return pb.CompactionResponse(header=self.header())
 
-    async def LeaseGrant(self, request: pb.LeaseGrantRequest, context: Any) -> pb.LeaseGrantResponse:
+    async def LeaseGrant(
+        self, request: pb.LeaseGrantRequest, context: Any
+    ) -> pb.LeaseGrantResponse:
         await self._enter("LeaseGrant", context, request.request_id)
         return pb.LeaseGrantResponse(header=self.header(), ID=request.ID or 42, TTL=request.TTL)
 
-    async def LeaseRevoke(self, request: pb.LeaseRevokeRequest, context: Any) -> pb.LeaseRevokeResponse:
+    async def LeaseRevoke(
+        self, request: pb.LeaseRevokeRequest, context: Any
+    ) -> pb.LeaseRevokeResponse:
         await self._enter("LeaseRevoke", context, request.request_id)
         return pb.LeaseRevokeResponse(header=self.header())
 
-    async def LeaseKeepAlive(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
+    async def LeaseKeepAlive(
+        self, request_iterator: Any, context: Any
+    ) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
         await self._enter("LeaseKeepAlive", context)
         async for req in request_iterator:
-            yield pb.LeaseKeepAliveResponse(header=self.header(), ID=req.ID, TTL=9 if req.ID == 42 else 0)
+            yield pb.LeaseKeepAliveResponse(
+                header=self.header(), ID=req.ID, TTL=9 if req.ID == 42 else 0
+            )
 
-    async def LeaseTimeToLive(self, request: pb.LeaseTimeToLiveRequest, context: Any) -> pb.LeaseTimeToLiveResponse:
+    async def LeaseTimeToLive(
+        self, request: pb.LeaseTimeToLiveRequest, context: Any
+    ) -> pb.LeaseTimeToLiveResponse:
         await self._enter("LeaseTimeToLive", context)
-        return pb.LeaseTimeToLiveResponse(header=self.header(), ID=request.ID, TTL=7, grantedTTL=10, keys=[b"a"])
+        return pb.LeaseTimeToLiveResponse(
+            header=self.header(), ID=request.ID, TTL=7, grantedTTL=10, keys=[b"a"]
+        )
 
-    async def LeaseLeases(self, request: pb.LeaseLeasesRequest, context: Any) -> pb.LeaseLeasesResponse:
+    async def LeaseLeases(
+        self, request: pb.LeaseLeasesRequest, context: Any
+    ) -> pb.LeaseLeasesResponse:
         await self._enter("LeaseLeases", context)
         return pb.LeaseLeasesResponse(header=self.header(), leases=[pb.LeaseStatus(ID=42)])
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         await self._enter("Status", context)
         return pb.StatusResponse(
-            header=self.header(), leader=self.leader, name=f"n{self.member_id}", raftTerm=3, keys=len(self.data)
+            header=self.header(),
+            leader=self.leader,
+            name=f"n{self.member_id}",
+            raftTerm=3,
+            keys=len(self.data),
         )
 
-    async def MemberList(self, request: pb.MemberListRequest, context: Any) -> pb.MemberListResponse:
+    async def MemberList(
+        self, request: pb.MemberListRequest, context: Any
+    ) -> pb.MemberListResponse:
         await self._enter("MemberList", context)
         members = [
             pb.Member(ID=i, name=f"n{i}", clientURLs=[url], isLeader=i == self.leader)
@@ -181,7 +207,12 @@ async def serving(*fakes: FakeServer) -> AsyncIterator[list[str]]:
 
 
 def client(endpoints: list[str], **kw: Any) -> GrpcRegistryClient:
-    opts: dict[str, Any] = {"timeout": 1.0, "connect_timeout": 1.0, "backoff_base": 0.01, "backoff_max": 0.05}
+    opts: dict[str, Any] = {
+        "timeout": 1.0,
+        "connect_timeout": 1.0,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+    }
     opts.update(kw)
     return GrpcRegistryClient(endpoints, **opts)
 
@@ -271,7 +302,9 @@ async def test_non_retryable_errors_raise_at_once(
 
 async def test_write_that_may_have_applied_raises_outcome_unknown_when_budget_ends() -> None:
     fake = FakeServer()
-    fake.script["Put"] = Script(always=abort(grpc.StatusCode.UNAVAILABLE, "leader changed", "OutcomeUnknown"))
+    fake.script["Put"] = Script(
+        always=abort(grpc.StatusCode.UNAVAILABLE, "leader changed", "OutcomeUnknown")
+    )
     async with serving(fake) as eps, client(eps, timeout=0.2, retry_budget=0.4) as c:
         with pytest.raises(OutcomeUnknown, match="outcome unknown"):
             await c.put("k", "v")
@@ -281,7 +314,9 @@ async def test_write_that_may_have_applied_raises_outcome_unknown_when_budget_en
 
 async def test_write_refused_by_the_server_every_time_is_unavailable_not_unknown() -> None:
     fake = FakeServer()
-    fake.script["Put"] = Script(always=abort(grpc.StatusCode.UNAVAILABLE, "no leader", "Unavailable"))
+    fake.script["Put"] = Script(
+        always=abort(grpc.StatusCode.UNAVAILABLE, "no leader", "Unavailable")
+    )
     async with serving(fake) as eps, client(eps, timeout=0.2, retry_budget=0.4) as c:
         with pytest.raises(Unavailable) as info:
             await c.put("k", "v")
@@ -319,7 +354,9 @@ async def test_unreachable_endpoint_raises_unavailable_for_writes() -> None:
 
 async def test_failover_to_the_next_endpoint() -> None:
     bad, good = FakeServer(1, leader=0), FakeServer(2, leader=0)
-    bad.script["Range"] = Script(always=abort(grpc.StatusCode.UNAVAILABLE, "no quorum", "Unavailable"))
+    bad.script["Range"] = Script(
+        always=abort(grpc.StatusCode.UNAVAILABLE, "no quorum", "Unavailable")
+    )
     good.data[b"k"] = b"v"
     async with serving(bad, good) as eps, client([f"127.0.0.1:{closed_port()}", *eps]) as c:
         r = await c.get("k")
@@ -375,7 +412,11 @@ async def test_lease_and_cluster_calls() -> None:
             assert [(m.id, m.name, m.is_leader) for m in members] == [(5, "n5", True)]
             st = await c.status(eps[0])
             assert (st.endpoint, st.member_id, st.leader, st.is_leader, st.raft_term) == (
-                eps[0], 5, 5, True, 3
+                eps[0],
+                5,
+                5,
+                True,
+                3,
             )
             assert (await c.status()).name == "n5"
             assert await c.compact(1) == 1
@@ -392,14 +433,22 @@ async def test_status_of_a_dead_endpoint_is_one_attempt() -> None:
 # --- error mapping -----------------------------------------------------------------------------
 
 
-def _rpc_error(code: grpc.StatusCode, details: str, md: tuple[tuple[str, str], ...]) -> grpc.aio.AioRpcError:
+def _rpc_error(
+    code: grpc.StatusCode, details: str, md: tuple[tuple[str, str], ...]
+) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*md), details, None)
 
 
 @pytest.mark.parametrize(
     "err",
-    [LeaseNotFound("lease 7 not found"), Compacted("compacted", 12), OutcomeUnknown("leader changed"),
-     Unavailable("no leader"), InvalidArgument("empty key"), DeadlineExceeded("slow")],
+    [
+        LeaseNotFound("lease 7 not found"),
+        Compacted("compacted", 12),
+        OutcomeUnknown("leader changed"),
+        Unavailable("no leader"),
+        InvalidArgument("empty key"),
+        DeadlineExceeded("slow"),
+    ],
 )
 def test_rpc_error_reverses_the_server_table(err: RegistryError) -> None:
     code, details, md = status_for(err)
@@ -423,7 +472,7 @@ def test_sync_client_from_a_script_and_from_threads() -> None:
     """The sync facade runs its own loop; a server runs on another loop in a helper thread."""
     fake = FakeServer()
     ready = threading.Event()
-    stop: list[Callable[[], None]] = []
+    stop: list[Callable[[], object]] = []
     endpoints: list[str] = []
 
     def server_thread() -> None:

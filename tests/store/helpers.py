@@ -37,7 +37,9 @@ def get(store: Store, key: bytes, revision: int = 0) -> KeyValue | None:
     return kvs[0] if kvs else None
 
 
-def keys(store: Store, key: bytes = b"", range_end: bytes = b"\0", revision: int = 0) -> list[bytes]:
+def keys(
+    store: Store, key: bytes = b"", range_end: bytes = b"\0", revision: int = 0
+) -> list[bytes]:
     return [kv.key for kv in store.range(Range(key, range_end, revision=revision)).kvs]
 
 

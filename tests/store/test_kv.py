@@ -262,7 +262,7 @@ def test_revision_unchanged_by_non_writes() -> None:
             "compare operand must be an integer",
         ),
         (Txn((Compare(b"", CompareTarget.VERSION, CompareResult.EQUAL, 1),)), "key is not"),
-        (Range(b"k"), "not a command"),  # type: ignore[arg-type]
+        (Range(b"k"), "not a command"),
         (Put(b"k", "str-value"), "value must be bytes"),  # type: ignore[arg-type]
     ],
 )
