@@ -38,9 +38,10 @@ class ClusterSettings:
     election_timeout_max: float = 0.8
     # A leader that has not heard from a majority for this long steps down.
     leader_fallback_timeout: float = 0.6
-    # Group commit: wait this long for more proposals when others are already in flight.
-    batch_linger_ms: float = 2.0
-    batch_max: int = 256
+    # Group commit: proposals arriving while this many log entries are being committed wait
+    # and leave together, up to batch_max per entry.
+    max_inflight_batches: int = 1
+    batch_max: int = 512
     # Log compaction (snapshot) thresholds.
     snapshot_entries: int = 20000
     snapshot_interval_s: float = 600.0

@@ -3,8 +3,9 @@
 Contract:
 - `propose(data)` replicates one opaque command and resolves with whatever `apply_one(data)`
   returned on THIS node once THIS node has applied it. Commands from concurrent callers are
-  grouped into one log entry (group commit); a lone proposal goes out at once, later ones wait
-  at most `batch_linger_ms` while earlier entries are in flight.
+  grouped into one log entry (group commit): a lone proposal goes out at once; while
+  `max_inflight` entries are being committed, new proposals wait and leave together in the
+  next entry as soon as one commits, so the batch size follows the load.
 - `read_barrier()` resolves once this node has applied a log entry that was proposed after the
   call began; reads served from the local state machine after it are linearizable. Concurrent
   readers share one barrier entry.
@@ -55,8 +56,8 @@ class RaftSettings:
     election_timeout_min: float = 0.4
     election_timeout_max: float = 0.8
     leader_fallback_timeout: float = 0.6
-    batch_linger_ms: float = 2.0
-    batch_max: int = 256
+    max_inflight: int = 1
+    batch_max: int = 512
     snapshot_entries: int = 20000
     snapshot_interval_s: float = 600.0
 
@@ -91,6 +92,29 @@ class _Fsm(SyncObj):  # type: ignore[misc]
     ) -> None:
         self._apply_one = apply_one
         super().__init__(self_addr, peers, conf)
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:
+        """Keep the leader's optimistic nextIndex from moving backwards on an in-order ack.
+
+        PySyncObj 0.3.17 sets nextIndex = acked + 1 on every successful append response, even
+        when later entries are already on the wire. With appendEntriesUseBatch=False the next
+        send then repeats those entries, the follower truncates and re-appends entries it has
+        applied ("truncating already-applied log entries") and the traffic grows with the
+        pipeline depth. A failed append (reset=True) still rewinds nextIndex as before, so a
+        lost message is re-sent.
+        """
+        if (
+            message.get("type") == "next_node_idx"
+            and message.get("success")
+            and not message.get("reset")
+        ):
+            next_index: dict[Any, int] = self._SyncObj__raftNextIndex
+            sent = next_index.get(node)
+            super()._SyncObj__onMessageReceived(node, message)
+            if sent is not None and next_index.get(node, 0) < sent:
+                next_index[node] = sent
+            return
+        super()._SyncObj__onMessageReceived(node, message)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_group(self, payload: bytes) -> list[Any]:
@@ -166,25 +190,20 @@ class RaftNode:
         if self._closed:
             raise Unavailable("node is shutting down")
         self._pending.append((data, fut))
-        if len(self._pending) >= self._s.batch_max:
-            self._flush()
-        elif self._flush_handle is None:
-            if self._inflight == 0:
-                # Nothing in flight: go now, but let callers woken in this loop turn join in.
-                self._flush_handle = self._loop.call_soon(self._flush)
-            else:
-                self._flush_handle = self._loop.call_later(
-                    self._s.batch_linger_ms / 1000.0, self._flush
-                )
+        if self._flush_handle is None and self._inflight < self._s.max_inflight:
+            # Go now, but let callers woken in this loop turn join in.
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._flush_handle = None
         if not self._pending:
             return
-        items, self._pending = self._pending, []
-        barrier, self._barrier = self._barrier, None
+        cut = self._s.batch_max
+        items, self._pending = self._pending[:cut], self._pending[cut:]
+        if self._barrier is not None and any(not d for d, _ in items):
+            barrier, self._barrier = self._barrier, None
+        else:
+            barrier = None
         self._inflight += 1
         payload = msgpack.packb([d for d, _ in items])
 
@@ -205,9 +224,8 @@ class RaftNode:
         err: int,
     ) -> None:
         self._inflight -= 1
-        if self._pending and self._inflight == 0 and self._flush_handle is not None:
-            # The batch we were lingering for is done: no reason to keep waiting.
-            self._flush()
+        if self._pending and self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
         exc: Exception | None = None
         if err != FAIL_REASON.SUCCESS:
             if err in _NOT_APPLIED:

@@ -91,7 +91,7 @@ class RegistryNode:
                 election_timeout_min=s.election_timeout_min,
                 election_timeout_max=s.election_timeout_max,
                 leader_fallback_timeout=s.leader_fallback_timeout,
-                batch_linger_ms=s.batch_linger_ms,
+                max_inflight=s.max_inflight_batches,
                 batch_max=s.batch_max,
                 snapshot_entries=s.snapshot_entries,
                 snapshot_interval_s=s.snapshot_interval_s,
