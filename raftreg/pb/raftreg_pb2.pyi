@@ -584,6 +584,156 @@ class TxnResponse(_message.Message):
 Global___TxnResponse: _TypeAlias = TxnResponse  # noqa: Y015
 
 @_typing.final
+class TaggedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    PUT_FIELD_NUMBER: _builtins.int
+    DELETE_RANGE_FIELD_NUMBER: _builtins.int
+    TXN_FIELD_NUMBER: _builtins.int
+    tag: _builtins.int
+    @_builtins.property
+    def range(self) -> Global___RangeRequest: ...
+    @_builtins.property
+    def put(self) -> Global___PutRequest: ...
+    @_builtins.property
+    def delete_range(self) -> Global___DeleteRangeRequest: ...
+    @_builtins.property
+    def txn(self) -> Global___TxnRequest: ...
+    def __init__(
+        self,
+        *,
+        tag: _builtins.int = ...,
+        range: Global___RangeRequest | None = ...,
+        put: Global___PutRequest | None = ...,
+        delete_range: Global___DeleteRangeRequest | None = ...,
+        txn: Global___TxnRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete_range", b"delete_range", "put", b"put", "range", b"range", "request", b"request", "txn", b"txn"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_range", b"delete_range", "put", b"put", "range", b"range", "request", b"request", "tag", b"tag", "txn", b"txn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["range", "put", "delete_range", "txn"]  # noqa: Y015
+    _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
+
+Global___TaggedRequest: _TypeAlias = TaggedRequest  # noqa: Y015
+
+@_typing.final
+class BatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ops(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaggedRequest]: ...
+    def __init__(
+        self,
+        *,
+        ops: _abc.Iterable[Global___TaggedRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ops", b"ops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRequest: _TypeAlias = BatchRequest  # noqa: Y015
+
+@_typing.final
+class OpError(_message.Message):
+    """A failed operation: the gRPC status code and details the unary call would have returned,
+    plus raftreg's error kind (see raftreg/api/status.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    COMPACT_REVISION_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    message: _builtins.str
+    kind: _builtins.str
+    compact_revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        compact_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "compact_revision", b"compact_revision", "kind", b"kind", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpError: _TypeAlias = OpError  # noqa: Y015
+
+@_typing.final
+class TaggedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    PUT_FIELD_NUMBER: _builtins.int
+    DELETE_RANGE_FIELD_NUMBER: _builtins.int
+    TXN_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    tag: _builtins.int
+    @_builtins.property
+    def range(self) -> Global___RangeResponse: ...
+    @_builtins.property
+    def put(self) -> Global___PutResponse: ...
+    @_builtins.property
+    def delete_range(self) -> Global___DeleteRangeResponse: ...
+    @_builtins.property
+    def txn(self) -> Global___TxnResponse: ...
+    @_builtins.property
+    def error(self) -> Global___OpError: ...
+    def __init__(
+        self,
+        *,
+        tag: _builtins.int = ...,
+        range: Global___RangeResponse | None = ...,
+        put: Global___PutResponse | None = ...,
+        delete_range: Global___DeleteRangeResponse | None = ...,
+        txn: Global___TxnResponse | None = ...,
+        error: Global___OpError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete_range", b"delete_range", "error", b"error", "put", b"put", "range", b"range", "response", b"response", "txn", b"txn"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_range", b"delete_range", "error", b"error", "put", b"put", "range", b"range", "response", b"response", "tag", b"tag", "txn", b"txn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["range", "put", "delete_range", "txn", "error"]  # noqa: Y015
+    _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
+
+Global___TaggedResponse: _TypeAlias = TaggedResponse  # noqa: Y015
+
+@_typing.final
+class BatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaggedResponse]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___TaggedResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchResponse: _TypeAlias = BatchResponse  # noqa: Y015
+
+@_typing.final
 class CompactionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

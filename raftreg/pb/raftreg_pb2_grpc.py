@@ -59,6 +59,11 @@ class KVStub:
                 request_serializer=raftreg_dot_pb_dot_raftreg__pb2.CompactionRequest.SerializeToString,
                 response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.CompactionResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.stream_stream(
+                '/raftreg.v1.KV/Batch',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.BatchRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.BatchResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -94,6 +99,15 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request_iterator, context):
+        """raftreg extension: KV operations multiplexed over one stream, several per message. Every
+        operation is answered exactly once, under its tag, in completion order. Semantics per
+        operation are those of the unary calls; an error answers only its own operation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +135,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Compact,
                     request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.CompactionRequest.FromString,
                     response_serializer=raftreg_dot_pb_dot_raftreg__pb2.CompactionResponse.SerializeToString,
+            ),
+            'Batch': grpc.stream_stream_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.BatchRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.BatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +277,33 @@ class KV:
             '/raftreg.v1.KV/Compact',
             raftreg_dot_pb_dot_raftreg__pb2.CompactionRequest.SerializeToString,
             raftreg_dot_pb_dot_raftreg__pb2.CompactionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftreg.v1.KV/Batch',
+            raftreg_dot_pb_dot_raftreg__pb2.BatchRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,11 @@ class KVStub:
     DeleteRange: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.DeleteRangeRequest, _raftreg_pb2.DeleteRangeResponse]
     Txn: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.TxnRequest, _raftreg_pb2.TxnResponse]
     Compact: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.CompactionRequest, _raftreg_pb2.CompactionResponse]
+    Batch: _grpc.StreamStreamMultiCallable[_raftreg_pb2.BatchRequest, _raftreg_pb2.BatchResponse]
+    """raftreg extension: KV operations multiplexed over one stream, several per message. Every
+    operation is answered exactly once, under its tag, in completion order. Semantics per
+    operation are those of the unary calls; an error answers only its own operation.
+    """
 
 @_typing.type_check_only
 class KVAsyncStub(KVStub):
@@ -47,6 +52,11 @@ class KVAsyncStub(KVStub):
     DeleteRange: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.DeleteRangeRequest, _raftreg_pb2.DeleteRangeResponse]  # type: ignore[assignment]
     Txn: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.TxnRequest, _raftreg_pb2.TxnResponse]  # type: ignore[assignment]
     Compact: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.CompactionRequest, _raftreg_pb2.CompactionResponse]  # type: ignore[assignment]
+    Batch: _aio.StreamStreamMultiCallable[_raftreg_pb2.BatchRequest, _raftreg_pb2.BatchResponse]  # type: ignore[assignment]
+    """raftreg extension: KV operations multiplexed over one stream, several per message. Every
+    operation is answered exactly once, under its tag, in completion order. Semantics per
+    operation are those of the unary calls; an error answers only its own operation.
+    """
 
 class KVServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -83,6 +93,17 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
         request: _raftreg_pb2.CompactionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_raftreg_pb2.CompactionResponse, _abc.Awaitable[_raftreg_pb2.CompactionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Batch(
+        self,
+        request_iterator: _MaybeAsyncIterator[_raftreg_pb2.BatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_raftreg_pb2.BatchResponse], _abc.AsyncIterator[_raftreg_pb2.BatchResponse]]:
+        """raftreg extension: KV operations multiplexed over one stream, several per message. Every
+        operation is answered exactly once, under its tag, in completion order. Semantics per
+        operation are those of the unary calls; an error answers only its own operation.
+        """
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -102,25 +102,44 @@ class Lessor:
     # ------------------------------------------------------------------ expiry loop
 
     async def run(self) -> None:
+        next_scan = 0.0
         while True:
             await asyncio.sleep(self._tick)
             if not self._ensure_current():
+                next_scan = 0.0
                 continue
             now = self._clock()
-            live = {lease.id: lease for lease in self._leases()}
-            for gone in [i for i in self._deadlines if i not in live]:
-                del self._deadlines[gone]
-            self._expiring &= set(live)
-            due = sorted(
-                lid for lid, lease in live.items()
-                if lid not in self._expiring and self._deadline(lease) <= now
-            )
+            if now >= next_scan:
+                self._scan()
+                # The full scan copies every lease: keep it to ~10% of the loop however many
+                # leases there are (a lease nobody renews starts its TTL when a scan sees it).
+                done = self._clock()
+                next_scan = done + 9 * (done - now)
+                now = done
+            due = []
+            for lid in sorted(
+                lid for lid, d in self._deadlines.items()
+                if d <= now and lid not in self._expiring
+            ):
+                if self._lease(lid) is None:  # revoked since the last scan
+                    del self._deadlines[lid]
+                else:
+                    due.append(lid)
             for i in range(0, len(due), EXPIRE_BATCH):
                 batch = tuple(due[i : i + EXPIRE_BATCH])
                 self._expiring.update(batch)
                 task = asyncio.create_task(self._propose_expiry(batch))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    def _scan(self) -> None:
+        """Sync the deadlines with the store: forget gone leases, start the TTL of new ones."""
+        live = {lease.id: lease for lease in self._leases()}
+        for gone in [i for i in self._deadlines if i not in live]:
+            del self._deadlines[gone]
+        self._expiring &= set(live)
+        for lease in live.values():
+            self._deadline(lease)
 
     async def _propose_expiry(self, ids: tuple[int, ...]) -> None:
         try:

@@ -13,6 +13,11 @@ How: every watcher tracks `next_rev`, the first revision it has not seen. Catch-
 in apply order, after the lock was released) with a revision below `next_rev` are dropped. Both
 together cover every revision exactly once. After a snapshot install the live stream has a
 hole, so `resync()` makes every watcher catch up again from its `next_rev`.
+
+Catch-up is paced by the stream: history is sent in messages of whole revisions while the
+stream's queue has room; a watcher with more history than that is "unsynced" (live events skip
+it) and continues catching up as the stream drains, then rejoins the live stream. Watch ids are
+per stream, as in etcd.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from raftreg.errors import Compacted
+from raftreg.errors import Compacted, RegistryError
 from raftreg.store.commands import Event, EventType
 
 log = logging.getLogger("raftreg.watch")
 
 ALL_KEYS = b"\0"
+# Bounds of one catch-up message (a single revision larger than this is still sent whole).
+MAX_MSG_EVENTS = 1000
+MAX_MSG_BYTES = 1 << 20
 
 
 def in_range(key: bytes, start: bytes, end: bytes) -> bool:
@@ -69,6 +77,7 @@ class Watcher:
         self.spec = spec
         self.stream = stream
         self.next_rev = 0
+        self.synced = True  # False while catching up from history (live events skip it)
 
     def select(self, events: list[Event]) -> list[Event]:
         s = self.spec
@@ -93,6 +102,7 @@ class WatchStream:
         self.queued_events = 0
         self.watchers: dict[int, Watcher] = {}
         self.closed = False
+        self.ids = itertools.count(1)
 
     def send(self, msg: Outgoing) -> None:
         if self.closed:
@@ -102,6 +112,9 @@ class WatchStream:
 
     def taken(self, msg: Outgoing) -> None:
         self.queued_events -= len(msg.events)
+        if self.queued_events <= self.hub._limit // 2 and not self.closed:
+            for w in [w for w in self.watchers.values() if not w.synced]:
+                self.hub._catch_up(w)
 
     def close(self) -> None:
         if not self.closed:
@@ -124,8 +137,10 @@ class WatchHub:
         self._revision = current_revision
         self._history = history
         self._limit = buffer_limit
-        self._watchers: dict[int, Watcher] = {}
-        self._ids = itertools.count(1)
+        self._watchers: dict[Watcher, None] = {}  # every stream's watchers (ids are per stream)
+        # The last revision handed to `publish` (or caught up by `resync`): progress
+        # notifications never claim a revision whose events may still be on their way.
+        self._published = current_revision()
 
     def __len__(self) -> int:
         return len(self._watchers)
@@ -136,10 +151,10 @@ class WatchHub:
     def create(self, stream: WatchStream, spec: WatchSpec, wid: int = 0) -> Watcher | None:
         """Register a watcher; sends `created` (and catch-up events, or the cancel)."""
         if wid == 0:
-            wid = next(self._ids)
-            while wid in self._watchers:
-                wid = next(self._ids)
-        elif wid in self._watchers:
+            wid = next(stream.ids)
+            while wid in stream.watchers:
+                wid = next(stream.ids)
+        elif wid in stream.watchers:
             stream.send(
                 Outgoing(wid, self._revision(), created=True, canceled=True,
                          cancel_reason=f"watch id {wid} is already in use")
@@ -149,7 +164,7 @@ class WatchHub:
         rev = self._revision()
         stream.send(Outgoing(wid, rev, created=True))
         w.next_rev = spec.start_revision if spec.start_revision > 0 else rev + 1
-        self._watchers[wid] = w
+        self._watchers[w] = None
         stream.watchers[wid] = w
         if w.next_rev <= rev:
             self._catch_up(w)
@@ -164,10 +179,13 @@ class WatchHub:
         return True
 
     def remove(self, w: Watcher) -> None:
-        self._watchers.pop(w.id, None)
-        w.stream.watchers.pop(w.id, None)
+        self._watchers.pop(w, None)
+        if w.stream.watchers.get(w.id) is w:
+            del w.stream.watchers[w.id]
 
     def _catch_up(self, w: Watcher) -> None:
+        """Send history from `w.next_rev` while the stream has room; the watcher is synced
+        (gets live events) once it has everything up to the store's current revision."""
         try:
             events = self._history(w.next_rev, w.spec.key, w.spec.range_end)
         except Compacted as e:
@@ -178,7 +196,27 @@ class WatchHub:
                          cancel_reason="required revision has been compacted")
             )
             return
-        self._deliver(w, events, self._revision())
+        except RegistryError as e:  # e.g. a bad range: refuse this watch, keep the stream
+            self.remove(w)
+            w.stream.send(Outgoing(w.id, self._revision(), canceled=True, cancel_reason=str(e)))
+            return
+        rev = self._revision()
+        w.synced = False
+        i = 0
+        while i < len(events):
+            room = self._limit - w.stream.queued_events
+            n = _whole_revisions(events, i, room, allow_oversize=w.stream.queued_events == 0)
+            if n == 0:
+                return  # resumed by WatchStream.taken() as the stream drains
+            chunk = events[i : i + n]
+            i += n
+            selected = w.select(chunk)
+            w.next_rev = max(w.next_rev, chunk[-1].kv.mod_revision + 1)
+            if selected:
+                w.stream.send(Outgoing(w.id, rev, events=selected))
+        # Not `rev + 1`: the store may have moved past the history read, and those revisions'
+        # publishes are still on their way (the select() filter drops what history covered).
+        w.synced = True
 
     def _deliver(self, w: Watcher, events: list[Event], revision: int) -> None:
         selected = w.select(events)
@@ -186,7 +224,8 @@ class WatchHub:
             w.next_rev = max(w.next_rev, events[-1].kv.mod_revision + 1)
         if not selected:
             return
-        if w.stream.queued_events + len(selected) > self._limit:
+        queued = w.stream.queued_events
+        if queued and queued + len(selected) > self._limit:
             self.remove(w)
             w.stream.send(
                 Outgoing(w.id, revision, canceled=True,
@@ -199,21 +238,49 @@ class WatchHub:
     # ------------------------------------------------------------------ publishers (event loop)
 
     def publish(self, revision: int, events: list[Event]) -> None:
-        for w in list(self._watchers.values()):
-            if revision >= w.next_rev:
+        self._published = max(self._published, revision)
+        for w in list(self._watchers):
+            if w.synced and revision >= w.next_rev:
                 self._deliver(w, events, revision)
 
     def resync(self) -> None:
         """After the store was replaced by a snapshot: catch every watcher up again."""
-        for w in list(self._watchers.values()):
+        self._published = self._revision()
+        for w in list(self._watchers):
             self._catch_up(w)
 
     def progress(self, stream: WatchStream | None = None) -> None:
         """Progress notifications: to one stream (on request) or to watchers that asked."""
-        rev = self._revision()
+        rev = self._published
         if stream is not None:
             stream.send(Outgoing(-1, rev))
             return
-        for w in list(self._watchers.values()):
-            if w.spec.progress_notify and w.next_rev > rev:
+        for w in list(self._watchers):
+            if w.spec.progress_notify and w.synced and w.next_rev > rev:
                 w.stream.send(Outgoing(w.id, rev))
+
+
+def _whole_revisions(events: list[Event], start: int, room: int, *, allow_oversize: bool) -> int:
+    """How many events from `start` make one catch-up message: whole revisions only, within
+    `room` events and the message bounds; the first revision alone if it is larger and
+    `allow_oversize` (the stream is empty). 0: wait for room."""
+    limit = min(room, MAX_MSG_EVENTS)
+    size = 0
+    n = 0  # events up to the last complete revision that fits
+    j = start
+    while j < len(events):
+        rev = events[j].kv.mod_revision
+        k = j
+        while k < len(events) and events[k].kv.mod_revision == rev:
+            e = events[k]
+            size += 32 + len(e.kv.key) + len(e.kv.value)
+            if e.prev_kv is not None:
+                size += len(e.prev_kv.value)
+            k += 1
+        if (k - start > limit or size > MAX_MSG_BYTES) and n > 0:
+            break
+        if k - start > limit or size > MAX_MSG_BYTES:
+            return k - start if allow_oversize else 0
+        n = k - start
+        j = k
+    return n

@@ -7,6 +7,7 @@ process it started is stopped by `close()` (also on `with` exit).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -21,6 +22,16 @@ import grpc
 
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies, so a
+    crashed or killed test run never leaves node processes behind (Linux prctl)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def free_ports(n: int) -> list[int]:
@@ -79,6 +90,7 @@ class ProcessCluster:
                 [sys.executable, "-m", "raftreg.server", "--config", str(self.config_path),
                  "--name", n],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
+                preexec_fn=_die_with_parent,
             )
             log.close()
 

@@ -1,0 +1,466 @@
+"""Lease API on real node processes, over raw grpc.aio stubs: grant/attach/revoke, keepalive
+(also through a follower), expiry timing on every node, failover, whole-cluster restart and a
+mass expiry under write load."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import statistics
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from raftreg.pb import raftreg_pb2 as pb
+from raftreg.pb import raftreg_pb2_grpc as pbg
+from raftreg.testing import ProcessCluster
+
+pytestmark = pytest.mark.timeout(90)
+
+MIN_TTL = 1
+PUT, DELETE = pb.Event.PUT, pb.Event.DELETE
+
+
+@pytest.fixture(scope="module")
+def lcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    root = tmp_path_factory.mktemp("lease") / "cluster"
+    with ProcessCluster(root, min_lease_ttl=MIN_TTL) as c:
+        c.start()
+        c.wait_leader()
+        yield c
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[ProcessCluster]:
+    with ProcessCluster(tmp_path / "cluster", min_lease_ttl=MIN_TTL) as c:
+        c.start()
+        c.wait_leader()
+        yield c
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def roles(c: ProcessCluster) -> tuple[str, list[str]]:
+    leader = c.wait_leader()
+    return leader, [n for n in c.names if n != leader and c.alive(n)]
+
+
+class Node:
+    """aio stubs on one node."""
+
+    def __init__(self, addr: str) -> None:
+        self.addr = addr
+        self.channel = grpc.aio.insecure_channel(addr)
+        self.kv: Any = pbg.KVStub(self.channel)
+        self.lease: Any = pbg.LeaseStub(self.channel)
+        self.watch: Any = pbg.WatchStub(self.channel)
+        self.maint: Any = pbg.MaintenanceStub(self.channel)
+
+    async def grant(self, ttl: int, lease_id: int = 0) -> pb.LeaseGrantResponse:
+        r: pb.LeaseGrantResponse = await self.lease.LeaseGrant(
+            pb.LeaseGrantRequest(TTL=ttl, ID=lease_id), timeout=10)
+        return r
+
+    async def put(self, key: bytes, value: bytes = b"v", lease: int = 0) -> int:
+        r = await self.kv.Put(pb.PutRequest(key=key, value=value, lease=lease), timeout=10)
+        return int(r.header.revision)
+
+    async def count(self, key: bytes, range_end: bytes = b"", serializable: bool = False) -> int:
+        r = await self.kv.Range(pb.RangeRequest(key=key, range_end=range_end, count_only=True,
+                                                serializable=serializable), timeout=10)
+        return int(r.count)
+
+    async def ttl(self, lease_id: int, keys: bool = False) -> pb.LeaseTimeToLiveResponse:
+        r: pb.LeaseTimeToLiveResponse = await self.lease.LeaseTimeToLive(
+            pb.LeaseTimeToLiveRequest(ID=lease_id, keys=keys), timeout=10)
+        return r
+
+    async def revision(self) -> int:
+        r = await self.maint.Status(pb.StatusRequest(), timeout=5)
+        return int(r.header.revision)
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+
+class KeepAlive:
+    """One LeaseKeepAlive stream; `ping(ids)` sends one keepalive per id and waits for all."""
+
+    def __init__(self, node: Node) -> None:
+        self._q: asyncio.Queue[pb.LeaseKeepAliveRequest | None] = asyncio.Queue()
+        self.call: Any = node.lease.LeaseKeepAlive(self._iter())
+
+    async def _iter(self) -> AsyncIterator[pb.LeaseKeepAliveRequest]:
+        while (r := await self._q.get()) is not None:
+            yield r
+
+    async def ping(self, ids: list[int], timeout: float = 10.0) -> dict[int, int]:
+        for i in ids:
+            self._q.put_nowait(pb.LeaseKeepAliveRequest(ID=i))
+        out: dict[int, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(out) < len(set(ids)):
+            resp = await asyncio.wait_for(self.call.read(), max(0.01, deadline - time.monotonic()))
+            assert resp is not grpc.aio.EOF, "the keepalive stream ended"  # type: ignore[attr-defined]
+            out[int(resp.ID)] = int(resp.TTL)
+        return out
+
+    def close(self) -> None:
+        self._q.put_nowait(None)
+        self.call.cancel()
+
+
+class EventLog:
+    """A watch on a prefix, recording (receive time, event) in the background."""
+
+    def __init__(self, node: Node, key: bytes, range_end: bytes) -> None:
+        self._q: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
+        self.call: Any = node.watch.Watch(self._iter())
+        self._q.put_nowait(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+            key=key, range_end=range_end)))
+        self.events: list[tuple[float, pb.Event]] = []
+        self.created = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _iter(self) -> AsyncIterator[pb.WatchRequest]:
+        while (r := await self._q.get()) is not None:
+            yield r
+
+    async def _run(self) -> None:
+        async for resp in self.call:
+            now = time.monotonic()
+            if resp.created:
+                self.created.set()
+            assert not resp.canceled, resp.cancel_reason
+            self.events.extend((now, e) for e in resp.events)
+
+    async def wait(self, pred: Any, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self.created.wait(), timeout)
+        deadline = time.monotonic() + timeout
+        while not pred(self.events):
+            if self.task.done():
+                self.task.result()
+            assert time.monotonic() < deadline, f"timed out with {len(self.events)} events"
+            await asyncio.sleep(0.005)
+
+    async def close(self) -> None:
+        self._q.put_nowait(None)
+        self.call.cancel()
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await self.task
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_grant_attach_revoke_and_list(lcluster: ProcessCluster) -> None:
+    leader, (f1, f2) = roles(lcluster)
+    a, b, ld = Node(lcluster.client[f1]), Node(lcluster.client[f2]), Node(lcluster.client[leader])
+    watch = EventLog(b, b"lg/", prefix_end(b"lg/"))
+    try:
+        g1 = await a.grant(0)  # server-chosen id; TTL raised to the minimum
+        assert g1.ID > 0 and g1.TTL == MIN_TTL
+        g2 = await b.grant(10, lease_id=0x5EED)
+        assert (g2.ID, g2.TTL) == (0x5EED, 10)
+        with pytest.raises(grpc.aio.AioRpcError) as dup:
+            await a.grant(10, lease_id=0x5EED)
+        assert dup.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        ka = KeepAlive(a)
+        await ka.ping([g1.ID])  # keep the short one alive through the checks
+        r1 = await a.put(b"lg/one", lease=g2.ID)
+        r2 = await b.put(b"lg/two", lease=g2.ID)
+        got = await a.kv.Range(pb.RangeRequest(key=b"lg/one"), timeout=10)
+        assert got.kvs[0].lease == g2.ID
+        for n in (a, b, ld):  # followers forward TimeToLive to the leader
+            t = await n.ttl(g2.ID, keys=True)
+            assert sorted(t.keys) == [b"lg/one", b"lg/two"]
+            assert t.grantedTTL == 10 and 0 < t.TTL <= 10
+        # A put with an unknown lease is refused and changes nothing.
+        before = await ld.revision()
+        with pytest.raises(grpc.aio.AioRpcError) as nf:
+            await a.put(b"lg/three", lease=0x0BAD)
+        assert nf.value.code() == grpc.StatusCode.NOT_FOUND, nf.value.details()
+        assert await ld.revision() == before
+        assert await b.count(b"lg/three") == 0
+        ids = {s.ID for s in (await a.lease.LeaseLeases(pb.LeaseLeasesRequest(), timeout=10)
+                              ).leases}
+        assert {g1.ID, g2.ID} <= ids
+        # Revoke deletes the keys, with DELETE events, in one revision.
+        rev = await b.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=g2.ID), timeout=10)
+        await watch.wait(lambda evs: sum(e.type == DELETE for _, e in evs) >= 2)
+        evs = [(e.type, e.kv.key, e.kv.mod_revision) for _, e in watch.events]
+        rr = rev.header.revision
+        assert evs == [(PUT, b"lg/one", r1), (PUT, b"lg/two", r2),
+                       (DELETE, b"lg/one", rr), (DELETE, b"lg/two", rr)]
+        for n in (a, b, ld):
+            assert await n.count(b"lg/", prefix_end(b"lg/")) == 0
+            assert (await n.ttl(g2.ID)).TTL == -1
+        ids = {s.ID for s in (await ld.lease.LeaseLeases(pb.LeaseLeasesRequest(), timeout=10)
+                              ).leases}
+        assert g2.ID not in ids
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await a.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=g2.ID), timeout=10)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+        assert (await ka.ping([g2.ID]))[g2.ID] == 0, "keepalive of a gone lease answers TTL 0"
+        ka.close()
+    finally:
+        await watch.close()
+        for n in (a, b, ld):
+            await n.close()
+
+
+async def test_keepalive_many_leases_on_one_stream_through_a_follower(
+    lcluster: ProcessCluster,
+) -> None:
+    leader, (f1, _) = roles(lcluster)
+    f = Node(lcluster.client[f1])
+    ld = Node(lcluster.client[leader])
+    try:
+        ttl = 2
+        ids = [(await f.grant(ttl)).ID for _ in range(50)]
+        control = (await f.grant(ttl)).ID  # not kept alive: proves the TTL is real
+        for i, lid in enumerate(ids):
+            await f.put(b"ka/%d" % i, lease=lid)
+        await f.put(b"ka/control", lease=control)
+        ka = KeepAlive(f)
+        t0 = time.monotonic()
+        rounds = 0
+        while time.monotonic() - t0 < 2.5 * ttl:
+            t = time.monotonic()
+            got = await ka.ping(ids)
+            assert got == {lid: ttl for lid in ids}
+            rounds += 1
+            await asyncio.sleep(max(0.0, ttl / 4 - (time.monotonic() - t)))
+        ka.close()
+        assert await ld.count(b"ka/control") == 0, "the control lease did not expire"
+        assert await ld.count(b"ka/", b"ka/control") == len(ids)
+        for lid in ids[:5]:
+            assert (await ld.ttl(lid)).TTL > 0
+        print(f"\n{rounds} rounds of {len(ids)} keepalives through a follower")
+    finally:
+        await f.close()
+        await ld.close()
+
+
+async def test_expiry_deletes_on_every_node_not_early_and_soon_after(
+    lcluster: ProcessCluster,
+) -> None:
+    leader, (f1, f2) = roles(lcluster)
+    nodes = {n: Node(lcluster.client[n]) for n in lcluster.names}
+    logs = {n: EventLog(nodes[n], b"ex/", prefix_end(b"ex/")) for n in lcluster.names}
+    try:
+        ttl = 2
+        lid = (await nodes[f1].grant(ttl)).ID
+        await nodes[f1].put(b"ex/k", lease=lid)
+        ka = KeepAlive(nodes[leader])
+        last_send = 0.0
+        for _ in range(3):  # a few renewals; the deadline counts from the last one's send time
+            last_send = time.monotonic()
+            assert (await ka.ping([lid]))[lid] == ttl
+            await asyncio.sleep(0.4)
+        ka.close()
+        # Poll with linearizable reads: present until the TTL has passed.
+        reader = nodes[f2]
+        while True:
+            t_start = time.monotonic()
+            present = await reader.count(b"ex/k") == 1
+            t_done = time.monotonic()
+            if not present:
+                assert t_done >= last_send + ttl, f"expired {last_send + ttl - t_done:.3f}s early"
+                break
+            assert t_start < last_send + ttl + 3, "never expired"
+            await asyncio.sleep(0.01)
+        for log in logs.values():
+            await log.wait(lambda evs: any(e.type == DELETE for _, e in evs))
+        dels = {n: [(t, e) for t, e in log.events if e.type == DELETE]
+                for n, log in logs.items()}
+        assert len({d[0][1].kv.mod_revision for d in dels.values()}) == 1
+        lateness = {n: d[0][0] - (last_send + ttl) for n, d in dels.items()}
+        print("\nexpiry lateness after TTL (event received): "
+              + ", ".join(f"{n} {v * 1e3:.0f} ms" for n, v in sorted(lateness.items())))
+        for n, late in lateness.items():
+            assert 0 <= late < 1.5, (n, late)
+        assert (await nodes[leader].ttl(lid)).TTL == -1
+    finally:
+        for log in logs.values():
+            await log.close()
+        for node in nodes.values():
+            await node.close()
+
+
+async def test_mass_expiry_while_serving_puts(lcluster: ProcessCluster) -> None:
+    leader, (f1, _) = roles(lcluster)
+    g, ld = Node(lcluster.client[f1]), Node(lcluster.client[leader])
+    # The TTL covers the setup (2000 grants, then keys attached 100 per txn), so nothing
+    # expires early; then one round of keepalives lines all the deadlines up.
+    n, ttl = 2000, 8
+    try:
+        sem = asyncio.Semaphore(64)
+
+        async def grant() -> int:
+            async with sem:
+                return int((await g.grant(ttl)).ID)
+
+        t_setup = time.monotonic()
+        ids = await asyncio.gather(*(grant() for _ in range(n)))
+
+        async def attach(j: int) -> None:
+            ops = [pb.RequestOp(request_put=pb.PutRequest(key=b"me/%04d" % i, value=b"v",
+                                                          lease=ids[i]))
+                   for i in range(j, min(n, j + 100))]
+            await g.kv.Txn(pb.TxnRequest(success=ops), timeout=10)
+
+        await asyncio.gather(*(attach(j) for j in range(0, n, 100)))
+        t_ka = time.monotonic()
+        assert t_ka - t_setup < ttl - 1, f"setup took {t_ka - t_setup:.1f}s"
+        kas = [KeepAlive(ld) for _ in range(4)]
+        got: dict[int, int] = {}
+        for part in await asyncio.gather(*(ka.ping(ids[j::4], timeout=30)
+                                           for j, ka in enumerate(kas))):
+            got.update(part)
+        assert set(got.values()) == {ttl}
+        t_acked = time.monotonic()
+        print(f"\nsetup {t_ka - t_setup:.1f}s, keepalive of {n} leases {t_acked - t_ka:.2f}s")
+        for ka in kas:
+            ka.close()
+        latencies: list[tuple[float, float]] = []
+        i = 0
+        while True:
+            t = time.monotonic()
+            await g.put(b"mw/%d" % i)
+            latencies.append((t, time.monotonic() - t))
+            i += 1
+            if t > t_ka + ttl and i % 10 == 0 and await ld.count(
+                    b"me/", prefix_end(b"me/"), serializable=True) == 0:
+                break
+            assert t - t_ka < ttl + 15, "the leases did not all expire"
+        t_gone = time.monotonic()
+        window = [lat for t, lat in latencies if t >= t_ka + ttl]
+        p50 = statistics.median(window)
+        p99 = sorted(window)[int(0.99 * (len(window) - 1))]
+        print(f"{n} leases gone {t_gone - t_acked - ttl:+.2f}s after the TTL of the last ack; "
+              f"{len(window)} puts meanwhile: p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms, "
+              f"max {max(window) * 1e3:.1f} ms")
+        assert max(window) < 2.0
+        for name in lcluster.names:
+            nd = Node(lcluster.client[name])
+            try:
+                assert await nd.count(b"me/", prefix_end(b"me/")) == 0
+            finally:
+                await nd.close()
+        left = {s.ID for s in (await ld.lease.LeaseLeases(pb.LeaseLeasesRequest(), timeout=10)
+                               ).leases}
+        assert not left & set(ids)
+    finally:
+        await g.close()
+        await ld.close()
+
+
+async def test_leader_kill_expires_no_kept_alive_lease(own_cluster: ProcessCluster) -> None:
+    c = own_cluster
+    leader, (f1, _) = roles(c)
+    ttl = 2
+    setup = Node(c.client[f1])
+    ids = [(await setup.grant(ttl)).ID for _ in range(20)]
+    for i, lid in enumerate(ids):
+        await setup.put(b"lk/%d" % i, lease=lid)
+    await setup.close()
+    stop = asyncio.Event()
+    acks: list[float] = []
+    errors: list[str] = []
+
+    async def keeper() -> None:
+        """Renew every TTL/3 on one node; on any failure move on to the next live node."""
+        order = [leader] + [n for n in c.names if n != leader]
+        k = 0
+        while not stop.is_set():
+            name = order[k % len(order)]
+            node = Node(c.client[name])
+            ka = KeepAlive(node)
+            try:
+                while not stop.is_set():
+                    got = await ka.ping(ids, timeout=ttl / 3)
+                    assert set(got.values()) == {ttl}, got
+                    acks.append(time.monotonic())
+                    await asyncio.sleep(ttl / 3)
+            except (grpc.aio.AioRpcError, TimeoutError, AssertionError) as e:
+                errors.append(f"{name}: {type(e).__name__} {e}"[:200])
+                k += 1
+                await asyncio.sleep(0.05)
+            finally:
+                ka.close()
+                await node.close()
+
+    task = asyncio.create_task(keeper())
+    try:
+        t0 = time.monotonic()
+        while len(acks) < 2:
+            assert time.monotonic() - t0 < 10
+            await asyncio.sleep(0.01)
+        c.kill(leader)
+        t_kill = time.monotonic()
+        new_leader = c.wait_leader(among=[n for n in c.names if n != leader])
+        # Keep renewing for a few TTLs after the failover.
+        while time.monotonic() < t_kill + 3 * ttl or not [a for a in acks if a > t_kill + ttl]:
+            assert time.monotonic() - t_kill < 20, f"keepalives never resumed: {errors}"
+            await asyncio.sleep(0.05)
+        nl = Node(c.client[new_leader])
+        try:
+            assert await nl.count(b"lk/", prefix_end(b"lk/")) == len(ids), errors
+            for lid in ids:
+                assert (await nl.ttl(lid)).TTL > 0
+        finally:
+            await nl.close()
+        gap = max(b - a for a, b in itertools.pairwise(acks))
+        print(f"\nlongest keepalive gap across the failover {gap:.2f}s; retries: {errors}")
+    finally:
+        stop.set()
+        await task
+
+
+async def test_whole_cluster_restart_gives_a_full_ttl(own_cluster: ProcessCluster) -> None:
+    c = own_cluster
+    ttl = 3
+    n = Node(c.client[c.names[0]])
+    lid = (await n.grant(ttl)).ID
+    await n.put(b"rs/k", lease=lid)
+    await n.put(b"rs/plain")
+    await n.close()
+    c.wait_converged()
+    for name in c.names:
+        c.kill(name)
+    # Down for longer than the TTL: an expiry counted across the outage would be immediate.
+    await asyncio.sleep(ttl + 0.5)
+    c.start()
+    c.wait_leader(timeout=30)
+    t_back = time.monotonic()  # a leader exists no later than this
+    nodes = [Node(c.client[x]) for x in c.names]
+    try:
+        while True:
+            t = time.monotonic()
+            assert t < t_back + ttl + 5, "the lease never expired after the restart"
+            try:
+                present = await nodes[0].count(b"rs/k") == 1
+            except grpc.aio.AioRpcError as e:  # still catching up: not an answer either way
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                continue
+            t = time.monotonic()
+            if not present:
+                break
+            await asyncio.sleep(0.02)
+        # The key was visible for a full TTL (minus our leader-detection delay).
+        assert t >= t_back + ttl - 0.3, f"deleted {t_back + ttl - t:.2f}s early after restart"
+        print(f"\nlease expired {t - t_back:.2f}s after the cluster was back (TTL {ttl}s)")
+        for x in nodes:
+            assert await x.count(b"rs/plain") == 1
+    finally:
+        for x in nodes:
+            await x.close()
