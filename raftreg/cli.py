@@ -1,12 +1,14 @@
 """The `raftreg` command, in the spirit of etcdctl.
 
-Client commands (put, get, del, txn, compaction, member, endpoint, lease) talk to the
+Client commands (put, get, del, txn, watch, compaction, member, endpoint, lease) talk to the
 registry through a `RegistryClient`; `node` and `dev` run a server process. Output formats:
 `simple` (etcdctl-like lines, the default), `table` (aligned columns) and `json` (the response
 with its header; keys and values base64-encoded as etcdctl does).
 
 Contract: `main()` returns the exit status. A `RegistryError` or an OS-level failure prints one
-line `Error: <message>` to stderr and returns 1; bad usage returns 2 (argparse).
+line `Error: <message>` to stderr and returns 1; bad usage returns 2 (argparse). The long-running
+commands (`watch`, `lease keep-alive`) run until Ctrl-C and then exit 0; they exit 1 with an
+error line when the watch is compacted or the lease is lost.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, NoReturn, TextIO
 from raftreg.client.endpoints import default_endpoints, normalize_endpoints
 from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import RegistryClient, prefix_range_end
+from raftreg.client.watch import WatchBatch
 from raftreg.config import ClusterConfig, dev_config, load_config, split_hostport
 from raftreg.errors import InvalidArgument, RegistryError
 from raftreg.store.commands import (
@@ -36,6 +39,7 @@ from raftreg.store.commands import (
     CompareTarget,
     DeleteRange,
     DeleteResult,
+    Event,
     KeyValue,
     Put,
     PutResult,
@@ -630,6 +634,118 @@ async def cmd_lease_list(client: RegistryClient, ns: argparse.Namespace, ctx: _C
     return 0
 
 
+def _interrupted() -> int:
+    """Ctrl-C: asyncio.run cancels the command's task; a long-running command ends cleanly."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return 0
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": e.type.name, "kv": kv_json(e.kv)}
+    if e.prev_kv is not None:
+        out["prev_kv"] = kv_json(e.prev_kv)
+    return out
+
+
+def watch_json(b: WatchBatch) -> dict[str, Any]:
+    """One watch response as JSON (etcd-shaped; keys and values base64)."""
+    out: dict[str, Any] = {
+        "header": {"revision": b.revision},
+        "events": [event_json(e) for e in b.events],
+    }
+    if b.progress:
+        out["progress_notify"] = True
+    if b.compacted:
+        out.update(canceled=True, compact_revision=b.compact_revision)
+    return out
+
+
+def watch_lines(b: WatchBatch) -> list[str]:
+    """etcdctl's simple watch output: per event the type, the previous key and value (with
+    --prev-kv), then the key and the value (empty for a DELETE)."""
+    out: list[str] = []
+    for e in b.events:
+        out.append(e.type.name)
+        if e.prev_kv is not None:
+            out += [_text(e.prev_kv.key), _text(e.prev_kv.value)]
+        out += [_text(e.kv.key), _text(e.kv.value)]
+    return out
+
+
+async def cmd_watch(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    key, end = _range_bounds(ns)
+    if ns.rev < 0:
+        raise InvalidArgument("--rev must be >= 0")
+    try:
+        w = await client.watch(
+            key,
+            range_end=end,
+            start_revision=ns.rev,
+            prev_kv=ns.prev_kv,
+            progress_notify=ns.progress_notify,
+        )
+        async with w:
+            async for batch in w:
+                if ctx.fmt == "json":
+                    ctx.json(watch_json(batch))
+                elif not batch.compacted:
+                    ctx.print(*watch_lines(batch))
+                ctx.out.flush()
+                if batch.compacted:
+                    ctx.err.write(
+                        "Error: watch was canceled: required revision has been compacted "
+                        f"(compact revision {batch.compact_revision})\n"
+                    )
+                    return 1
+    except asyncio.CancelledError:
+        return _interrupted()
+    return 0
+
+
+async def cmd_lease_keepalive(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    lease_id: int = ns.id
+
+    def show(i: int, ttl: int) -> None:
+        if ctx.fmt == "json":
+            ctx.json({"ID": i, "TTL": ttl})
+        else:
+            ctx.print(f"lease {i:016x} keepalived with TTL({ttl})")
+        ctx.out.flush()
+
+    def gone() -> int:
+        ctx.err.write(f"Error: lease {lease_id:016x} expired or revoked\n")
+        return 1
+
+    if ns.once:
+        ttl = await client.lease_keepalive_once(lease_id)
+        if ttl <= 0:
+            return gone()
+        show(lease_id, ttl)
+        return 0
+    keeper = client.keepalive_manager()
+    lost = asyncio.Event()
+    try:
+        started = keeper.clock.now()
+        t = await client.lease_time_to_live(lease_id)
+        if t.ttl <= 0:
+            return gone()
+        keeper.keep(
+            lease_id,
+            t.granted_ttl,
+            lambda _i: lost.set(),
+            on_renew=show,
+            alive_for=t.ttl - (keeper.clock.now() - started),
+        )
+        await lost.wait()
+    except asyncio.CancelledError:
+        return _interrupted()
+    finally:
+        keeper.forget(lease_id)
+    return gone()
+
+
 # --- server commands -----------------------------------------------------------------------
 
 
@@ -717,6 +833,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_range_args(leaf(sub, "get", "get a key or range", cmd_get), reads=True)
     _add_range_args(leaf(sub, "del", "delete a key or range", cmd_del), reads=False)
     leaf(sub, "txn", "run a transaction read from stdin (etcdctl format)", cmd_txn)
+    watch = leaf(sub, "watch", "watch a key or range until Ctrl-C", cmd_watch)
+    watch.add_argument("key")
+    watch.add_argument("range_end", nargs="?", default=None)
+    watch.add_argument("--prefix", action="store_true", help="every key with this prefix")
+    watch.add_argument("--rev", type=int, default=0, help="start at this revision (0 = now)")
+    watch.add_argument("--prev-kv", action="store_true", help="also print the previous kv")
+    watch.add_argument(
+        "--progress-notify", action="store_true", help="ask for progress notifications"
+    )
+    watch.set_defaults(from_key=False)
     leaf(sub, "compaction", "discard history before REV", cmd_compaction).add_argument(
         "revision", type=int
     )
@@ -741,6 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
     ttl.add_argument("id", type=_lease_arg)
     ttl.add_argument("--keys", action="store_true", help="also list the attached keys")
     leaf(lease, "list", "list leases", cmd_lease_list)
+    ka = leaf(lease, "keep-alive", "keep a lease alive until Ctrl-C", cmd_lease_keepalive)
+    ka.add_argument("id", type=_lease_arg)
+    ka.add_argument("--once", action="store_true", help="renew once and exit")
 
     node = leaf(sub, "node", "run one node of the cluster in cluster.toml", cmd_node)
     node.add_argument("--name", required=True, help="this node's name in the configuration")

@@ -3,8 +3,10 @@
 This package owns the `RegistryClient` protocol (async-first) and the value types it returns
 (`LeaseTTL`, `Member`, `NodeStatus`), the raftreg gRPC implementation (`GrpcRegistryClient`:
 leader-aware, failover, retried writes made safe by request identity), the blocking facade
-(`SyncRegistryClient`), and endpoint defaults (`connect`). Every client raises only
-`raftreg.errors` exceptions.
+(`SyncRegistryClient`), the in-memory implementation over the store for fast tests
+(`MemoryRegistryClient`), resumable watches (`Watch`, `WatchBatch`), the lease keepalive manager
+(`LeaseKeeper`), clocks (`ManualClock` for tests) and endpoint defaults (`connect`). Every
+client raises only `raftreg.errors` exceptions.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from raftreg.client.clock import Clock, LoopClock, ManualClock
 from raftreg.client.endpoints import DEFAULT_ENDPOINT, default_endpoints, normalize_endpoint
 from raftreg.client.grpc_client import GrpcRegistryClient, rpc_error
+from raftreg.client.keepalive import KeepAliveSource, KeepAliveStream, LeaseKeeper
+from raftreg.client.memory import MemoryRegistryClient
 from raftreg.client.protocol import (
     KeyLike,
     LeaseTTL,
@@ -24,6 +29,7 @@ from raftreg.client.protocol import (
     to_bytes,
 )
 from raftreg.client.sync import SyncRegistryClient
+from raftreg.client.watch import Watch, WatchBatch, WatchFilter, WatchOptions
 
 
 def connect(
@@ -41,13 +47,24 @@ def connect(
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "Clock",
     "GrpcRegistryClient",
+    "KeepAliveSource",
+    "KeepAliveStream",
     "KeyLike",
+    "LeaseKeeper",
     "LeaseTTL",
+    "LoopClock",
+    "ManualClock",
     "Member",
+    "MemoryRegistryClient",
     "NodeStatus",
     "RegistryClient",
     "SyncRegistryClient",
+    "Watch",
+    "WatchBatch",
+    "WatchFilter",
+    "WatchOptions",
     "connect",
     "default_endpoints",
     "normalize_endpoint",

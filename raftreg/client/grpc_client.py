@@ -20,6 +20,7 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import random
@@ -35,6 +36,8 @@ from raftreg import errors as E
 from raftreg.api import convert
 from raftreg.api.status import ERROR_KEY, error_from_status
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
+from raftreg.client.grpc_watch import WatchMux
+from raftreg.client.keepalive import LeaseKeeper
 from raftreg.client.protocol import (
     KeyLike,
     LeaseTTL,
@@ -43,6 +46,7 @@ from raftreg.client.protocol import (
     resolve_range,
     to_bytes,
 )
+from raftreg.client.watch import Watch, WatchFilter, WatchOptions
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.store.commands import (
@@ -113,6 +117,7 @@ class _Conn:
         self.lease = pbg.LeaseStub(channel)
         self.cluster = pbg.ClusterStub(channel)
         self.maintenance = pbg.MaintenanceStub(channel)
+        self.watch = pbg.WatchStub(channel)
 
 
 def _member(m: pb.Member) -> Member:
@@ -202,6 +207,8 @@ class GrpcRegistryClient:
         self._leader_checked_at = -math.inf
         self._member_endpoints: dict[int, str] = {}
         self._discovery_lock: asyncio.Lock | None = None
+        self._watch_mux: WatchMux | None = None
+        self._keeper: LeaseKeeper | None = None
         self._closed = False
 
     # --- public properties -----------------------------------------------------------------
@@ -345,6 +352,104 @@ class GrpcRegistryClient:
 
         return await self._call("leader", call, "lease keepalive")
 
+    async def open_keepalive_stream(self) -> _KeepAliveStream:
+        """A LeaseKeepAlive stream (for `LeaseKeeper`), to the leader when known, else to the
+        first healthy endpoint (which forwards). Raises `Unavailable` if it cannot connect;
+        the stream marks its endpoint failed when it breaks, so the next one goes elsewhere."""
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget
+        ep = await self._leader_endpoint(deadline) or self._ordered()[0]
+        c = self._conn(ep)
+        try:
+            await self._connect(c, self._connect_timeout)
+        except _RetryableFailure as f:
+            self._mark_failed(ep)
+            raise E.Unavailable(str(f)) from None
+        return _KeepAliveStream(self, c)
+
+    def keepalive_manager(self) -> LeaseKeeper:
+        """This client's one `LeaseKeeper` (one stream for all leases; closed by `close()`)."""
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        if self._keeper is None:
+            self._keeper = LeaseKeeper(self, backoff_base=self._backoff_base)
+        return self._keeper
+
+    # --- watches -----------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        key: KeyLike,
+        *,
+        range_end: KeyLike = b"",
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: Iterable[WatchFilter | int] = (),
+        progress_notify: bool = False,
+    ) -> Watch:
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        k, end = resolve_range(key, range_end, prefix)
+        options = WatchOptions.make(
+            k,
+            end,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            filters=filters,
+            progress_notify=progress_notify,
+        )
+        if self._watch_mux is None:
+            self._watch_mux = WatchMux(self)
+        mux = self._watch_mux
+        w = Watch(options, mux.cancel)
+        mux.add(w)
+        try:
+            await asyncio.wait_for(w._wait_created(), self._budget)
+        except TimeoutError:
+            w.cancel()
+            raise E.Unavailable(
+                f"watch not confirmed by any endpoint within {self._budget:g}s"
+            ) from None
+        except BaseException:
+            w.cancel()
+            raise
+        if w._failed is not None:
+            w.cancel()
+            raise w._failed
+        return w
+
+    async def list_then_watch(
+        self, prefix: KeyLike, *, prev_kv: bool = False, progress_notify: bool = False
+    ) -> tuple[RangeResult, Watch]:
+        snapshot = await self.get(prefix, prefix=True)
+        w = await self.watch(
+            prefix,
+            prefix=True,
+            start_revision=snapshot.revision + 1,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+        )
+        return snapshot, w
+
+    async def request_progress(self) -> None:
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        if self._watch_mux is not None:
+            self._watch_mux.request_progress()
+
+    @property
+    def watch_endpoint(self) -> str | None:
+        """The endpoint the shared watch stream is connected to (None when not connected)."""
+        return None if self._watch_mux is None else self._watch_mux.endpoint
+
+    @property
+    def watch_streams_opened(self) -> int:
+        """How many watch streams this client opened (1 + reconnects)."""
+        return 0 if self._watch_mux is None else self._watch_mux.streams_opened
+
     # --- cluster ---------------------------------------------------------------------------
 
     async def member_list(self) -> list[Member]:
@@ -370,6 +475,12 @@ class GrpcRegistryClient:
 
     async def close(self) -> None:
         self._closed = True
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await keeper.close()
+        mux, self._watch_mux = self._watch_mux, None
+        if mux is not None:
+            await mux.close()
         conns, self._conns = list(self._conns.values()), {}
         for c in conns:
             await c.channel.close(None)
@@ -586,3 +697,55 @@ class GrpcRegistryClient:
         if write and maybe_applied:
             raise E.OutcomeUnknown(f"{what}: outcome unknown after {tries}; last error: {last}")
         raise type(last)(f"{what} failed after {tries}; last error: {last}")
+
+
+class _KeepAliveStream:
+    """One LeaseKeepAlive bidi call (a `raftreg.client.keepalive.KeepAliveStream`). Requests
+    are written by one writer task, in order (grpc.aio allows one write in flight)."""
+
+    def __init__(self, client: GrpcRegistryClient, conn: _Conn) -> None:
+        self._client = client
+        self._endpoint = conn.endpoint
+        self._out: asyncio.Queue[pb.LeaseKeepAliveRequest] = asyncio.Queue()
+        self._call = conn.lease.LeaseKeepAlive(None)
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+        self._failed = False
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    async def _write(self) -> None:
+        while True:
+            req = await self._out.get()
+            try:
+                await self._call.write(req)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                return  # the read side reports the failure
+
+    def send(self, lease_id: int) -> None:
+        self._out.put_nowait(pb.LeaseKeepAliveRequest(ID=lease_id))
+
+    async def recv(self) -> tuple[int, int]:
+        try:
+            resp = await self._call.read()
+        except grpc.aio.AioRpcError as e:
+            self._fail()
+            raise rpc_error(e) from None
+        if not isinstance(resp, pb.LeaseKeepAliveResponse):
+            self._fail()
+            raise E.Unavailable(f"keepalive stream to {self._endpoint} ended")
+        self._client._mark_ok(self._endpoint)
+        return resp.ID, resp.TTL
+
+    def _fail(self) -> None:
+        if not self._failed:
+            self._failed = True
+            if not self._client._closed:
+                self._client._mark_failed(self._endpoint)
+
+    async def close(self) -> None:
+        self._writer.cancel()
+        self._call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer

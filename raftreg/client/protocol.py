@@ -12,10 +12,12 @@ otherwise the half-open [key, range_end); `prefix=True` derives range_end with
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
+from raftreg.client.watch import Watch, WatchFilter
 from raftreg.errors import InvalidArgument
 from raftreg.store.commands import (
     DeleteResult,
@@ -27,6 +29,9 @@ from raftreg.store.commands import (
     Txn,
     TxnResult,
 )
+
+if TYPE_CHECKING:
+    from raftreg.client.keepalive import LeaseKeeper
 
 KeyLike = str | bytes
 
@@ -181,6 +186,45 @@ class RegistryClient(Protocol):
 
     async def lease_keepalive_once(self, id: int) -> int:
         """Renew a lease once; returns the new remaining TTL, 0 when the lease is lost."""
+        ...
+
+    # --- watches (see raftreg.client.watch for the guarantees) --------------------------------
+
+    async def watch(
+        self,
+        key: KeyLike,
+        *,
+        range_end: KeyLike = b"",
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: Iterable[WatchFilter | int] = (),
+        progress_notify: bool = False,
+    ) -> Watch:
+        """Watch a key or range from `start_revision` (0 = changes after now). Returns once the
+        server confirmed the watch (a put made after this returns is seen); the `Watch` then
+        survives failures with no gap and no duplicate until cancelled, compacted or the
+        client is closed. Raises `InvalidArgument` for a refused watch, `Unavailable` if no
+        server confirmed it within the client's retry budget."""
+        ...
+
+    async def list_then_watch(
+        self, prefix: KeyLike, *, prev_kv: bool = False, progress_notify: bool = False
+    ) -> tuple[RangeResult, Watch]:
+        """A linearizable snapshot of every key under `prefix`, and a watch of every change
+        after it (from snapshot.revision + 1)."""
+        ...
+
+    async def request_progress(self) -> None:
+        """Ask the server to report progress on every watch: watches created with
+        `progress_notify=True` then yield a `WatchBatch(progress=True)`; all of them advance
+        their resume point. A no-op while no watch stream is open."""
+        ...
+
+    # --- leases kept alive -------------------------------------------------------------------
+
+    def keepalive_manager(self) -> LeaseKeeper:
+        """This client's one `LeaseKeeper` (created on first use, closed by `close()`)."""
         ...
 
     async def member_list(self) -> list[Member]: ...

@@ -253,7 +253,10 @@ class WatchHub:
         """Progress notifications: to one stream (on request) or to watchers that asked."""
         rev = self._published
         if stream is not None:
-            stream.send(Outgoing(-1, rev))
+            # Promise only what every watcher of the stream has been sent: one still catching
+            # up from history has been sent everything below its next_rev and nothing more.
+            behind = [w.next_rev - 1 for w in stream.watchers.values() if not w.synced]
+            stream.send(Outgoing(-1, min([rev, *behind])))
             return
         for w in list(self._watchers):
             if w.spec.progress_notify and w.synced and w.next_rev > rev:

@@ -1,0 +1,281 @@
+"""LeaseKeeper against the in-memory client on a manual clock, over the unary fallback, and
+against real grpc.aio fake servers (stream failure -> reconnect to another endpoint).
+
+Timers run on a `ManualClock`: a test moves time with `advance()` and then lets the loop run
+until the keeper is idle (`settle`, which only yields; it never waits on wall-clock time)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from raftreg.client import GrpcRegistryClient, LeaseKeeper, MemoryRegistryClient
+from raftreg.client.keepalive import KeepAliveSource
+from raftreg.errors import InvalidArgument
+from raftreg.pb import raftreg_pb2 as pb
+from raftreg.pb import raftreg_pb2_grpc as pbg
+from raftreg.store.commands import LeaseGrantResult
+
+pytestmark = pytest.mark.timeout(20)
+
+
+async def settle(rounds: int = 50) -> None:
+    """Let every ready task run (pure yields, no time passes)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Await `cond()` becoming true (polled on loop iterations), failing after `timeout`."""
+
+    async def poll() -> None:
+        while not cond():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+class Recorder:
+    def __init__(self, m: MemoryRegistryClient) -> None:
+        self.m = m
+        self.renewed: list[tuple[float, int, int]] = []
+        self.lost: list[int] = []
+
+    def on_renew(self, lease_id: int, ttl: int) -> None:
+        self.renewed.append((self.m.clock.now(), lease_id, ttl))
+
+    def on_lost(self, lease_id: int) -> None:
+        self.lost.append(lease_id)
+
+
+async def step(m: MemoryRegistryClient, total: float, dt: float = 0.25) -> None:
+    """Advance the manual clock by `total` in `dt` steps, letting the keeper run after each."""
+    n = round(total / dt)
+    for _ in range(n):
+        m.advance(dt)
+        await settle()
+
+
+async def test_renews_at_a_third_of_the_ttl_with_jitter() -> None:
+    async with MemoryRegistryClient(seed=1) as m:
+        rec = Recorder(m)
+        keeper = LeaseKeeper(m, clock=m.clock, rng=random.Random(3))
+        lease = await m.lease_grant(30)
+        keeper.keep(lease.id, 30, rec.on_lost, on_renew=rec.on_renew)
+        await settle()
+        assert [t for t, _, _ in rec.renewed] == [0.0]  # renewed at once
+        await step(m, 60)
+        times = [t for t, _, _ in rec.renewed]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert len(gaps) >= 5
+        assert all(9.0 - 0.25 <= g <= 11.0 + 0.25 for g in gaps), gaps
+        assert len({round(g, 2) for g in gaps}) > 1  # jittered, not a fixed period
+        assert rec.lost == []
+        assert (await m.lease_time_to_live(lease.id)).ttl > 18
+        await keeper.close()
+
+
+async def test_ttl_zero_reports_the_lease_lost_once() -> None:
+    async with MemoryRegistryClient(seed=1) as m:
+        rec = Recorder(m)
+        keeper = m.keepalive_manager()
+        lease = await m.lease_grant(9)
+        keeper.keep(lease.id, 9, rec.on_lost, on_renew=rec.on_renew)
+        await settle()
+        await m.lease_revoke(lease.id)
+        await step(m, 6)
+        assert rec.lost == [lease.id]
+        assert lease.id not in keeper.kept()
+        await step(m, 20)
+        assert rec.lost == [lease.id]
+
+
+async def test_lost_when_no_renewal_is_acknowledged_within_the_ttl() -> None:
+    async with MemoryRegistryClient(seed=1) as m:
+        rec = Recorder(m)
+        keeper = m.keepalive_manager()
+        lease = await m.lease_grant(6)
+        keeper.keep(lease.id, 6, rec.on_lost, on_renew=rec.on_renew)
+        await step(m, 3)  # renewed at 0 and at ~2 (+-10%)
+        last_ack = rec.renewed[-1][0]
+        until = keeper.alive_until(lease.id)
+        assert until is not None and until == pytest.approx(last_ack + 6)
+        m.set_unavailable(True)  # breaks the stream; reconnects fail from now on
+        await step(m, until - m.clock.now() - 0.25)
+        assert rec.lost == []
+        await step(m, 0.5)
+        assert rec.lost == [lease.id]
+        assert keeper.kept() == frozenset()
+        m.set_unavailable(False)
+        await step(m, 10)
+        assert rec.lost == [lease.id]
+
+
+async def test_a_broken_stream_is_reopened_and_everything_renewed_at_once() -> None:
+    async with MemoryRegistryClient(seed=1) as m:
+        rec = Recorder(m)
+        keeper = m.keepalive_manager()
+        a = await m.lease_grant(30)
+        b = await m.lease_grant(60)
+        keeper.keep(a.id, 30, rec.on_lost, on_renew=rec.on_renew)
+        keeper.keep(b.id, 60, rec.on_lost, on_renew=rec.on_renew)
+        await eventually(lambda: len(rec.renewed) == 2)
+        assert keeper.streams_opened == 1
+        m.advance(1)
+        m.break_keepalive_streams()
+        # No clock movement needed: the reconnect renews both at once.
+        await eventually(lambda: len(rec.renewed) == 4)
+        assert keeper.streams_opened == 2
+        assert {(t, i) for t, i, _ in rec.renewed[2:]} == {(1.0, a.id), (1.0, b.id)}
+        assert rec.lost == []
+
+
+async def test_forget_grant_and_keep_and_close() -> None:
+    async with MemoryRegistryClient(seed=1) as m:
+        rec = Recorder(m)
+        keeper = m.keepalive_manager()
+        assert m.keepalive_manager() is keeper  # one per client
+        lid = await keeper.grant_and_keep(5, rec.on_lost, on_renew=rec.on_renew)
+        assert keeper.kept() == {lid}
+        await settle()
+        assert len(rec.renewed) == 1
+        keeper.forget(lid)
+        await step(m, 10)
+        assert len(rec.renewed) == 1 and rec.lost == []  # forgotten: no renewals, no callback
+        with pytest.raises(InvalidArgument):
+            keeper.keep(0, 5)
+        await keeper.close()
+        await keeper.close()
+
+
+class UnaryOnly:
+    """A RegistryClient-like object without `open_keepalive_stream`."""
+
+    def __init__(self, m: MemoryRegistryClient) -> None:
+        self.m = m
+        self.calls = 0
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self.m.endpoints
+
+    async def lease_keepalive_once(self, id: int) -> int:
+        self.calls += 1
+        return await self.m.lease_keepalive_once(id)
+
+    async def lease_grant(self, ttl: int, *, id: int = 0) -> LeaseGrantResult:
+        return await self.m.lease_grant(ttl, id=id)
+
+
+async def test_unary_fallback_for_clients_without_a_stream() -> None:
+    async with MemoryRegistryClient(seed=1) as m:
+        rec = Recorder(m)
+        u = UnaryOnly(m)
+        assert not isinstance(u, KeepAliveSource)
+        keeper = LeaseKeeper(u, clock=m.clock)  # type: ignore[arg-type]
+        lid = await keeper.grant_and_keep(3, rec.on_lost, on_renew=rec.on_renew)
+        await step(m, 6)
+        assert u.calls >= 5 and rec.lost == []
+        await m.lease_revoke(lid)
+        await step(m, 2)
+        assert rec.lost == [lid]
+        await keeper.close()
+
+
+# --- gRPC: one stream for all leases; reconnect to another endpoint -------------------------
+
+
+class FakeLeaseServer(pbg.LeaseServicer):
+    """Answers every keepalive with `ttl`; aborts the stream (UNAVAILABLE) after
+    `drop_after` answers when set."""
+
+    def __init__(self, ttl: int = 1, drop_after: int | None = None) -> None:
+        self.ttl = ttl
+        self.drop_after = drop_after
+        self.streams = 0
+        self.requests: list[int] = []
+
+    async def LeaseKeepAlive(
+        self, request_iterator: Any, context: Any
+    ) -> AsyncIterator[pb.LeaseKeepAliveResponse]:
+        self.streams += 1
+        answered = 0
+        async for req in request_iterator:
+            if self.drop_after is not None and answered >= self.drop_after:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted drop")
+            self.requests.append(req.ID)
+            answered += 1
+            yield pb.LeaseKeepAliveResponse(ID=req.ID, TTL=self.ttl)
+
+    async def _unimplemented(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "fake: keepalive only")
+
+    LeaseGrant = LeaseRevoke = LeaseTimeToLive = LeaseLeases = _unimplemented
+
+
+@contextlib.asynccontextmanager
+async def serving(*fakes: FakeLeaseServer) -> AsyncIterator[list[str]]:
+    servers: list[grpc.aio.Server] = []
+    endpoints: list[str] = []
+    try:
+        for fake in fakes:
+            server = grpc.aio.server()
+            pbg.add_LeaseServicer_to_server(fake, server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            servers.append(server)
+            await server.start()
+            endpoints.append(f"127.0.0.1:{port}")
+        yield endpoints
+    finally:
+        for s in servers:
+            await s.stop(None)
+
+
+async def test_grpc_keeper_uses_one_stream_and_fails_over() -> None:
+    a = FakeLeaseServer(ttl=1, drop_after=4)
+    b = FakeLeaseServer(ttl=1)
+    async with serving(a, b) as eps:
+        client = GrpcRegistryClient(eps, timeout=2.0, backoff_base=0.01)
+        keeper = client.keepalive_manager()
+        lost: list[int] = []
+        renewed: list[int] = []
+        for lid in (11, 12):
+            keeper.keep(lid, 1, lost.append, on_renew=lambda i, _t: renewed.append(i))
+        # Both renewed at once on one stream to the first endpoint.
+        await eventually(lambda: sorted(renewed) == [11, 12])
+        assert a.streams == 1 and keeper.endpoint == eps[0]
+        # The second round exhausts `a`; the keeper reopens on `b` and renews both at once.
+        await eventually(lambda: b.streams == 1 and {11, 12} <= set(b.requests))
+        assert keeper.endpoint == eps[1]
+        await eventually(lambda: renewed.count(11) >= 4 and renewed.count(12) >= 4)
+        assert lost == []
+        assert b.streams == 1  # still one stream for both leases
+        await client.close()
+        assert keeper.kept() == frozenset()
+
+
+async def test_grpc_keeper_reports_loss_once_no_endpoint_answers() -> None:
+    a = FakeLeaseServer(ttl=1)
+    lost = asyncio.Event()
+    acked: list[float] = []
+    async with serving(a) as eps:
+        client = GrpcRegistryClient(eps, timeout=1.0, connect_timeout=0.2, backoff_base=0.01)
+        keeper = client.keepalive_manager()
+        loop = asyncio.get_running_loop()
+        keeper.keep(7, 1, lambda _i: lost.set(), on_renew=lambda _i, _t: acked.append(loop.time()))
+        await eventually(lambda: len(acked) >= 2)
+    # The only server is gone: no renewal can be acknowledged any more.
+    await asyncio.wait_for(lost.wait(), 5)
+    deadline = keeper.alive_until(7)
+    assert deadline is None and 7 not in keeper.kept()
+    # Never later than one TTL (+ scheduling slack) after the last acknowledgement.
+    assert loop.time() - acked[-1] < 1.0 + 0.5
+    await client.close()

@@ -1,0 +1,171 @@
+"""The gRPC client's watches and lease keeper against a real three-node cluster (node
+processes on loopback, `raftreg.testing.ProcessCluster`), including kill -9 of the node a watch
+is connected to and of the leader while a lease is kept alive.
+
+Blocking cluster helpers run in a thread; every wait is bounded; the `cluster` fixture stops
+every process it started."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from raftreg.client import GrpcRegistryClient, WatchBatch
+from raftreg.errors import OutcomeUnknown, RegistryError
+from raftreg.store.commands import EventType
+from raftreg.testing import ProcessCluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    async def poll() -> None:
+        while not cond():
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+async def test_a_watch_on_one_node_sees_a_put_made_through_another(
+    cluster: ProcessCluster,
+) -> None:
+    async with (
+        GrpcRegistryClient([cluster.client["n1"]]) as a,
+        GrpcRegistryClient([cluster.client["n2"]]) as b,
+    ):
+        w = await a.watch("live/", prefix=True, prev_kv=True)
+        assert a.watch_endpoint == cluster.client["n1"]
+        await b.put("live/x", "1")
+        r = await b.put("live/x", "2")
+        got: list[WatchBatch] = []
+        while sum(len(x.events) for x in got) < 2:
+            got.append(await asyncio.wait_for(w.__anext__(), 10))
+        events = [e for x in got for e in x.events]
+        assert [e.kv.value for e in events] == [b"1", b"2"]
+        assert events[-1].kv.mod_revision == r.revision
+        assert events[-1].prev_kv is not None and events[-1].prev_kv.value == b"1"
+        w.cancel()
+
+
+async def test_a_watch_resumes_without_gap_or_duplicate_across_kill_9(
+    cluster: ProcessCluster,
+) -> None:
+    async with (
+        GrpcRegistryClient(cluster.endpoints, timeout=2.0) as watcher,
+        GrpcRegistryClient(cluster.endpoints, timeout=2.0) as writer,
+    ):
+        w = await watcher.watch("resume/", prefix=True)
+        victim_ep = watcher.watch_endpoint
+        assert victim_ep is not None
+        victim = next(n for n in cluster.names if cluster.client[n] == victim_ep)
+
+        acked: list[int] = []
+        unknown = 0
+        stop = asyncio.Event()
+        delivered: list[int] = []
+        foreign: list[bytes] = []
+
+        async def write() -> None:
+            nonlocal unknown
+            i = 0
+            while not stop.is_set():
+                try:
+                    acked.append((await writer.put(f"resume/{i:06d}", str(i))).revision)
+                except OutcomeUnknown:
+                    unknown += 1
+                except RegistryError:
+                    pass  # refused before it was applied: not a change
+                i += 1
+
+        async def read() -> None:
+            async for batch in w:
+                for e in batch.events:
+                    delivered.append(e.kv.mod_revision)
+                    if e.type != EventType.PUT or not e.kv.key.startswith(b"resume/"):
+                        foreign.append(e.kv.key)
+
+        writer_task = asyncio.create_task(write())
+        reader_task = asyncio.create_task(read())
+        try:
+            await until(lambda: len(acked) >= 30, 20, "30 acknowledged writes")
+            await asyncio.to_thread(cluster.kill, victim)
+            before = len(acked)
+            await until(
+                lambda: watcher.watch_endpoint not in (None, victim_ep)
+                and len(acked) >= before + 30,
+                40,
+                "the watch on another node and 30 more writes",
+            )
+            stop.set()
+            await asyncio.wait_for(writer_task, 30)
+            final = max(acked)
+            await until(lambda: bool(delivered) and delivered[-1] >= final, 30, "the last write")
+        finally:
+            stop.set()
+            writer_task.cancel()
+            reader_task.cancel()
+            await asyncio.gather(writer_task, reader_task, return_exceptions=True)
+
+        assert watcher.watch_streams_opened >= 2
+        assert foreign == []
+        assert delivered == sorted(set(delivered)), "duplicate or out-of-order revision"
+        missing = sorted(set(acked) - set(delivered))
+        assert missing == [], f"gap: acknowledged writes never delivered: {missing[:10]}"
+        # Anything else delivered must be a write whose outcome the writer did not learn.
+        assert len(delivered) - len(acked) <= unknown
+
+
+async def test_the_keeper_keeps_a_3s_lease_alive_across_a_leader_kill_9(
+    cluster: ProcessCluster,
+) -> None:
+    leader = await asyncio.to_thread(cluster.wait_leader)
+    async with GrpcRegistryClient(cluster.endpoints, timeout=2.0) as client:
+        keeper = client.keepalive_manager()
+        lost: list[int] = []
+        lease_id = await keeper.grant_and_keep(3, lost.append)
+        await client.put("lease/i1", "addr", lease=lease_id)
+        await until(lambda: keeper.renewals >= 2, 10, "two renewals")
+        await asyncio.to_thread(cluster.kill, leader)
+        survivors = [n for n in cluster.names if n != leader]
+        await asyncio.to_thread(cluster.wait_leader, 20.0, survivors)
+        # Keep going well past two TTLs after the kill.
+        target = keeper.renewals + 7
+        await until(lambda: keeper.renewals >= target or bool(lost), 30, "seven more renewals")
+        assert lost == []
+        ttl = await client.lease_time_to_live(lease_id, keys=True)
+        assert ttl.ttl > 0 and ttl.keys == (b"lease/i1",)
+        assert (await client.get("lease/i1")).kvs
+        assert lease_id in keeper.kept()
+
+
+async def test_cli_watch_prints_events_and_exits_0_on_ctrl_c(cluster: ProcessCluster) -> None:
+    async with GrpcRegistryClient(cluster.endpoints) as c:
+        r = await c.put("cli/k", "hello")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "raftreg.cli", "watch", "cli/", "--prefix",
+        "--rev", str(r.revision), "--endpoints", ",".join(cluster.endpoints),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        assert proc.stdout is not None
+        got = [
+            (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().rstrip("\n")
+            for _ in range(3)
+        ]
+        assert got == ["PUT", "cli/k", "hello"]
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
