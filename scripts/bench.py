@@ -2,10 +2,12 @@
 
     .venv/bin/python scripts/bench.py [--quick]
 
-Drives raftreg's gRPC API with plain grpc.aio stubs (the same kind of client the etcd figures
-in the issue were taken with) and prints: sequential put latency, put throughput at 64 and 256
-in flight, sequential linearizable and serializable gets, time from leader kill -9 to the first
-acknowledged write, and each node's RSS holding 100,000 keys of 100 bytes.
+Prints: sequential put latency, put throughput at 64 and 256 in flight, sequential
+linearizable and serializable gets, time from leader kill -9 to the first acknowledged write,
+and each node's RSS holding 100,000 keys of 100 bytes. Sequential figures use plain grpc.aio
+unary stubs (the kind of client the etcd figures in the issue were taken with); the in-flight
+figures are given twice: plain unary stubs, and raftreg's client, which multiplexes concurrent
+operations over one KV.Batch stream.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from raftreg.client import GrpcRegistryClient
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.testing import ProcessCluster
@@ -58,6 +61,25 @@ async def par_put(stubs: list[pbg.KVStub], inflight: int, seconds: float) -> flo
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(inflight)))
     return done / (time.perf_counter() - t0)
+
+
+async def par_put_client(endpoints: list[str], inflight: int, seconds: float) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+    async with GrpcRegistryClient(endpoints) as client:
+        await client.put(b"warm", VALUE64)
+
+        async def worker(w: int) -> None:
+            nonlocal done
+            i = 0
+            while time.perf_counter() < stop:
+                await client.put(b"cpar/%d/%d" % (w, i), VALUE64)
+                i += 1
+                done += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(inflight)))
+        return done / (time.perf_counter() - t0)
 
 
 async def seq_get(stub: pbg.KVStub, n: int, serializable: bool) -> float:
@@ -128,7 +150,10 @@ async def main() -> None:
         extra = [grpc.aio.insecure_channel(c.client[leader]) for _ in range(3)]
         stubs = [stub] + [pbg.KVStub(x) for x in extra]
         for inflight in (64, 256):
-            print(f"put, {inflight:3d} in flight     {await par_put(stubs, inflight, secs):.0f}/s")
+            unary = await par_put(stubs, inflight, secs)
+            mux = await par_put_client(c.endpoints, inflight, secs)
+            print(f"put, {inflight:3d} in flight     unary {unary:.0f}/s, "
+                  f"raftreg client {mux:.0f}/s")
         print(f"linearizable get      {await seq_get(stub, n_seq, False):.0f}/s (sequential)")
         print(f"serializable get      {await seq_get(stub, n_seq, True):.0f}/s (sequential)")
         await fill(stubs, n_mem)

@@ -31,6 +31,7 @@ from typing import Any, Literal, Self, TypeVar, cast
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 
 from raftreg import errors as E
 from raftreg.api import convert
@@ -38,6 +39,7 @@ from raftreg.api.status import ERROR_KEY, error_from_status
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
 from raftreg.client.grpc_watch import WatchMux
 from raftreg.client.keepalive import LeaseKeeper
+from raftreg.client.kvmux import KVMux, StreamFailure
 from raftreg.client.protocol import (
     KeyLike,
     LeaseTTL,
@@ -118,6 +120,18 @@ class _Conn:
         self.cluster = pbg.ClusterStub(channel)
         self.maintenance = pbg.MaintenanceStub(channel)
         self.watch = pbg.WatchStub(channel)
+        self.inflight = 0  # KV operations in flight on this endpoint
+        self._mux: KVMux | None = None
+
+    def mux(self) -> KVMux:
+        if self._mux is None or self._mux.broken:
+            self._mux = KVMux(self.kv)
+        return self._mux
+
+    async def close(self) -> None:
+        if self._mux is not None:
+            await self._mux.close()
+        await self.channel.close(None)
 
 
 def _member(m: pb.Member) -> Member:
@@ -252,7 +266,9 @@ class GrpcRegistryClient:
         )
 
         async def call(c: _Conn, t: float) -> RangeResult:
-            return convert.range_result_from_pb(await c.kv.Range(req, timeout=t))
+            resp = await self._kv_op(c, t, c.kv.Range, pb.TaggedRequest(range=req))
+            assert isinstance(resp, pb.RangeResponse)
+            return convert.range_result_from_pb(resp)
 
         return await self._call("any" if serializable else "leader", call, "get")
 
@@ -263,7 +279,9 @@ class GrpcRegistryClient:
         req.request_id.CopyFrom(self._next_request_id())
 
         async def call(c: _Conn, t: float) -> PutResult:
-            return convert.put_result_from_pb(await c.kv.Put(req, timeout=t))
+            resp = await self._kv_op(c, t, c.kv.Put, pb.TaggedRequest(put=req))
+            assert isinstance(resp, pb.PutResponse)
+            return convert.put_result_from_pb(resp)
 
         return await self._call("leader", call, "put", write=True)
 
@@ -280,7 +298,9 @@ class GrpcRegistryClient:
         req.request_id.CopyFrom(self._next_request_id())
 
         async def call(c: _Conn, t: float) -> DeleteResult:
-            return convert.delete_result_from_pb(await c.kv.DeleteRange(req, timeout=t))
+            resp = await self._kv_op(c, t, c.kv.DeleteRange, pb.TaggedRequest(delete_range=req))
+            assert isinstance(resp, pb.DeleteRangeResponse)
+            return convert.delete_result_from_pb(resp)
 
         return await self._call("leader", call, "delete", write=True)
 
@@ -289,7 +309,9 @@ class GrpcRegistryClient:
         req.request_id.CopyFrom(self._next_request_id())
 
         async def call(c: _Conn, t: float) -> TxnResult:
-            return convert.txn_result_from_pb(await c.kv.Txn(req, timeout=t))
+            resp = await self._kv_op(c, t, c.kv.Txn, pb.TaggedRequest(txn=req))
+            assert isinstance(resp, pb.TxnResponse)
+            return convert.txn_result_from_pb(resp)
 
         return await self._call("leader", call, "txn", write=True)
 
@@ -483,7 +505,7 @@ class GrpcRegistryClient:
             await mux.close()
         conns, self._conns = list(self._conns.values()), {}
         for c in conns:
-            await c.channel.close(None)
+            await c.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -641,6 +663,25 @@ class GrpcRegistryClient:
         d = min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
         return d / 2 + self._rng.uniform(0, d / 2)
 
+    async def _kv_op(
+        self, c: _Conn, timeout: float, unary: Any, op: pb.TaggedRequest
+    ) -> Message:
+        """One KV operation: unary when it is alone on the endpoint, else multiplexed over the
+        endpoint's Batch stream (see raftreg.client.kvmux)."""
+        alone = c.inflight == 0
+        c.inflight += 1
+        try:
+            if alone:
+                request = getattr(op, op.WhichOneof("request") or "")
+                answer: Message = await unary(request, timeout=timeout)
+                return answer
+            try:
+                return await c.mux().submit(op, timeout)
+            except StreamFailure as e:
+                raise _RetryableFailure(str(e), maybe_applied=True) from None
+        finally:
+            c.inflight -= 1
+
     async def _call(
         self,
         route: Route,
@@ -682,6 +723,13 @@ class GrpcRegistryClient:
                     raise err from None
                 last = err
                 maybe_applied = maybe_applied or (write and _maybe_applied(e, err))
+            except E.RegistryError as err:  # an operation's own error from a Batch stream
+                if not _retryable(err):
+                    raise
+                last = err
+                maybe_applied = maybe_applied or (
+                    write and isinstance(err, E.OutcomeUnknown | E.DeadlineExceeded)
+                )
             else:
                 self._mark_ok(ep)
                 return result
