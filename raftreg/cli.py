@@ -27,7 +27,8 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn, TextIO
 
-from raftreg.client.endpoints import default_endpoints, normalize_endpoints
+from raftreg.client.endpoints import normalize_endpoints
+from raftreg.client.etcd.backend import select_backend
 from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import RegistryClient, prefix_range_end
 from raftreg.client.watch import WatchBatch
@@ -66,6 +67,12 @@ _SORT_TARGETS = {
 
 def _default_factory(endpoints: Sequence[str], timeout: float) -> RegistryClient:
     return GrpcRegistryClient(endpoints, timeout=timeout, connect_timeout=min(3.0, timeout))
+
+
+def _etcd_factory(endpoints: Sequence[str], timeout: float) -> RegistryClient:
+    from raftreg.client.etcd.client import EtcdRegistryClient
+
+    return EtcdRegistryClient(endpoints, timeout=timeout, connect_timeout=min(3.0, timeout))
 
 
 # --- small parsers ---------------------------------------------------------------------------
@@ -804,8 +811,9 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
     g.add_argument(
         "--endpoints",
         default=d(None),
-        help="comma-separated host:port list (default: client addresses in ./cluster.toml, "
-        "else 127.0.0.1:2379)",
+        help="comma-separated host:port list; etcd://host:port,... selects the etcd backend "
+        "(default: RAFTREG_ENDPOINTS, the [registry] table or client addresses in "
+        "./cluster.toml, else 127.0.0.1:2379)",
     )
     g.add_argument("-w", "--write-out", choices=FORMATS, default=d("simple"), help="output format")
     g.add_argument("--timeout", type=float, default=d(5.0), help="per-request timeout, seconds")
@@ -918,16 +926,25 @@ def run(
     try:
         if ns.timeout <= 0:
             raise InvalidArgument("--timeout must be positive")
-        endpoints = (
-            list(normalize_endpoints(e for e in ns.endpoints.split(",") if e.strip()))
-            if ns.endpoints
-            else ([] if ns.command in _SERVER_COMMANDS else default_endpoints(ns.config))
-        )
+        factory = client_factory
+        if ns.command in _SERVER_COMMANDS:
+            endpoints = (
+                list(normalize_endpoints(e for e in ns.endpoints.split(",") if e.strip()))
+                if ns.endpoints
+                else []
+            )
+        else:
+            # The backend follows configuration: an etcd:// endpoint, RAFTREG_BACKEND, or the
+            # [registry] table of --config (raftreg.client.etcd.backend).
+            sel = select_backend(ns.endpoints or None, config_path=ns.config)
+            endpoints = list(sel.endpoints)
+            if sel.backend == "etcd" and client_factory is _default_factory:
+                factory = _etcd_factory
         ctx = _Ctx(
             fmt=ns.write_out,
             endpoints=endpoints,
             timeout=ns.timeout,
-            factory=client_factory,
+            factory=factory,
             out=out,
             err=err,
             stdin=stdin or sys.stdin,

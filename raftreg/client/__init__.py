@@ -5,8 +5,9 @@ This package owns the `RegistryClient` protocol (async-first) and the value type
 leader-aware, failover, retried writes made safe by request identity), the blocking facade
 (`SyncRegistryClient`), the in-memory implementation over the store for fast tests
 (`MemoryRegistryClient`), resumable watches (`Watch`, `WatchBatch`), the lease keepalive manager
-(`LeaseKeeper`), clocks (`ManualClock` for tests) and endpoint defaults (`connect`). Every
-client raises only `raftreg.errors` exceptions.
+(`LeaseKeeper`), clocks (`ManualClock` for tests) and `connect`, which picks the backend (raftreg,
+or a real etcd through `raftreg.client.etcd.EtcdRegistryClient`) from configuration. Every client
+raises only `raftreg.errors` exceptions.
 """
 
 from __future__ import annotations
@@ -33,16 +34,27 @@ from raftreg.client.watch import Watch, WatchBatch, WatchFilter, WatchOptions
 
 
 def connect(
-    endpoints: Sequence[str] | None = None,
+    endpoints: Sequence[str] | str | None = None,
     *,
     config_path: str | Path = "cluster.toml",
     timeout: float = 5.0,
     connect_timeout: float = 3.0,
-) -> GrpcRegistryClient:
-    """A gRPC client for `endpoints`; None means the client addresses in `config_path`, or
-    127.0.0.1:2379 when that file does not exist. Connections open lazily on first use."""
-    eps = list(endpoints) if endpoints is not None else default_endpoints(config_path)
-    return GrpcRegistryClient(eps, timeout=timeout, connect_timeout=connect_timeout)
+    backend: str | None = None,
+) -> RegistryClient:
+    """A client of the configured backend. The backend and endpoints are chosen by
+    `raftreg.client.etcd.backend.select_backend`: a scheme in `endpoints` ("etcd://a:2379,b:2379"),
+    then `backend`, then RAFTREG_BACKEND / RAFTREG_ENDPOINTS, then the [registry] table of
+    `config_path`; by default raftreg (`GrpcRegistryClient`) at the client addresses in
+    `config_path`, or 127.0.0.1:2379 when that file does not exist. The etcd backend is
+    `raftreg.client.etcd.EtcdRegistryClient`. Connections open lazily on first use."""
+    from raftreg.client.etcd.backend import select_backend
+
+    sel = select_backend(endpoints, config_path=config_path, backend=backend)
+    if sel.backend == "etcd":
+        from raftreg.client.etcd.client import EtcdRegistryClient
+
+        return EtcdRegistryClient(sel.endpoints, timeout=timeout, connect_timeout=connect_timeout)
+    return GrpcRegistryClient(list(sel.endpoints), timeout=timeout, connect_timeout=connect_timeout)
 
 
 __all__ = [

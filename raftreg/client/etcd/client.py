@@ -1,0 +1,632 @@
+"""`EtcdRegistryClient`: the `RegistryClient` protocol over a real etcd v3 cluster (grpc.aio).
+
+It speaks etcd's v3 gRPC protocol with raftreg's own messages (`protos/etcdv3.proto`, package
+`raftreg.etcdv3`) on etcd's method paths ("/etcdserverpb.KV/Range", ...). No etcd type leaves
+this package: results are raftreg's domain types, errors are `raftreg.errors` exceptions made
+by `raftreg.client.etcd.errors.etcd_error` (the one mapping), watches are
+`raftreg.client.watch.Watch` and the keepalive manager is raftreg's `LeaseKeeper`.
+
+Contracts:
+- One channel per endpoint (`EndpointPool`), created lazily on the loop of the first call; the
+  client is bound to that loop. Calls go to the first healthy endpoint in the configured order
+  (etcd members forward writes and linearizable reads to the leader themselves).
+- Every attempt has a deadline of `timeout` seconds (cut to what is left of the call's
+  `retry_budget`, default 2 x timeout).
+- Idempotent calls (reads, lease TTL/list/keepalive, member list, status) are retried on the
+  next endpoint after UNAVAILABLE / DEADLINE_EXCEEDED (leader change, member down, "etcdserver:
+  request timed out") with exponential backoff and jitter until the budget is spent.
+- Writes (put, delete, txn, compact, lease grant/revoke) are retried only when nothing can have
+  been applied: no connection was ready (nothing sent), or etcd refused the request before
+  proposing it ("etcdserver: no leader", "not capable", "too many requests"). etcd has no
+  request identities, so any other UNAVAILABLE / DEADLINE_EXCEEDED of a write raises
+  `OutcomeUnknown` at once: retrying could apply it twice.
+- Watch and keepalive streams carry etcd's "hasleader" metadata, so a member that loses its
+  leader ends them ("etcdserver: no leader") and they move to another member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from raftreg import errors as E
+from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
+from raftreg.client.etcd import convert
+from raftreg.client.etcd.errors import not_applied, retryable, rpc_error
+from raftreg.client.etcd.pb import etcdv3_pb2 as pb
+from raftreg.client.etcd.pool import EndpointPool, NotConnected
+from raftreg.client.etcd.watch import WATCH_PATH, EtcdWatchMux
+from raftreg.client.keepalive import LeaseKeeper
+from raftreg.client.protocol import KeyLike, LeaseTTL, Member, NodeStatus, resolve_range, to_bytes
+from raftreg.client.watch import Watch, WatchFilter, WatchOptions
+from raftreg.store.commands import (
+    DeleteRange,
+    DeleteResult,
+    LeaseGrantResult,
+    Put,
+    PutResult,
+    Range,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    Txn,
+    TxnResult,
+)
+
+T = TypeVar("T")
+
+# etcd's gRPC method paths (etcdserverpb/rpc.proto services).
+RANGE = "/etcdserverpb.KV/Range"
+PUT = "/etcdserverpb.KV/Put"
+DELETE_RANGE = "/etcdserverpb.KV/DeleteRange"
+TXN = "/etcdserverpb.KV/Txn"
+COMPACT = "/etcdserverpb.KV/Compact"
+LEASE_GRANT = "/etcdserverpb.Lease/LeaseGrant"
+LEASE_REVOKE = "/etcdserverpb.Lease/LeaseRevoke"
+LEASE_KEEPALIVE = "/etcdserverpb.Lease/LeaseKeepAlive"
+LEASE_TTL = "/etcdserverpb.Lease/LeaseTimeToLive"
+LEASE_LEASES = "/etcdserverpb.Lease/LeaseLeases"
+MEMBER_LIST = "/etcdserverpb.Cluster/MemberList"
+STATUS = "/etcdserverpb.Maintenance/Status"
+
+# etcd's clientv3 sends this on watch and keepalive streams: the member then ends the stream
+# when it has no leader instead of keeping a caller on a partitioned member.
+REQUIRE_LEADER: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
+
+ETCD_SCHEMES = ("etcd",)  # no TLS yet: there is deliberately no "etcds"
+
+
+def split_etcd_endpoints(endpoints: Sequence[str] | str) -> tuple[str, ...]:
+    """"host:port" endpoints from any mix of "etcd://a:1,b:2", "http://a:1", "a:1" (and
+    comma-separated strings of them). Raises `InvalidArgument` for anything else."""
+    items = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    out: list[str] = []
+    for item in items:
+        text = item.strip()
+        scheme, sep, rest = text.partition("://")
+        if sep and scheme.lower() in ETCD_SCHEMES:
+            text = rest
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            s, sep2, r = part.partition("://")
+            if sep2 and s.lower() in ETCD_SCHEMES:
+                part = r
+            out.append(normalize_endpoint(part))
+    return normalize_endpoints(out)
+
+
+def _unary(ch: grpc.aio.Channel, path: str, req: type[Message], resp: type[Message]) -> Any:
+    return ch.unary_unary(
+        path, request_serializer=req.SerializeToString, response_deserializer=resp.FromString
+    )
+
+
+def _bidi(ch: grpc.aio.Channel, path: str, req: type[Message], resp: type[Message]) -> Any:
+    return ch.stream_stream(
+        path, request_serializer=req.SerializeToString, response_deserializer=resp.FromString
+    )
+
+
+class EtcdConn:
+    """One endpoint's channel and etcd's methods on it (request message -> response message).
+    Also used raw by the benchmark, which measures etcd and raftreg through the same calls."""
+
+    def __init__(self, endpoint: str, channel: grpc.aio.Channel) -> None:
+        self.endpoint = endpoint
+        self.channel = channel
+        self.range = _unary(channel, RANGE, pb.RangeRequest, pb.RangeResponse)
+        self.put = _unary(channel, PUT, pb.PutRequest, pb.PutResponse)
+        self.delete_range = _unary(channel, DELETE_RANGE, pb.DeleteRangeRequest,
+                                   pb.DeleteRangeResponse)
+        self.txn = _unary(channel, TXN, pb.TxnRequest, pb.TxnResponse)
+        self.compact = _unary(channel, COMPACT, pb.CompactionRequest, pb.CompactionResponse)
+        self.lease_grant = _unary(channel, LEASE_GRANT, pb.LeaseGrantRequest,
+                                  pb.LeaseGrantResponse)
+        self.lease_revoke = _unary(channel, LEASE_REVOKE, pb.LeaseRevokeRequest,
+                                   pb.LeaseRevokeResponse)
+        self.lease_ttl = _unary(channel, LEASE_TTL, pb.LeaseTimeToLiveRequest,
+                                pb.LeaseTimeToLiveResponse)
+        self.lease_leases = _unary(channel, LEASE_LEASES, pb.LeaseLeasesRequest,
+                                   pb.LeaseLeasesResponse)
+        self.lease_keepalive = _bidi(channel, LEASE_KEEPALIVE, pb.LeaseKeepAliveRequest,
+                                     pb.LeaseKeepAliveResponse)
+        self.member_list = _unary(channel, MEMBER_LIST, pb.MemberListRequest,
+                                  pb.MemberListResponse)
+        self.status = _unary(channel, STATUS, pb.StatusRequest, pb.StatusResponse)
+        self.watch = _bidi(channel, WATCH_PATH, pb.WatchRequest, pb.WatchResponse)
+
+
+def _member(m: pb.Member, leader: int) -> Member:
+    return Member(
+        id=m.ID,
+        name=m.name,
+        peer_urls=tuple(m.peerURLs),
+        client_urls=tuple(m.clientURLs),
+        is_learner=m.isLearner,
+        is_leader=leader != 0 and leader == m.ID,
+        # etcd reports no reachability: a member that has started publishes its client URLs.
+        connected=bool(m.clientURLs),
+    )
+
+
+class EtcdRegistryClient:
+    """A `RegistryClient` over etcd v3; see the module docstring for the contract.
+
+    `endpoints`: "host:port", "http://host:port" or "etcd://a:1,b:2" (any mix). `timeout`
+    bounds each attempt, `retry_budget` (default 2 x timeout) a whole call with retries,
+    `connect_timeout` the wait for a connection to one endpoint.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float = 3.0,
+        retry_budget: float | None = None,
+        backoff_base: float = 0.05,
+        backoff_max: float = 1.0,
+        failure_penalty: float = 5.0,
+        channel_options: Sequence[tuple[str, str | int]] = (),
+    ) -> None:
+        if timeout <= 0 or connect_timeout <= 0:
+            raise E.InvalidArgument("timeouts must be positive")
+        self._endpoints = split_etcd_endpoints(endpoints)
+        self._timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._budget = 2 * timeout if retry_budget is None else retry_budget
+        self._backoff_base = backoff_base
+        self._pool: EndpointPool[EtcdConn] = EndpointPool(
+            self._endpoints,
+            EtcdConn,
+            channel_options=channel_options,
+            failure_penalty=failure_penalty,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
+        self._names: dict[int, str] = {}
+        self._watch_mux: EtcdWatchMux | None = None
+        self._keeper: LeaseKeeper | None = None
+        self._closed = False
+
+    # --- properties ------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._endpoints
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @property
+    def retry_budget(self) -> float:
+        return self._budget
+
+    # --- KV --------------------------------------------------------------------------------
+
+    async def get(
+        self,
+        key: KeyLike,
+        *,
+        range_end: KeyLike = b"",
+        prefix: bool = False,
+        revision: int = 0,
+        limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+        serializable: bool = False,
+        sort_order: SortOrder = SortOrder.NONE,
+        sort_target: SortTarget = SortTarget.KEY,
+    ) -> RangeResult:
+        k, end = resolve_range(key, range_end, prefix)
+        req = convert.range_to_pb(
+            Range(k, end, revision, limit, sort_order, sort_target, keys_only, count_only),
+            serializable=serializable,
+        )
+
+        async def call(c: EtcdConn, t: float) -> RangeResult:
+            return convert.range_result_from_pb(await c.range(req, timeout=t))
+
+        return await self._call(call, "get", idempotent=True)
+
+    async def put(
+        self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False
+    ) -> PutResult:
+        req = convert.put_to_pb(Put(to_bytes(key), to_bytes(value), lease, prev_kv))
+
+        async def call(c: EtcdConn, t: float) -> PutResult:
+            return convert.put_result_from_pb(await c.put(req, timeout=t))
+
+        return await self._call(call, "put", idempotent=False)
+
+    async def delete(
+        self,
+        key: KeyLike,
+        *,
+        range_end: KeyLike = b"",
+        prefix: bool = False,
+        prev_kv: bool = False,
+    ) -> DeleteResult:
+        k, end = resolve_range(key, range_end, prefix)
+        req = convert.delete_to_pb(DeleteRange(k, end, prev_kv))
+
+        async def call(c: EtcdConn, t: float) -> DeleteResult:
+            return convert.delete_result_from_pb(await c.delete_range(req, timeout=t))
+
+        return await self._call(call, "delete", idempotent=False)
+
+    async def txn(self, txn: Txn) -> TxnResult:
+        req = convert.txn_to_pb(txn)
+        # A txn of reads only changes nothing and may be retried like a read.
+        read_only = _read_only(txn)
+
+        async def call(c: EtcdConn, t: float) -> TxnResult:
+            return convert.txn_result_from_pb(await c.txn(req, timeout=t))
+
+        return await self._call(call, "txn", idempotent=read_only)
+
+    async def compact(self, revision: int) -> int:
+        req = pb.CompactionRequest(revision=revision)
+
+        async def call(c: EtcdConn, t: float) -> int:
+            resp: pb.CompactionResponse = await c.compact(req, timeout=t)
+            return resp.header.revision
+
+        return await self._call(call, "compact", idempotent=False)
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl: int, *, id: int = 0) -> LeaseGrantResult:
+        req = pb.LeaseGrantRequest(TTL=ttl, ID=id)
+
+        async def call(c: EtcdConn, t: float) -> LeaseGrantResult:
+            resp: pb.LeaseGrantResponse = await c.lease_grant(req, timeout=t)
+            if resp.error:
+                raise E.RegistryError(resp.error)
+            return LeaseGrantResult(resp.header.revision, resp.ID, resp.TTL)
+
+        return await self._call(call, "lease grant", idempotent=False)
+
+    async def lease_revoke(self, id: int) -> None:
+        req = pb.LeaseRevokeRequest(ID=id)
+
+        async def call(c: EtcdConn, t: float) -> None:
+            await c.lease_revoke(req, timeout=t)
+
+        await self._call(call, "lease revoke", idempotent=False)
+
+    async def lease_time_to_live(self, id: int, *, keys: bool = False) -> LeaseTTL:
+        req = pb.LeaseTimeToLiveRequest(ID=id, keys=keys)
+
+        async def call(c: EtcdConn, t: float) -> LeaseTTL:
+            r: pb.LeaseTimeToLiveResponse = await c.lease_ttl(req, timeout=t)
+            return LeaseTTL(r.ID or id, r.TTL, r.grantedTTL, tuple(r.keys))
+
+        return await self._call(call, "lease timetolive", idempotent=True)
+
+    async def lease_list(self) -> list[int]:
+        async def call(c: EtcdConn, t: float) -> list[int]:
+            r: pb.LeaseLeasesResponse = await c.lease_leases(pb.LeaseLeasesRequest(), timeout=t)
+            return [s.ID for s in r.leases]
+
+        return await self._call(call, "lease list", idempotent=True)
+
+    async def lease_keepalive_once(self, id: int) -> int:
+        async def call(c: EtcdConn, t: float) -> int:
+            stream = c.lease_keepalive(None, timeout=t, metadata=REQUIRE_LEADER)
+            try:
+                await stream.write(pb.LeaseKeepAliveRequest(ID=id))
+                resp = await stream.read()
+                if not isinstance(resp, pb.LeaseKeepAliveResponse):
+                    raise E.Unavailable("keepalive stream ended without an answer")
+                return resp.TTL
+            finally:
+                stream.cancel()
+
+        return await self._call(call, "lease keepalive", idempotent=True)
+
+    async def open_keepalive_stream(self) -> EtcdKeepAliveStream:
+        """A LeaseKeepAlive stream for `LeaseKeeper`, to the first healthy endpoint. Raises
+        `Unavailable` if it cannot connect; a broken stream marks its endpoint failed, so the
+        keeper's next stream goes elsewhere."""
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        ep = self._pool.ordered()[0]
+        try:
+            await self._pool.connect(ep, self.connect_timeout)
+        except NotConnected as f:
+            self._pool.mark_failed(ep)
+            raise E.Unavailable(str(f)) from None
+        return EtcdKeepAliveStream(self, self._pool.conn(ep))
+
+    def keepalive_manager(self) -> LeaseKeeper:
+        """This client's one `LeaseKeeper` (one stream for all leases; closed by `close()`)."""
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        if self._keeper is None:
+            self._keeper = LeaseKeeper(self, backoff_base=self._backoff_base)
+        return self._keeper
+
+    # --- watches ---------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        key: KeyLike,
+        *,
+        range_end: KeyLike = b"",
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: Iterable[WatchFilter | int] = (),
+        progress_notify: bool = False,
+    ) -> Watch:
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        k, end = resolve_range(key, range_end, prefix)
+        options = WatchOptions.make(
+            k, end, start_revision=start_revision, prev_kv=prev_kv, filters=filters,
+            progress_notify=progress_notify,
+        )
+        if self._watch_mux is None:
+            self._watch_mux = EtcdWatchMux(_WatchHost(self), lambda: self._closed)
+        mux = self._watch_mux
+        w = Watch(options, mux.cancel)
+        mux.add(w)
+        try:
+            await asyncio.wait_for(w._wait_created(), self._budget)
+        except TimeoutError:
+            w.cancel()
+            raise E.Unavailable(
+                f"watch not confirmed by any endpoint within {self._budget:g}s"
+            ) from None
+        except BaseException:
+            w.cancel()
+            raise
+        if w._failed is not None:
+            w.cancel()
+            raise w._failed
+        return w
+
+    async def list_then_watch(
+        self, prefix: KeyLike, *, prev_kv: bool = False, progress_notify: bool = False
+    ) -> tuple[RangeResult, Watch]:
+        snapshot = await self.get(prefix, prefix=True)
+        w = await self.watch(
+            prefix, prefix=True, start_revision=snapshot.revision + 1, prev_kv=prev_kv,
+            progress_notify=progress_notify,
+        )
+        return snapshot, w
+
+    async def request_progress(self) -> None:
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        if self._watch_mux is not None:
+            self._watch_mux.request_progress()
+
+    @property
+    def watch_endpoint(self) -> str | None:
+        """The endpoint the shared watch stream is connected to (None when not connected)."""
+        return None if self._watch_mux is None else self._watch_mux.endpoint
+
+    # --- cluster ---------------------------------------------------------------------------
+
+    async def member_list(self) -> list[Member]:
+        """etcd's member list; `is_leader` from the answering member's Status, `connected`
+        means "started" (etcd reports no reachability)."""
+
+        async def call(c: EtcdConn, t: float) -> list[Member]:
+            r: pb.MemberListResponse = await c.member_list(pb.MemberListRequest(), timeout=t)
+            st: pb.StatusResponse = await c.status(pb.StatusRequest(), timeout=t)
+            for m in r.members:
+                if m.name:
+                    self._names[m.ID] = m.name
+            return [_member(m, st.leader) for m in r.members]
+
+        return await self._call(call, "member list", idempotent=True)
+
+    async def status(self, endpoint: str | None = None) -> NodeStatus:
+        """etcd's Status of `endpoint` (or of any reachable one). etcd does not report keys,
+        leases, watchers, compact revision or hash: those fields are 0."""
+
+        async def call(c: EtcdConn, t: float) -> NodeStatus:
+            r: pb.StatusResponse = await c.status(pb.StatusRequest(), timeout=t)
+            mid = r.header.member_id
+            if mid not in self._names:
+                ml: pb.MemberListResponse = await c.member_list(pb.MemberListRequest(), timeout=t)
+                self._names.update((m.ID, m.name) for m in ml.members if m.name)
+            return NodeStatus(
+                endpoint=c.endpoint,
+                member_id=mid,
+                leader=r.leader,
+                is_leader=r.leader != 0 and r.leader == mid,
+                name=self._names.get(mid, ""),
+                version=r.version,
+                revision=r.header.revision,
+                raft_term=r.raftTerm or r.header.raft_term,
+                raft_index=r.raftIndex,
+                applied_index=r.raftAppliedIndex,
+                db_size=r.dbSize,
+                db_size_in_use=r.dbSizeInUse,
+                is_learner=r.isLearner,
+                errors=tuple(r.errors),
+            )
+
+        if endpoint is None:
+            return await self._call(call, "status", idempotent=True)
+        ep = split_etcd_endpoints(endpoint)[0]
+        return await self._call(call, "status", idempotent=True, endpoint=ep)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        self._closed = True
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await keeper.close()
+        mux, self._watch_mux = self._watch_mux, None
+        if mux is not None:
+            await mux.close()
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _attempt_timeout(self, deadline: float) -> float:
+        left = deadline - asyncio.get_running_loop().time()
+        return max(min(self._timeout, left), 0.001)
+
+    async def _call(
+        self,
+        fn: Callable[[EtcdConn, float], Awaitable[T]],
+        what: str,
+        *,
+        idempotent: bool,
+        endpoint: str | None = None,
+    ) -> T:
+        """Run `fn(conn, per_attempt_timeout)` with failover and retries (see the module
+        docstring). With `endpoint` given, exactly one attempt is made against it."""
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._budget
+        attempts = 0
+        last: E.RegistryError | None = None
+        pool = self._pool
+        while True:
+            attempts += 1
+            ep = endpoint or pool.ordered()[0]
+            try:
+                await pool.connect(ep, min(self.connect_timeout, max(deadline - loop.time(), 0)))
+                result = await fn(pool.conn(ep), self._attempt_timeout(deadline))
+            except NotConnected as f:
+                last = E.Unavailable(str(f))
+            except grpc.aio.AioRpcError as e:
+                err = rpc_error(e)
+                if not retryable(err):
+                    raise err from None
+                last = err
+                if not idempotent and not not_applied(e.code(), e.details() or ""):
+                    pool.mark_failed(ep)
+                    raise E.OutcomeUnknown(
+                        f"{what}: outcome unknown ({err}); not retried, as etcd cannot tell "
+                        "a retried write from a new one"
+                    ) from None
+            except E.Unavailable as err:  # a stream ended without an answer (idempotent only)
+                last = err
+            else:
+                pool.mark_ok(ep)
+                return result
+            pool.mark_failed(ep)
+            if endpoint is not None:
+                break
+            delay = pool.backoff(attempts)
+            if loop.time() + delay >= deadline:
+                break
+            await asyncio.sleep(delay)
+        assert last is not None
+        tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+        raise type(last)(f"{what} failed after {tries}; last error: {last}")
+
+
+def _read_only(txn: Txn) -> bool:
+    ops = (*txn.success, *txn.failure)
+    return all(isinstance(o, Range) or (isinstance(o, Txn) and _read_only(o)) for o in ops)
+
+
+class _WatchHost:
+    """The `WatchHost` view of a client for `EtcdWatchMux`."""
+
+    def __init__(self, client: EtcdRegistryClient) -> None:
+        self._c = client
+        self.connect_timeout = client.connect_timeout
+
+    def ordered(self) -> list[str]:
+        return self._c._pool.ordered()
+
+    async def connect(self, endpoint: str, limit: float) -> None:
+        await self._c._pool.connect(endpoint, limit)
+
+    def open_watch(self, endpoint: str) -> Any:
+        return self._c._pool.conn(endpoint).watch(None, metadata=REQUIRE_LEADER)
+
+    def mark_failed(self, endpoint: str) -> None:
+        self._c._pool.mark_failed(endpoint)
+
+    def mark_ok(self, endpoint: str) -> None:
+        self._c._pool.mark_ok(endpoint)
+
+    def backoff(self, attempt: int) -> float:
+        return self._c._pool.backoff(attempt)
+
+
+class EtcdKeepAliveStream:
+    """One etcd LeaseKeepAlive bidi call (a `raftreg.client.keepalive.KeepAliveStream`).
+    Requests are written by one writer task, in order; answers are (lease id, TTL), TTL 0 for
+    a lease etcd does not know (expired or revoked)."""
+
+    def __init__(self, client: EtcdRegistryClient, conn: EtcdConn) -> None:
+        self._client = client
+        self._endpoint = conn.endpoint
+        self._out: asyncio.Queue[pb.LeaseKeepAliveRequest] = asyncio.Queue()
+        self._call = conn.lease_keepalive(None, metadata=REQUIRE_LEADER)
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+        self._failed = False
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    async def _write(self) -> None:
+        while True:
+            req = await self._out.get()
+            try:
+                await self._call.write(req)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                return  # the read side reports the failure
+
+    def send(self, lease_id: int) -> None:
+        self._out.put_nowait(pb.LeaseKeepAliveRequest(ID=lease_id))
+
+    async def recv(self) -> tuple[int, int]:
+        try:
+            resp = await self._call.read()
+        except grpc.aio.AioRpcError as e:
+            self._fail()
+            raise rpc_error(e) from None
+        if not isinstance(resp, pb.LeaseKeepAliveResponse):
+            self._fail()
+            raise E.Unavailable(f"keepalive stream to {self._endpoint} ended")
+        self._client._pool.mark_ok(self._endpoint)
+        return resp.ID, resp.TTL
+
+    def _fail(self) -> None:
+        if not self._failed:
+            self._failed = True
+            if not self._client._closed:
+                self._client._pool.mark_failed(self._endpoint)
+
+    async def close(self) -> None:
+        self._writer.cancel()
+        self._call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer

@@ -1,0 +1,124 @@
+"""`EndpointPool`: channels, endpoint ranking, connection waits and backoff for a multi-endpoint
+grpc.aio client. Backend-neutral (nothing here knows etcd's messages).
+
+Contracts:
+- One channel per endpoint, created lazily on the running loop; the pool is bound to that loop.
+- `ordered()` lists endpoints best first: healthy ones in configured order, then those that
+  failed within `failure_penalty` seconds, least recently failed first. `mark_failed` /
+  `mark_ok` move an endpoint between the two groups. A client therefore sticks to one healthy
+  endpoint (like etcd's clientv3 pinned endpoint) and moves on when it fails.
+- `connect(endpoint, limit)` returns once the channel is READY or raises `NotConnected`; when
+  it raises, nothing was sent, so any call may be retried elsewhere.
+- `backoff(attempt)` is exponential (base x 2^(attempt-1), capped) with 50% jitter.
+
+The raftreg gRPC client (`raftreg.client.grpc_client`) has the same logic inline; the two can
+share this class once it moves to `raftreg.client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+import grpc
+import grpc.aio
+
+C = TypeVar("C")
+
+
+class NotConnected(Exception):
+    """No READY connection to the endpoint: nothing was sent."""
+
+
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, str | int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
+
+class EndpointPool(Generic[C]):
+    """Per-endpoint connection objects of type `C`, built by `make(endpoint, channel)`."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        make: Callable[[str, grpc.aio.Channel], C],
+        *,
+        channel_options: Sequence[tuple[str, str | int]] = (),
+        failure_penalty: float = 5.0,
+        backoff_base: float = 0.05,
+        backoff_max: float = 1.0,
+    ) -> None:
+        self.endpoints = tuple(endpoints)
+        self._make = make
+        self._options = [*DEFAULT_CHANNEL_OPTIONS, *channel_options]
+        self._penalty = failure_penalty
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._rng = random.Random()
+        self._conns: dict[str, tuple[grpc.aio.Channel, C]] = {}
+        self._failed_at: dict[str, float] = {}
+
+    def conn(self, endpoint: str) -> C:
+        """The connection object of `endpoint` (channel created on first use)."""
+        entry = self._conns.get(endpoint)
+        if entry is None:
+            ch = grpc.aio.insecure_channel(endpoint, options=self._options)
+            entry = (ch, self._make(endpoint, ch))
+            self._conns[endpoint] = entry
+        return entry[1]
+
+    def ordered(self) -> list[str]:
+        now = asyncio.get_running_loop().time()
+
+        def rank(item: tuple[int, str]) -> tuple[float, int]:
+            i, ep = item
+            t = self._failed_at.get(ep)
+            recent = t is not None and now - t < self._penalty
+            return (t if recent and t is not None else -math.inf, i)
+
+        return [ep for _, ep in sorted(enumerate(self.endpoints), key=rank)]
+
+    def mark_failed(self, endpoint: str) -> None:
+        self._failed_at[endpoint] = asyncio.get_running_loop().time()
+
+    def mark_ok(self, endpoint: str) -> None:
+        self._failed_at.pop(endpoint, None)
+
+    def backoff(self, attempt: int) -> float:
+        d = min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
+        return d / 2 + self._rng.uniform(0, d / 2)
+
+    async def connect(self, endpoint: str, limit: float) -> None:
+        """Return once `endpoint`'s channel is READY; raise `NotConnected` if it is failing
+        or does not connect within `limit` seconds."""
+        self.conn(endpoint)
+        ch = self._conns[endpoint][0]
+        state = ch.get_state(try_to_connect=True)
+        if state is grpc.ChannelConnectivity.READY:
+            return
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            raise NotConnected(f"cannot connect to {endpoint}")
+
+        async def settle() -> grpc.ChannelConnectivity:
+            s: grpc.ChannelConnectivity = state
+            while s in (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING):
+                await ch.wait_for_state_change(s)
+                s = ch.get_state(try_to_connect=True)
+            return s
+
+        try:
+            final = await asyncio.wait_for(settle(), max(limit, 0.001))
+        except TimeoutError:
+            raise NotConnected(f"no connection to {endpoint} within {limit:.1f}s") from None
+        if final is not grpc.ChannelConnectivity.READY:
+            raise NotConnected(f"cannot connect to {endpoint}")
+
+    async def close(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for ch, _ in conns:
+            await ch.close(None)

