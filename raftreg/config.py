@@ -61,6 +61,10 @@ class ClusterSettings:
     watch_buffer_events: int = 10_000
     watch_progress_interval_s: float = 10.0
     use_uvloop: bool = True
+    # TEST ONLY: fault-injection rules file for the raft transport (relative paths are taken
+    # from the directory of cluster.toml). "" (the default) runs the plain transport. See
+    # raftreg/consensus/raft.py `_FaultRules` and docs/fault-tests.md; never set in production.
+    fault_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,11 @@ authenticates every peer message with it, and drops a connection whose first mes
 decrypt). The raft port binds to the configured host only.
 
 Persistence: journal file + msgpack full dump (custom serializer hooks), both under data_dir.
+
+Fault injection (TEST ONLY, off unless `RaftSettings.fault_file` is set): the peer transport is
+then `FaultyTransport`, which drops or delays raft messages per link according to a small JSON
+rules file it re-reads when the file changes; see raftreg/consensus/faults.py.
+Production never constructs it and pays nothing for it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 
+from raftreg.consensus.faults import FaultRules, FaultyTransport
 from raftreg.errors import InvalidArgument, OutcomeUnknown, ResourceExhausted, Unavailable
 
 log = logging.getLogger("raftreg.consensus")
@@ -60,6 +66,7 @@ class RaftSettings:
     batch_max: int = 512
     snapshot_entries: int = 20000
     snapshot_interval_s: float = 600.0
+    fault_file: str = ""  # TEST ONLY: fault-injection rules file ("" = plain transport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +95,19 @@ class _Fsm(SyncObj):  # type: ignore[misc]
     """The replicated object: one replicated method that applies a group of commands."""
 
     def __init__(
-        self, self_addr: str, peers: list[str], conf: SyncObjConf, apply_one: ApplyFn
+        self,
+        self_addr: str,
+        peers: list[str],
+        conf: SyncObjConf,
+        apply_one: ApplyFn,
+        faults: FaultRules | None = None,
     ) -> None:
         self._apply_one = apply_one
-        super().__init__(self_addr, peers, conf)
+        self._faults = faults
+        if faults is None:
+            super().__init__(self_addr, peers, conf)
+        else:
+            super().__init__(self_addr, peers, conf, transportClass=FaultyTransport)
 
     def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:
         """Keep the leader's optimistic nextIndex from moving backwards on an in-order ack.
@@ -169,7 +185,12 @@ class RaftNode:
             useFork=False,
             tcp_keepalive=(3, 1, 3),
         )
-        self._fsm = _Fsm(settings.self_addr, list(settings.peers), conf, apply_one)
+        self._faults = (
+            FaultRules(settings.fault_file, settings.self_addr) if settings.fault_file else None
+        )
+        if self._faults is not None:
+            log.warning("TEST ONLY fault injection is on (rules in %s)", settings.fault_file)
+        self._fsm = _Fsm(settings.self_addr, list(settings.peers), conf, apply_one, self._faults)
 
     # ----------------------------------------------------------------------------- proposals
 
@@ -181,6 +202,8 @@ class RaftNode:
         return await fut
 
     async def read_barrier(self) -> None:
+        if self._faults is not None and self._faults.unsafe_local_reads:
+            return  # TEST ONLY, deliberately broken: see FaultRules
         if self._barrier is None:
             self._barrier = self._loop.create_future()
             self._enqueue(b"", None)

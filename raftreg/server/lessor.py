@@ -9,6 +9,11 @@ Contract:
 - Expiry is decided here but carried out as a replicated `LeaseExpire` command, in batches,
   so every replica deletes the same keys at the same revision. A lease whose expiry is in
   flight is no longer renewable (renew answers 0, the lease is lost).
+- Fencing: a new leader first replicates `LeaderEpoch(term)` and neither renews nor expires
+  until it is applied; every `LeaseExpire` carries the term it was decided in, and the store
+  ignores it once a newer epoch is applied. So a deposed leader (e.g. resumed from a pause
+  with stale deadlines, its proposal forwarded to the new leader by PySyncObj) cannot expire
+  a lease the new leader has renewed. Found by the fault tests (seed 1000).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from raftreg.errors import LeaseNotFound, RegistryError, Unavailable
-from raftreg.store.commands import LeaseExpire, LeaseInfo
+from raftreg.store.commands import Command, LeaderEpoch, LeaseExpire, LeaseInfo
 
 log = logging.getLogger("raftreg.lessor")
 
@@ -35,7 +40,8 @@ class Lessor:
         leases: Callable[[], list[LeaseInfo]],
         lease: Callable[[int], LeaseInfo | None],
         barrier: Callable[[], Awaitable[None]],
-        expire: Callable[[LeaseExpire], Awaitable[object]],
+        propose: Callable[[Command], Awaitable[object]],
+        epoch: Callable[[], int],
         tick_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -44,7 +50,9 @@ class Lessor:
         self._leases = leases
         self._lease = lease
         self._barrier = barrier
-        self._expire = expire
+        self._propose = propose
+        self._epoch = epoch
+        self._announcing: asyncio.Task[None] | None = None
         self._tick = tick_s
         self._clock = clock
         self._deadlines: dict[int, float] = {}
@@ -70,6 +78,24 @@ class Lessor:
             log.info("leading term %d: %d leases get a fresh TTL", term, len(self._deadlines))
         return True
 
+    async def _await_epoch(self) -> None:
+        """Return once this leader's `LeaderEpoch` is applied (proposing it if needed)."""
+        term = self._led_term
+        assert term is not None
+        if self._epoch() >= term:
+            return
+        if self._announcing is None or self._announcing.done():
+            self._announcing = asyncio.create_task(self._announce(term))
+        await asyncio.shield(self._announcing)
+        if self._epoch() < term:
+            raise Unavailable("the new leader could not establish its lease epoch yet")
+
+    async def _announce(self, term: int) -> None:
+        try:
+            await self._propose(LeaderEpoch(term))
+        except RegistryError as e:
+            log.warning("leader epoch %d not confirmed: %s", term, e)
+
     def _deadline(self, lease: LeaseInfo) -> float:
         d = self._deadlines.get(lease.id)
         if d is None:  # granted since we took over: its TTL starts now
@@ -82,6 +108,7 @@ class Lessor:
         await self._barrier()
         if not self._ensure_current():
             raise Unavailable("not the leader")
+        await self._await_epoch()
         lease = self._lease(lease_id)
         if lease is None or lease_id in self._expiring:
             return 0
@@ -93,6 +120,7 @@ class Lessor:
         await self._barrier()
         if not self._ensure_current():
             raise Unavailable("not the leader")
+        await self._await_epoch()
         lease = self._lease(lease_id)
         if lease is None or lease_id in self._expiring:
             raise LeaseNotFound(f"lease {lease_id:x} not found")
@@ -108,6 +136,12 @@ class Lessor:
             if not self._ensure_current():
                 next_scan = 0.0
                 continue
+            term = self._led_term
+            assert term is not None
+            if self._epoch() < term:
+                if self._announcing is None or self._announcing.done():
+                    self._announcing = asyncio.create_task(self._announce(term))
+                continue  # no expiry before this leader's epoch is applied
             now = self._clock()
             if now >= next_scan:
                 self._scan()
@@ -128,7 +162,7 @@ class Lessor:
             for i in range(0, len(due), EXPIRE_BATCH):
                 batch = tuple(due[i : i + EXPIRE_BATCH])
                 self._expiring.update(batch)
-                task = asyncio.create_task(self._propose_expiry(batch))
+                task = asyncio.create_task(self._propose_expiry(batch, term))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
@@ -141,9 +175,9 @@ class Lessor:
         for lease in live.values():
             self._deadline(lease)
 
-    async def _propose_expiry(self, ids: tuple[int, ...]) -> None:
+    async def _propose_expiry(self, ids: tuple[int, ...], term: int) -> None:
         try:
-            await self._expire(LeaseExpire(ids))
+            await self._propose(LeaseExpire(ids, term))
         except RegistryError as e:
             # Not applied (or unknown): let the next tick decide again if we still lead.
             log.warning("lease expiry of %d leases not confirmed: %s", len(ids), e)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from raftreg.config import ClusterConfig, NodeConfig
 from raftreg.consensus import RaftNode, RaftSettings, RaftStatus
@@ -79,7 +81,8 @@ class RegistryNode:
             leases=self._leases,
             lease=self._lease,
             barrier=self.barrier,
-            expire=self.write,
+            propose=self.write,
+            epoch=lambda: self.store.leader_epoch,
         )
         self.raft = RaftNode(
             RaftSettings(
@@ -95,12 +98,22 @@ class RegistryNode:
                 batch_max=s.batch_max,
                 snapshot_entries=s.snapshot_entries,
                 snapshot_interval_s=s.snapshot_interval_s,
+                fault_file=self._fault_file(cfg),
             ),
             self._apply_one,
             self._snapshot,
             self._restore,
             loop=loop,
         )
+
+    @staticmethod
+    def _fault_file(cfg: ClusterConfig) -> str:
+        """TEST ONLY fault-injection rules file, absolute ("" = off)."""
+        f = cfg.settings.fault_file
+        if not f or os.path.isabs(f):
+            return f
+        base = cfg.path.parent if cfg.path is not None else Path.cwd()
+        return str(base / f)
 
     # ------------------------------------------------------------------ tick-thread callbacks
 

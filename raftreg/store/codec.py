@@ -34,6 +34,7 @@ from raftreg.store.commands import (
     ExpireClients,
     Failure,
     KeyValue,
+    LeaderEpoch,
     LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
@@ -89,6 +90,7 @@ _LEASE_CHECKPOINT: Final = 8
 _EXPIRE_CLIENTS: Final = 9
 _BARRIER: Final = 10
 _RANGE: Final = 11
+_LEADER_EPOCH: Final = 12
 
 _RANGE_RESULT: Final = 1
 _PUT_RESULT: Final = 2
@@ -275,7 +277,9 @@ def _command_to_obj(cmd: Command | Range) -> list[object]:
         case LeaseRevoke():
             return [_LEASE_REVOKE, int(cmd.id)]
         case LeaseExpire():
-            return [_LEASE_EXPIRE, [int(i) for i in cmd.ids]]
+            return [_LEASE_EXPIRE, [int(i) for i in cmd.ids], int(cmd.term)]
+        case LeaderEpoch():
+            return [_LEADER_EPOCH, int(cmd.term)]
         case LeaseCheckpoint():
             return [_LEASE_CHECKPOINT, [[int(i), int(ms)] for i, ms in cmd.remaining_ms]]
         case ExpireClients():
@@ -350,10 +354,14 @@ def _command_from_obj(x: object, depth: int = 0) -> Command:
         _arity(items, 2, "lease_revoke")
         return LeaseRevoke(id=read_int(items[1], "lease id"))
     if tag == _LEASE_EXPIRE:
-        _arity(items, 2, "lease_expire")
+        _arity(items, 3, "lease_expire")
         return LeaseExpire(
-            ids=tuple(read_int(i, "lease id") for i in read_list(items[1], "lease ids"))
+            ids=tuple(read_int(i, "lease id") for i in read_list(items[1], "lease ids")),
+            term=read_int(items[2], "lease_expire term"),
         )
+    if tag == _LEADER_EPOCH:
+        _arity(items, 2, "leader_epoch")
+        return LeaderEpoch(term=read_int(items[1], "leader_epoch term"))
     if tag == _LEASE_CHECKPOINT:
         _arity(items, 2, "lease_checkpoint")
         pairs: list[tuple[int, int]] = []

@@ -147,10 +147,22 @@ class LeaseRevoke:
 
 @dataclass(frozen=True, slots=True)
 class LeaseExpire:
-    """Decided by the leader's clock; every replica revokes the still-existing ones, in order,
-    each at its own revision (a lease with no keys costs no revision)."""
+    """Decided by the leader's clock in raft term `term`; every replica revokes the
+    still-existing ones, in order, each at its own revision (a lease with no keys costs no
+    revision). Ignored when a newer leader has announced itself (`term` < the store's
+    `leader_epoch`): a deposed leader's stale decision, possibly forwarded to the new leader
+    by the consensus layer, must not expire leases the new leader is renewing."""
 
     ids: tuple[int, ...]
+    term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderEpoch:
+    """A new leader's announcement, proposed before it renews or expires any lease: from its
+    application on, leader-only decisions made in older terms are ignored."""
+
+    term: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +192,7 @@ Command = (
     | LeaseGrant
     | LeaseRevoke
     | LeaseExpire
+    | LeaderEpoch
     | LeaseCheckpoint
     | ExpireClients
     | Barrier

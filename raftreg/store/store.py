@@ -38,6 +38,7 @@ from raftreg.store.commands import (
     Event,
     EventType,
     ExpireClients,
+    LeaderEpoch,
     LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
@@ -65,7 +66,7 @@ from raftreg.store.validate import check_key_range, validate_command, validate_r
 __all__ = ["SNAPSHOT_FORMAT", "Store"]
 
 SNAPSHOT_MAGIC: Final = "raftreg.store"
-SNAPSHOT_FORMAT: Final = 1
+SNAPSHOT_FORMAT: Final = 2
 
 _OpResult = RangeResult | PutResult | DeleteResult | TxnResult
 
@@ -92,6 +93,7 @@ class Store:
         self._kv = KeySpace()
         self._leases = LeaseTable()
         self._clients = ClientTable(client_window)
+        self._epoch = 0
 
     # -----------------------------------------------------------------------------------------
     # state queries
@@ -106,6 +108,11 @@ class Store:
 
     def key_count(self) -> int:
         return self._kv.key_count()
+
+    @property
+    def leader_epoch(self) -> int:
+        """The term of the newest leader that announced itself (see `LeaderEpoch`)."""
+        return self._epoch
 
     def lease(self, id: int) -> LeaseInfo | None:
         return self._leases.get(id)
@@ -178,8 +185,13 @@ class Store:
                     raise LeaseNotFound("lease not found")
                 events = self._revoke(cmd.id)
                 return Done(self.revision), events
+            case LeaderEpoch():
+                self._epoch = max(self._epoch, cmd.term)
+                return Done(self.revision), []
             case LeaseExpire():
                 events = []
+                if cmd.term < self._epoch:
+                    return Done(self.revision), events  # a deposed leader's decision
                 for lease_id in cmd.ids:
                     if lease_id in self._leases:
                         events.extend(self._revoke(lease_id))
@@ -334,7 +346,7 @@ class Store:
         """64-bit BLAKE2b over revision, compact_revision, every live kv (key order) and every
         lease (id order) with ttl, remaining_ms and sorted attached keys."""
         h = hashlib.blake2b(digest_size=8)
-        h.update(pack(["kv", self.revision, self.compact_revision]))
+        h.update(pack(["kv", self.revision, self.compact_revision, self._epoch]))
         for kv in self._kv.live():
             h.update(pack(kv_to_obj(kv)))
         h.update(pack("leases"))
@@ -343,7 +355,8 @@ class Store:
         return int.from_bytes(h.digest(), "big")
 
     def snapshot(self) -> bytes:
-        """[magic, format, key space, leases, clients] as msgpack; see each part's `to_obj`."""
+        """[magic, format, key space, leases, clients, leader epoch] as msgpack; see each part's
+        `to_obj`."""
         return pack(
             [
                 SNAPSHOT_MAGIC,
@@ -351,6 +364,7 @@ class Store:
                 self._kv.to_obj(),
                 self._leases.to_obj(),
                 self._clients.to_obj(),
+                self._epoch,
             ]
         )
 
@@ -359,7 +373,7 @@ class Store:
         blob, unknown format) the current state is left untouched."""
         obj = unpack(data)
 
-        def decode() -> tuple[KeySpace, LeaseTable, ClientTable]:
+        def decode() -> tuple[KeySpace, LeaseTable, ClientTable, int]:
             items = read_list(obj, "snapshot")
             if len(items) < 2 or items[0] != SNAPSHOT_MAGIC:
                 raise InvalidArgument("not a raftreg store snapshot")
@@ -367,7 +381,7 @@ class Store:
             fmt = read_int(items[1], "snapshot format")
             if fmt != SNAPSHOT_FORMAT:
                 raise InvalidArgument(f"unsupported snapshot format {fmt}")
-            if len(items) != 5:
+            if len(items) != 6:
                 raise InvalidArgument("malformed snapshot")
             kv = KeySpace.from_obj(items[2])
             leases = LeaseTable.from_obj(items[3])
@@ -377,9 +391,9 @@ class Store:
                     if live.lease not in leases:
                         raise InvalidArgument("corrupt snapshot: key attached to unknown lease")
                     leases.attach(live.lease, live.key)
-            return kv, leases, clients
+            return kv, leases, clients, read_int(items[5], "snapshot leader epoch")
 
-        self._kv, self._leases, self._clients = guard(decode, "snapshot")
+        self._kv, self._leases, self._clients, self._epoch = guard(decode, "snapshot")
 
 
 def _stamp(r: _OpResult, revision: int) -> _OpResult:

@@ -17,6 +17,7 @@ from raftreg.store.commands import (
     CompareTarget,
     DeleteRange,
     ExpireClients,
+    LeaderEpoch,
     LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
@@ -220,6 +221,10 @@ def validate_command(command: object, *, max_value_bytes: int, max_txn_ops: int)
         case LeaseExpire():
             for lease_id in command.ids:
                 _need_int(lease_id, "lease id")
+            _need_int(command.term, "lease_expire term")
+        case LeaderEpoch():
+            if _need_int(command.term, "leader_epoch term") <= 0:
+                raise InvalidArgument("leader epoch term must be positive")
         case LeaseCheckpoint():
             for pair in command.remaining_ms:
                 if not isinstance(pair, tuple | list) or len(pair) != 2:

@@ -3,11 +3,16 @@
 `ProcessCluster` writes a cluster.toml into its own directory, starts one process per node
 (`python -m raftreg.server`), and can kill -9, pause, resume and restart any of them. Every
 process it started is stopped by `close()` (also on `with` exit).
+
+Network faults (TEST ONLY): a cluster made with `faults=True` runs every node with the
+fault-injection transport (`fault_file` setting) and can `partition` / `isolate` nodes (raft
+traffic only; clients still reach every node), drop a fraction of messages, delay them, turn a
+node into a deliberately broken one (`unsafe_local_reads`), and `heal()` everything.
 """
 
 from __future__ import annotations
 
-import ctypes
+import json
 import os
 import signal
 import socket
@@ -23,15 +28,19 @@ import grpc
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the process that started it dies, so a
-    crashed or killed test run never leaves node processes behind (Linux prctl)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
+# Node processes die with the thread that started them (Linux PR_SET_PDEATHSIG), so a crashed
+# or killed test run never leaves node processes behind. The prctl runs in a tiny launcher that
+# then execs the node: NOT in a `preexec_fn`, which runs Python (ctypes, dlopen) in the forked
+# child of a multi-threaded parent (gRPC threads) and now and then crashed there with SIGSEGV
+# before exec (found by the fault tests, seed 1021; the node's log stayed empty, exit -11).
+_LAUNCHER = """
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        os._exit(1)  # the parent is gone already
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
 
 
 def free_ports(n: int) -> list[int]:
@@ -57,7 +66,7 @@ def _toml_value(v: Any) -> str:
 
 
 class ProcessCluster:
-    def __init__(self, root: Path, size: int = 3, **settings: Any) -> None:
+    def __init__(self, root: Path, size: int = 3, *, faults: bool = False, **settings: Any) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         ports = free_ports(2 * size)
@@ -65,8 +74,16 @@ class ProcessCluster:
         self.raft = {n: f"127.0.0.1:{ports[2 * i]}" for i, n in enumerate(self.names)}
         self.client = {n: f"127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(self.names)}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.paused: set[str] = set()
         self.config_path = self.root / "cluster.toml"
         cluster = {"name": "raftreg-test", "secret": "test-secret", "data_dir": "data"}
+        self.fault_path: Path | None = None
+        self._blocked: set[tuple[str, str]] = set()  # (from, to): raft messages dropped
+        self._rules: dict[str, dict[str, Any]] = {n: {} for n in self.names}
+        if faults:
+            cluster["fault_file"] = "faults.json"
+            self.fault_path = self.root / "faults.json"
+            self._write_faults()
         cluster.update(settings)
         lines = ["[cluster]"] + [f"{k} = {_toml_value(v)}" for k, v in cluster.items()]
         for n in self.names:
@@ -85,12 +102,12 @@ class ProcessCluster:
             if n in self.procs and self.procs[n].poll() is None:
                 continue
             log = open(self.root / f"{n}.log", "ab")  # noqa: SIM115 - owned by the process
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            # faulthandler: a node that crashes (e.g. SIGSEGV) leaves its stacks in its log
+            env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
             self.procs[n] = subprocess.Popen(
-                [sys.executable, "-m", "raftreg.server", "--config", str(self.config_path),
-                 "--name", n],
+                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "-m", "raftreg.server",
+                 "--config", str(self.config_path), "--name", n],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
-                preexec_fn=_die_with_parent,
             )
             log.close()
 
@@ -100,12 +117,15 @@ class ProcessCluster:
         if p is not None and p.poll() is None:
             p.kill()  # SIGKILL also ends a SIGSTOPped process
             p.wait(timeout=10)
+        self.paused.discard(name)
 
     def pause(self, name: str) -> None:
         os.kill(self.procs[name].pid, signal.SIGSTOP)
+        self.paused.add(name)
 
     def resume(self, name: str) -> None:
         os.kill(self.procs[name].pid, signal.SIGCONT)
+        self.paused.discard(name)
 
     def restart(self, name: str) -> None:
         self.kill(name)
@@ -119,6 +139,71 @@ class ProcessCluster:
         for n in list(self.procs):
             self.kill(n)
         self.procs.clear()
+
+    # ------------------------------------------------------------------ network faults
+
+    def _write_faults(self) -> None:
+        if self.fault_path is None:
+            raise RuntimeError("this cluster was not made with faults=True")
+        doc: dict[str, dict[str, Any]] = {}
+        for n in self.names:
+            rules = dict(self._rules[n])
+            rules["drop_to"] = sorted(self.raft[b] for a, b in self._blocked if a == n)
+            rules["drop_from"] = sorted(self.raft[a] for a, b in self._blocked if b == n)
+            doc[self.raft[n]] = rules
+        tmp = self.fault_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, self.fault_path)  # atomic: a node never reads half a file
+
+    def partition(self, a: str, b: str, one_way: bool = False) -> None:
+        """Drop raft messages from a to b (and from b to a unless `one_way`)."""
+        self._blocked.add((a, b))
+        if not one_way:
+            self._blocked.add((b, a))
+        self._write_faults()
+
+    def isolate(self, name: str) -> None:
+        """Cut `name` off from every other node (both ways)."""
+        for other in self.names:
+            if other != name:
+                self._blocked |= {(name, other), (other, name)}
+        self._write_faults()
+
+    def drop_rate(self, rate: float, names: list[str] | None = None) -> None:
+        """Drop this fraction of every raft message `names` (default all) send or receive."""
+        for n in names or self.names:
+            self._rules[n]["drop_rate"] = rate
+        self._write_faults()
+
+    def delay(self, ms: float, names: list[str] | None = None) -> None:
+        """Hold back every raft message `names` (default all) send by `ms` (FIFO per link)."""
+        for n in names or self.names:
+            self._rules[n]["delay_ms"] = ms
+        self._write_faults()
+
+    def unsafe_local_reads(self, name: str, on: bool = True) -> None:
+        """DELIBERATELY BROKEN node: serve linearizable reads without the read barrier."""
+        self._rules[name]["unsafe_local_reads"] = on
+        self._write_faults()
+
+    def heal_network(self) -> None:
+        """Remove every partition, drop and delay (deliberately broken nodes stay broken)."""
+        self._blocked.clear()
+        for n in self.names:
+            self._rules[n] = {k: v for k, v in self._rules[n].items() if k == "unsafe_local_reads"}
+        self._write_faults()
+
+    def heal(self) -> None:
+        """Heal the network (if faults are on), resume paused nodes, start dead ones."""
+        if self.fault_path is not None:
+            self.heal_network()
+        for n in sorted(self.paused):
+            if self.alive(n):
+                self.resume(n)
+        self.paused.clear()
+        dead = [n for n in self.names if not self.alive(n)]
+        if dead:
+            self.start(*dead)
 
     def __enter__(self) -> ProcessCluster:
         return self
@@ -146,7 +231,7 @@ class ProcessCluster:
         """The node that the live nodes agree leads (None while they disagree)."""
         seen: set[int] = set()
         by_id: dict[int, str] = {}
-        for n in among or [x for x in self.names if self.alive(x)]:
+        for n in among or [x for x in self.names if self.alive(x) and x not in self.paused]:
             st = self.status(n)
             if st is None or st.leader == 0:
                 return None
@@ -169,7 +254,7 @@ class ProcessCluster:
         """Wait until every live node reports the same revision and hash."""
         deadline = time.monotonic() + timeout
         while True:
-            sts = [self.status(n) for n in self.names if self.alive(n)]
+            sts = [self.status(n) for n in self.names if self.alive(n) and n not in self.paused]
             if all(s is not None for s in sts):
                 keys = {(s.header.revision, s.hash) for s in sts if s is not None}
                 if len(keys) == 1 and sts[0] is not None:

@@ -27,6 +27,7 @@ from raftreg.store import (
     DeleteRange,
     ExpireClients,
     Failure,
+    LeaderEpoch,
     LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
@@ -70,6 +71,8 @@ COMMANDS: list[Command] = [
     LeaseRevoke(-1),
     LeaseExpire(()),
     LeaseExpire((3, 1, 2)),
+    LeaseExpire((3,), term=7),
+    LeaderEpoch(7),
     LeaseCheckpoint(((1, 500), (2, 0))),
     ExpireClients(1_700_000_000_000),
     Barrier(),
@@ -283,7 +286,8 @@ def test_restore_rejects_corrupt_and_keeps_state() -> None:
 
 
 def test_minimal_hand_built_snapshot_accepted() -> None:
-    data = _pk(["raftreg.store", 1, [2, 0, [[b"k", [[2, 2, 1, b"v", 0]]]], [[2, [b"k"]]]], [], []])
+    keyspace = [2, 0, [[b"k", [[2, 2, 1, b"v", 0]]]], [[2, [b"k"]]]]
+    data = _pk(["raftreg.store", 2, keyspace, [], [], 0])
     s = Store()
     s.restore(data)
     assert s.snapshot() == data

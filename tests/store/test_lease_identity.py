@@ -9,6 +9,7 @@ from raftreg.store import (
     EventType,
     ExpireClients,
     KeyValue,
+    LeaderEpoch,
     LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
@@ -211,3 +212,31 @@ def test_expire_clients() -> None:
     run(s, ExpireClients(idle_before_ms=8000))
     assert s.apply(Request(Put(b"a"), now_ms=9500, client_id=1, seq=1))[0] == PutResult(5)
     assert s.apply(Request(Put(b"b"), now_ms=9500, client_id=2, seq=1)) == (PutResult(3), [])
+
+
+def test_a_deposed_leaders_expiry_is_ignored_after_a_newer_leader_announced_itself() -> None:
+    """LeaseExpire decided in term 3 and applied after LeaderEpoch(4) changes nothing (the
+    consensus layer may forward a deposed leader's proposal to the new leader)."""
+    s = Store()
+    run(s, LeaseGrant(1, 10))
+    run(s, Put(b"k", b"v", lease=1))
+    run(s, LeaderEpoch(3))
+    run(s, LeaderEpoch(4))
+    before = s.revision
+    _, events = run_events(s, LeaseExpire((1,), term=3))
+    assert events == [] and s.revision == before and s.lease(1) is not None
+    assert s.leader_epoch == 4
+    run(s, LeaderEpoch(2))  # epochs never go back
+    assert s.leader_epoch == 4
+    _, events = run_events(s, LeaseExpire((1,), term=4))
+    assert [e.kv.key for e in events] == [b"k"] and s.lease(1) is None
+
+
+def test_leader_epoch_survives_snapshot_and_counts_in_the_hash() -> None:
+    s = Store()
+    h0 = s.hash()
+    run(s, LeaderEpoch(5))
+    assert s.hash() != h0
+    t = Store()
+    t.restore(s.snapshot())
+    assert t.leader_epoch == 5 and t.hash() == s.hash()
