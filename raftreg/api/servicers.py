@@ -339,7 +339,21 @@ class WatchServicer(_Base, pbg.WatchServicer):
                 elif which == "cancel_request":
                     hub.cancel(stream, req.cancel_request.watch_id)
                 elif which == "progress_request":
-                    hub.progress(stream)
+                    t = asyncio.create_task(progress())
+                    pending.add(t)
+                    t.add_done_callback(pending.discard)
+
+        pending: set[asyncio.Task[None]] = set()
+
+        async def progress() -> None:
+            # Answered after a read barrier, so the revision it reports covers every write
+            # acknowledged before the request, on followers too. A node that cannot reach the
+            # majority stays silent (as etcd does while a watcher is not synced).
+            try:
+                await self.node.barrier()
+            except RegistryError:
+                return
+            hub.progress(stream)
 
         reader = asyncio.create_task(read())
         try:
@@ -351,6 +365,8 @@ class WatchServicer(_Base, pbg.WatchServicer):
                 yield self._to_pb(msg)
         finally:
             reader.cancel()
+            for t in pending:
+                t.cancel()
             stream.close()
 
 

@@ -7,7 +7,10 @@ leader-aware, failover, retried writes made safe by request identity), the block
 (`MemoryRegistryClient`), resumable watches (`Watch`, `WatchBatch`), the lease keepalive manager
 (`LeaseKeeper`), clocks (`ManualClock` for tests) and `connect`, which picks the backend (raftreg,
 or a real etcd through `raftreg.client.etcd.EtcdRegistryClient`) from configuration. Every client
-raises only `raftreg.errors` exceptions.
+raises only `raftreg.errors` exceptions. The two gRPC clients share one implementation of their
+mechanisms: `pool` (endpoints, failure marks, connection waits, backoff), `watch_stream` (the
+shared watch stream; each backend supplies a `WatchWire`), `bidi` (stream writer, keepalive
+stream) and `pooled` (`PooledClient`: what the clients share around their own calls).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Contracts:
 - One channel per endpoint, created lazily on the event loop of the first call; a client is
-  bound to that loop.
+  bound to that loop. Channels, endpoint ranking, failure marks, connection waits, backoff,
+  watches, the keepalive stream and the lifecycle are shared with the etcd client
+  (`raftreg.client.pooled.PooledClient`); leader routing on top of them is this module's.
 - Writes and linearizable reads go to the leader when it is known (followers would forward;
   the leader saves a hop). Serializable reads and cluster queries go to the first healthy
   endpoint in the configured order.
@@ -15,19 +17,18 @@ Contracts:
   have reached a server) and that never got an answer raises `OutcomeUnknown`, never a plain
   failure.
 - Every `grpc.aio.AioRpcError` becomes a `raftreg.errors` exception through `rpc_error`.
+- Watches share one stream (`raftreg.client.watch_stream`, with raftreg's wire from
+  `raftreg.client.grpc_watch`); a failed watch or keepalive stream forgets the leader too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
-import random
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -36,10 +37,12 @@ from google.protobuf.message import Message
 from raftreg import errors as E
 from raftreg.api import convert
 from raftreg.api.status import ERROR_KEY, error_from_status
+from raftreg.client.bidi import KeepAliveCall
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
-from raftreg.client.grpc_watch import WatchMux
-from raftreg.client.keepalive import LeaseKeeper
+from raftreg.client.grpc_watch import WIRE as WATCH_WIRE
 from raftreg.client.kvmux import KVMux, StreamFailure
+from raftreg.client.pool import NotConnected
+from raftreg.client.pooled import PooledClient
 from raftreg.client.protocol import (
     KeyLike,
     LeaseTTL,
@@ -48,7 +51,7 @@ from raftreg.client.protocol import (
     resolve_range,
     to_bytes,
 )
-from raftreg.client.watch import Watch, WatchFilter, WatchOptions
+from raftreg.client.watch import Watch
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.store.commands import (
@@ -100,9 +103,9 @@ def _maybe_applied(e: grpc.aio.AioRpcError, err: E.RegistryError) -> bool:
 
 
 class _RetryableFailure(Exception):
-    """Internal: an attempt failed before any request left this client (not connected), or a
-    stream ended without an answer. Always retryable; never means "maybe applied" unless
-    `maybe_applied` is set."""
+    """Internal: a stream ended without an answer. Always retryable; never means "maybe
+    applied" unless `maybe_applied` is set. (Not connected is the pool's `NotConnected`:
+    nothing was sent.)"""
 
     def __init__(self, message: str, maybe_applied: bool = False) -> None:
         super().__init__(message)
@@ -110,7 +113,7 @@ class _RetryableFailure(Exception):
 
 
 class _Conn:
-    """One endpoint's channel and stubs."""
+    """One endpoint's stubs (its channel is the `EndpointPool`'s)."""
 
     def __init__(self, endpoint: str, channel: grpc.aio.Channel) -> None:
         self.endpoint = endpoint
@@ -129,9 +132,9 @@ class _Conn:
         return self._mux
 
     async def close(self) -> None:
+        """Close the Batch stream (the pool closes the channel after this)."""
         if self._mux is not None:
             await self._mux.close()
-        await self.channel.close(None)
 
 
 def _member(m: pb.Member) -> Member:
@@ -170,7 +173,7 @@ def _node_status(endpoint: str, m: pb.StatusResponse) -> NodeStatus:
     )
 
 
-class GrpcRegistryClient:
+class GrpcRegistryClient(PooledClient[_Conn]):
     """A `RegistryClient` over raftreg's gRPC API.
 
     `timeout` bounds each attempt; `retry_budget` (default 2 x timeout) bounds a whole call
@@ -194,54 +197,37 @@ class GrpcRegistryClient:
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
-        self._endpoints = normalize_endpoints(endpoints)
+        eps = normalize_endpoints(endpoints)
         if timeout <= 0 or connect_timeout <= 0:
             raise E.InvalidArgument("timeouts must be positive")
-        self._timeout = timeout
-        self._connect_timeout = connect_timeout
-        self._budget = 2 * timeout if retry_budget is None else retry_budget
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
-        self._failure_penalty = failure_penalty
-        self._rediscover_interval = rediscover_interval
         if client_id is not None and not 0 < client_id <= _MAX_CLIENT_ID:
             raise E.InvalidArgument("client_id must be in [1, 2**63 - 1]")
+        super().__init__(
+            eps,
+            make_conn=_Conn,
+            close_conn=_Conn.close,
+            watch_wire=WATCH_WIRE,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            retry_budget=retry_budget,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            failure_penalty=failure_penalty,
+            channel_options=channel_options,
+        )
+        self._rediscover_interval = rediscover_interval
         self._client_id = client_id or (secrets.randbits(63) or 1)
         self._seq = itertools.count(1)
-        self._options: list[tuple[str, str | int]] = [
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            *channel_options,
-        ]
-        self._rng = random.Random()
-        self._conns: dict[str, _Conn] = {}
-        self._failed_at: dict[str, float] = {}
         self._leader: str | None = None
         self._leader_checked_at = -math.inf
         self._member_endpoints: dict[int, str] = {}
         self._discovery_lock: asyncio.Lock | None = None
-        self._watch_mux: WatchMux | None = None
-        self._keeper: LeaseKeeper | None = None
-        self._closed = False
 
     # --- public properties -----------------------------------------------------------------
 
     @property
-    def endpoints(self) -> tuple[str, ...]:
-        return self._endpoints
-
-    @property
     def client_id(self) -> int:
         return self._client_id
-
-    @property
-    def timeout(self) -> float:
-        return self._timeout
-
-    @property
-    def retry_budget(self) -> float:
-        return self._budget
 
     # --- KV --------------------------------------------------------------------------------
 
@@ -374,7 +360,7 @@ class GrpcRegistryClient:
 
         return await self._call("leader", call, "lease keepalive")
 
-    async def open_keepalive_stream(self) -> _KeepAliveStream:
+    async def open_keepalive_stream(self) -> KeepAliveCall:
         """A LeaseKeepAlive stream (for `LeaseKeeper`), to the leader when known, else to the
         first healthy endpoint (which forwards). Raises `Unavailable` if it cannot connect;
         the stream marks its endpoint failed when it breaks, so the next one goes elsewhere."""
@@ -382,66 +368,18 @@ class GrpcRegistryClient:
             raise E.FailedPrecondition("client is closed")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._budget
-        ep = await self._leader_endpoint(deadline) or self._ordered()[0]
-        c = self._conn(ep)
+        ep = await self._leader_endpoint(deadline) or self._pool.ordered()[0]
         try:
-            await self._connect(c, self._connect_timeout)
-        except _RetryableFailure as f:
+            await self._pool.connect(ep, self._connect_timeout)
+        except NotConnected as f:
             self._mark_failed(ep)
             raise E.Unavailable(str(f)) from None
-        return _KeepAliveStream(self, c)
-
-    def keepalive_manager(self) -> LeaseKeeper:
-        """This client's one `LeaseKeeper` (one stream for all leases; closed by `close()`)."""
-        if self._closed:
-            raise E.FailedPrecondition("client is closed")
-        if self._keeper is None:
-            self._keeper = LeaseKeeper(self, backoff_base=self._backoff_base)
-        return self._keeper
+        call = self._pool.conn(ep).lease.LeaseKeepAlive(None)
+        return self._keepalive_call(
+            ep, call, pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse, rpc_error
+        )
 
     # --- watches -----------------------------------------------------------------------------
-
-    async def watch(
-        self,
-        key: KeyLike,
-        *,
-        range_end: KeyLike = b"",
-        prefix: bool = False,
-        start_revision: int = 0,
-        prev_kv: bool = False,
-        filters: Iterable[WatchFilter | int] = (),
-        progress_notify: bool = False,
-    ) -> Watch:
-        if self._closed:
-            raise E.FailedPrecondition("client is closed")
-        k, end = resolve_range(key, range_end, prefix)
-        options = WatchOptions.make(
-            k,
-            end,
-            start_revision=start_revision,
-            prev_kv=prev_kv,
-            filters=filters,
-            progress_notify=progress_notify,
-        )
-        if self._watch_mux is None:
-            self._watch_mux = WatchMux(self)
-        mux = self._watch_mux
-        w = Watch(options, mux.cancel)
-        mux.add(w)
-        try:
-            await asyncio.wait_for(w._wait_created(), self._budget)
-        except TimeoutError:
-            w.cancel()
-            raise E.Unavailable(
-                f"watch not confirmed by any endpoint within {self._budget:g}s"
-            ) from None
-        except BaseException:
-            w.cancel()
-            raise
-        if w._failed is not None:
-            w.cancel()
-            raise w._failed
-        return w
 
     async def list_then_watch(
         self, prefix: KeyLike, *, prev_kv: bool = False, progress_notify: bool = False
@@ -455,17 +393,6 @@ class GrpcRegistryClient:
             progress_notify=progress_notify,
         )
         return snapshot, w
-
-    async def request_progress(self) -> None:
-        if self._closed:
-            raise E.FailedPrecondition("client is closed")
-        if self._watch_mux is not None:
-            self._watch_mux.request_progress()
-
-    @property
-    def watch_endpoint(self) -> str | None:
-        """The endpoint the shared watch stream is connected to (None when not connected)."""
-        return None if self._watch_mux is None else self._watch_mux.endpoint
 
     @property
     def watch_streams_opened(self) -> int:
@@ -493,93 +420,19 @@ class GrpcRegistryClient:
             return await self._call("any", call, "status")
         return await self._call("any", call, "status", endpoint=normalize_endpoint(endpoint))
 
-    # --- lifecycle -------------------------------------------------------------------------
-
-    async def close(self) -> None:
-        self._closed = True
-        keeper, self._keeper = self._keeper, None
-        if keeper is not None:
-            await keeper.close()
-        mux, self._watch_mux = self._watch_mux, None
-        if mux is not None:
-            await mux.close()
-        conns, self._conns = list(self._conns.values()), {}
-        for c in conns:
-            await c.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     # --- internals -------------------------------------------------------------------------
 
     def _next_request_id(self) -> pb.RequestId:
         """The identity of one logical write; retries of that write reuse it."""
         return pb.RequestId(client_id=self._client_id, seq=next(self._seq))
 
-    def _conn(self, endpoint: str) -> _Conn:
-        c = self._conns.get(endpoint)
-        if c is None:
-            c = _Conn(endpoint, grpc.aio.insecure_channel(endpoint, options=self._options))
-            self._conns[endpoint] = c
-        return c
-
-    async def _connect(self, c: _Conn, limit: float) -> None:
-        """Return once `c` is READY; raise `_RetryableFailure` if it is failing or does not
-        connect within `limit` seconds. Nothing has been sent when this raises."""
-        ch = c.channel
-        state = ch.get_state(try_to_connect=True)
-        if state is grpc.ChannelConnectivity.READY:
-            return
-        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
-            raise _RetryableFailure(f"cannot connect to {c.endpoint}")
-
-        async def settle() -> grpc.ChannelConnectivity:
-            s: grpc.ChannelConnectivity = state
-            while s in (grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING):
-                await ch.wait_for_state_change(s)
-                s = ch.get_state(try_to_connect=True)
-            return s
-
-        try:
-            final = await asyncio.wait_for(settle(), max(limit, 0.001))
-        except TimeoutError:
-            raise _RetryableFailure(f"no connection to {c.endpoint} within {limit:.1f}s") from None
-        if final is not grpc.ChannelConnectivity.READY:
-            raise _RetryableFailure(f"cannot connect to {c.endpoint}")
-
-    def _ordered(self) -> list[str]:
-        """Endpoints to try, best first: healthy ones in configured order, then those that
-        failed recently, least recently failed first."""
-        now = asyncio.get_running_loop().time()
-
-        def rank(item: tuple[int, str]) -> tuple[float, int]:
-            i, ep = item
-            t = self._failed_at.get(ep)
-            recent = t is not None and now - t < self._failure_penalty
-            return (t if recent and t is not None else -math.inf, i)
-
-        return [ep for _, ep in sorted(enumerate(self._endpoints), key=rank)]
-
-    def _recently_failed(self, endpoint: str) -> bool:
-        t = self._failed_at.get(endpoint)
-        return t is not None and asyncio.get_running_loop().time() - t < self._failure_penalty
-
     def _mark_failed(self, endpoint: str) -> None:
-        self._failed_at[endpoint] = asyncio.get_running_loop().time()
+        """Mark `endpoint` failed in the pool and forget the leader if it was the leader (the
+        next leader-routed call rediscovers it)."""
+        super()._mark_failed(endpoint)
         if endpoint == self._leader:
             self._leader = None
         self._leader_checked_at = -math.inf
-
-    def _mark_ok(self, endpoint: str) -> None:
-        self._failed_at.pop(endpoint, None)
 
     def _learn_members(self, members: Iterable[pb.Member]) -> None:
         for m in members:
@@ -597,20 +450,20 @@ class GrpcRegistryClient:
         `rediscover_interval` unless a failure happened); None when unknown, not one of our
         endpoints, or recently unreachable."""
         loop = asyncio.get_running_loop()
-        if self._leader is not None and not self._recently_failed(self._leader):
+        if self._leader is not None and not self._pool.recently_failed(self._leader):
             return self._leader
         if loop.time() - self._leader_checked_at < self._rediscover_interval:
             return None
         if self._discovery_lock is None:
             self._discovery_lock = asyncio.Lock()
         async with self._discovery_lock:
-            if self._leader is not None and not self._recently_failed(self._leader):
+            if self._leader is not None and not self._pool.recently_failed(self._leader):
                 return self._leader
             if loop.time() - self._leader_checked_at < self._rediscover_interval:
                 return None
             self._leader = await self._discover(deadline)
             self._leader_checked_at = loop.time()
-            if self._leader is not None and self._recently_failed(self._leader):
+            if self._leader is not None and self._pool.recently_failed(self._leader):
                 # The cluster still names a leader we just failed to reach: prefer a healthy
                 # endpoint (it forwards) until the leader answers again or the penalty ends.
                 return None
@@ -620,22 +473,23 @@ class GrpcRegistryClient:
         """Ask endpoints (best first) for the leader id until one knows it; map it to one of
         our endpoints through the Status answers seen and the member list's clientURLs."""
         loop = asyncio.get_running_loop()
-        for ep in self._ordered():
+        pool = self._pool
+        for ep in pool.ordered():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
-            c = self._conn(ep)
+            c = pool.conn(ep)
             try:
-                await self._connect(c, min(self._connect_timeout, remaining))
+                await pool.connect(ep, min(self._connect_timeout, remaining))
                 st = await c.maintenance.Status(
                     pb.StatusRequest(), timeout=self._attempt_timeout(deadline)
                 )
-            except _RetryableFailure:
-                self._failed_at[ep] = loop.time()
+            except NotConnected:
+                pool.mark_failed(ep)  # the pool's mark only: discovery is what is running
                 continue
             except grpc.aio.AioRpcError as e:
                 if _retryable(rpc_error(e)):
-                    self._failed_at[ep] = loop.time()
+                    pool.mark_failed(ep)
                 continue
             self._member_endpoints[st.header.member_id] = ep
             if st.leader == 0:
@@ -653,15 +507,6 @@ class GrpcRegistryClient:
                 self._learn_members(ml.members)
             return self._member_endpoints.get(st.leader)
         return None
-
-    def _attempt_timeout(self, deadline: float) -> float:
-        """The per-attempt deadline: `timeout`, cut to what is left of the budget."""
-        left = deadline - asyncio.get_running_loop().time()
-        return max(min(self._timeout, left), 0.001)
-
-    def _backoff(self, attempt: int) -> float:
-        d = min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
-        return d / 2 + self._rng.uniform(0, d / 2)
 
     async def _kv_op(
         self, c: _Conn, timeout: float, unary: Any, op: pb.TaggedRequest
@@ -708,12 +553,15 @@ class GrpcRegistryClient:
                 ep = endpoint
             else:
                 ep = (await self._leader_endpoint(deadline) if route == "leader" else None) or (
-                    self._ordered()[0]
+                    self._pool.ordered()[0]
                 )
-            c = self._conn(ep)
             try:
-                await self._connect(c, min(self._connect_timeout, max(deadline - loop.time(), 0)))
-                result = await fn(c, self._attempt_timeout(deadline))
+                await self._pool.connect(
+                    ep, min(self._connect_timeout, max(deadline - loop.time(), 0))
+                )
+                result = await fn(self._pool.conn(ep), self._attempt_timeout(deadline))
+            except NotConnected as f:  # nothing was sent
+                last = E.Unavailable(str(f))
             except _RetryableFailure as f:
                 last = E.Unavailable(str(f))
                 maybe_applied = maybe_applied or (write and f.maybe_applied)
@@ -731,12 +579,12 @@ class GrpcRegistryClient:
                     write and isinstance(err, E.OutcomeUnknown | E.DeadlineExceeded)
                 )
             else:
-                self._mark_ok(ep)
+                self._pool.mark_ok(ep)
                 return result
             self._mark_failed(ep)
             if endpoint is not None:
                 break
-            delay = self._backoff(attempts)
+            delay = self._pool.backoff(attempts)
             if loop.time() + delay >= deadline:
                 break
             await asyncio.sleep(delay)
@@ -745,55 +593,3 @@ class GrpcRegistryClient:
         if write and maybe_applied:
             raise E.OutcomeUnknown(f"{what}: outcome unknown after {tries}; last error: {last}")
         raise type(last)(f"{what} failed after {tries}; last error: {last}")
-
-
-class _KeepAliveStream:
-    """One LeaseKeepAlive bidi call (a `raftreg.client.keepalive.KeepAliveStream`). Requests
-    are written by one writer task, in order (grpc.aio allows one write in flight)."""
-
-    def __init__(self, client: GrpcRegistryClient, conn: _Conn) -> None:
-        self._client = client
-        self._endpoint = conn.endpoint
-        self._out: asyncio.Queue[pb.LeaseKeepAliveRequest] = asyncio.Queue()
-        self._call = conn.lease.LeaseKeepAlive(None)
-        self._writer = asyncio.get_running_loop().create_task(self._write())
-        self._failed = False
-
-    @property
-    def endpoint(self) -> str:
-        return self._endpoint
-
-    async def _write(self) -> None:
-        while True:
-            req = await self._out.get()
-            try:
-                await self._call.write(req)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                return  # the read side reports the failure
-
-    def send(self, lease_id: int) -> None:
-        self._out.put_nowait(pb.LeaseKeepAliveRequest(ID=lease_id))
-
-    async def recv(self) -> tuple[int, int]:
-        try:
-            resp = await self._call.read()
-        except grpc.aio.AioRpcError as e:
-            self._fail()
-            raise rpc_error(e) from None
-        if not isinstance(resp, pb.LeaseKeepAliveResponse):
-            self._fail()
-            raise E.Unavailable(f"keepalive stream to {self._endpoint} ended")
-        self._client._mark_ok(self._endpoint)
-        return resp.ID, resp.TTL
-
-    def _fail(self) -> None:
-        if not self._failed:
-            self._failed = True
-            if not self._client._closed:
-                self._client._mark_failed(self._endpoint)
-
-    async def close(self) -> None:
-        self._writer.cancel()
-        self._call.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer

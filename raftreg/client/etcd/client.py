@@ -7,9 +7,12 @@ by `raftreg.client.etcd.errors.etcd_error` (the one mapping), watches are
 `raftreg.client.watch.Watch` and the keepalive manager is raftreg's `LeaseKeeper`.
 
 Contracts:
-- One channel per endpoint (`EndpointPool`), created lazily on the loop of the first call; the
-  client is bound to that loop. Calls go to the first healthy endpoint in the configured order
-  (etcd members forward writes and linearizable reads to the leader themselves).
+- One channel per endpoint, created lazily on the loop of the first call; the client is bound
+  to that loop. Channels, endpoint ranking, failure marks, connection waits, backoff, watches,
+  the keepalive stream and the lifecycle are shared with the raftreg client
+  (`raftreg.client.pooled.PooledClient`).
+  Calls go to the first healthy endpoint in the configured order (etcd members forward writes
+  and linearizable reads to the leader themselves).
 - Every attempt has a deadline of `timeout` seconds (cut to what is left of the call's
   `retry_budget`, default 2 x timeout).
 - Idempotent calls (reads, lease TTL/list/keepalive, member list, status) are retried on the
@@ -21,31 +24,32 @@ Contracts:
   request identities, so any other UNAVAILABLE / DEADLINE_EXCEEDED of a write raises
   `OutcomeUnknown` at once: retrying could apply it twice.
 - Watch and keepalive streams carry etcd's "hasleader" metadata, so a member that loses its
-  leader ends them ("etcdserver: no leader") and they move to another member.
+  leader ends them ("etcdserver: no leader") and they move to another member. Watches share
+  one stream (`raftreg.client.watch_stream`, with etcd's wire from `raftreg.client.etcd.watch`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
 from raftreg import errors as E
+from raftreg.client.bidi import KeepAliveCall
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
 from raftreg.client.etcd import convert
 from raftreg.client.etcd.errors import not_applied, retryable, rpc_error
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
-from raftreg.client.etcd.pool import EndpointPool, NotConnected
-from raftreg.client.etcd.watch import WATCH_PATH, EtcdWatchMux
-from raftreg.client.keepalive import LeaseKeeper
+from raftreg.client.etcd.watch import REQUIRE_LEADER, WATCH_PATH
+from raftreg.client.etcd.watch import WIRE as WATCH_WIRE
+from raftreg.client.pool import NotConnected
+from raftreg.client.pooled import PooledClient
 from raftreg.client.protocol import KeyLike, LeaseTTL, Member, NodeStatus, resolve_range, to_bytes
-from raftreg.client.watch import Watch, WatchFilter, WatchOptions
+from raftreg.client.watch import Watch
 from raftreg.store.commands import (
     DeleteRange,
     DeleteResult,
@@ -75,10 +79,6 @@ LEASE_TTL = "/etcdserverpb.Lease/LeaseTimeToLive"
 LEASE_LEASES = "/etcdserverpb.Lease/LeaseLeases"
 MEMBER_LIST = "/etcdserverpb.Cluster/MemberList"
 STATUS = "/etcdserverpb.Maintenance/Status"
-
-# etcd's clientv3 sends this on watch and keepalive streams: the member then ends the stream
-# when it has no leader instead of keeping a caller on a partitioned member.
-REQUIRE_LEADER: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
 
 ETCD_SCHEMES = ("etcd",)  # no TLS yet: there is deliberately no "etcds"
 
@@ -158,7 +158,7 @@ def _member(m: pb.Member, leader: int) -> Member:
     )
 
 
-class EtcdRegistryClient:
+class EtcdRegistryClient(PooledClient[EtcdConn]):
     """A `RegistryClient` over etcd v3; see the module docstring for the contract.
 
     `endpoints`: "host:port", "http://host:port" or "etcd://a:1,b:2" (any mix). `timeout`
@@ -180,37 +180,24 @@ class EtcdRegistryClient:
     ) -> None:
         if timeout <= 0 or connect_timeout <= 0:
             raise E.InvalidArgument("timeouts must be positive")
-        self._endpoints = split_etcd_endpoints(endpoints)
-        self._timeout = timeout
-        self.connect_timeout = connect_timeout
-        self._budget = 2 * timeout if retry_budget is None else retry_budget
-        self._backoff_base = backoff_base
-        self._pool: EndpointPool[EtcdConn] = EndpointPool(
-            self._endpoints,
-            EtcdConn,
-            channel_options=channel_options,
-            failure_penalty=failure_penalty,
+        super().__init__(
+            split_etcd_endpoints(endpoints),
+            make_conn=EtcdConn,
+            watch_wire=WATCH_WIRE,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            retry_budget=retry_budget,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            failure_penalty=failure_penalty,
+            channel_options=channel_options,
         )
         self._names: dict[int, str] = {}
-        self._watch_mux: EtcdWatchMux | None = None
-        self._keeper: LeaseKeeper | None = None
-        self._closed = False
-
-    # --- properties ------------------------------------------------------------------------
 
     @property
-    def endpoints(self) -> tuple[str, ...]:
-        return self._endpoints
-
-    @property
-    def timeout(self) -> float:
-        return self._timeout
-
-    @property
-    def retry_budget(self) -> float:
-        return self._budget
+    def connect_timeout(self) -> float:
+        """The bound on waiting for a connection to one endpoint."""
+        return self._connect_timeout
 
     # --- KV --------------------------------------------------------------------------------
 
@@ -335,7 +322,7 @@ class EtcdRegistryClient:
 
         return await self._call(call, "lease keepalive", idempotent=True)
 
-    async def open_keepalive_stream(self) -> EtcdKeepAliveStream:
+    async def open_keepalive_stream(self) -> KeepAliveCall:
         """A LeaseKeepAlive stream for `LeaseKeeper`, to the first healthy endpoint. Raises
         `Unavailable` if it cannot connect; a broken stream marks its endpoint failed, so the
         keeper's next stream goes elsewhere."""
@@ -347,55 +334,12 @@ class EtcdRegistryClient:
         except NotConnected as f:
             self._pool.mark_failed(ep)
             raise E.Unavailable(str(f)) from None
-        return EtcdKeepAliveStream(self, self._pool.conn(ep))
-
-    def keepalive_manager(self) -> LeaseKeeper:
-        """This client's one `LeaseKeeper` (one stream for all leases; closed by `close()`)."""
-        if self._closed:
-            raise E.FailedPrecondition("client is closed")
-        if self._keeper is None:
-            self._keeper = LeaseKeeper(self, backoff_base=self._backoff_base)
-        return self._keeper
+        call = self._pool.conn(ep).lease_keepalive(None, metadata=REQUIRE_LEADER)
+        return self._keepalive_call(
+            ep, call, pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse, rpc_error
+        )
 
     # --- watches ---------------------------------------------------------------------------
-
-    async def watch(
-        self,
-        key: KeyLike,
-        *,
-        range_end: KeyLike = b"",
-        prefix: bool = False,
-        start_revision: int = 0,
-        prev_kv: bool = False,
-        filters: Iterable[WatchFilter | int] = (),
-        progress_notify: bool = False,
-    ) -> Watch:
-        if self._closed:
-            raise E.FailedPrecondition("client is closed")
-        k, end = resolve_range(key, range_end, prefix)
-        options = WatchOptions.make(
-            k, end, start_revision=start_revision, prev_kv=prev_kv, filters=filters,
-            progress_notify=progress_notify,
-        )
-        if self._watch_mux is None:
-            self._watch_mux = EtcdWatchMux(_WatchHost(self), lambda: self._closed)
-        mux = self._watch_mux
-        w = Watch(options, mux.cancel)
-        mux.add(w)
-        try:
-            await asyncio.wait_for(w._wait_created(), self._budget)
-        except TimeoutError:
-            w.cancel()
-            raise E.Unavailable(
-                f"watch not confirmed by any endpoint within {self._budget:g}s"
-            ) from None
-        except BaseException:
-            w.cancel()
-            raise
-        if w._failed is not None:
-            w.cancel()
-            raise w._failed
-        return w
 
     async def list_then_watch(
         self, prefix: KeyLike, *, prev_kv: bool = False, progress_notify: bool = False
@@ -406,17 +350,6 @@ class EtcdRegistryClient:
             progress_notify=progress_notify,
         )
         return snapshot, w
-
-    async def request_progress(self) -> None:
-        if self._closed:
-            raise E.FailedPrecondition("client is closed")
-        if self._watch_mux is not None:
-            self._watch_mux.request_progress()
-
-    @property
-    def watch_endpoint(self) -> str | None:
-        """The endpoint the shared watch stream is connected to (None when not connected)."""
-        return None if self._watch_mux is None else self._watch_mux.endpoint
 
     # --- cluster ---------------------------------------------------------------------------
 
@@ -466,34 +399,7 @@ class EtcdRegistryClient:
         ep = split_etcd_endpoints(endpoint)[0]
         return await self._call(call, "status", idempotent=True, endpoint=ep)
 
-    # --- lifecycle -------------------------------------------------------------------------
-
-    async def close(self) -> None:
-        self._closed = True
-        keeper, self._keeper = self._keeper, None
-        if keeper is not None:
-            await keeper.close()
-        mux, self._watch_mux = self._watch_mux, None
-        if mux is not None:
-            await mux.close()
-        await self._pool.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     # --- internals -------------------------------------------------------------------------
-
-    def _attempt_timeout(self, deadline: float) -> float:
-        left = deadline - asyncio.get_running_loop().time()
-        return max(min(self._timeout, left), 0.001)
 
     async def _call(
         self,
@@ -551,82 +457,3 @@ class EtcdRegistryClient:
 def _read_only(txn: Txn) -> bool:
     ops = (*txn.success, *txn.failure)
     return all(isinstance(o, Range) or (isinstance(o, Txn) and _read_only(o)) for o in ops)
-
-
-class _WatchHost:
-    """The `WatchHost` view of a client for `EtcdWatchMux`."""
-
-    def __init__(self, client: EtcdRegistryClient) -> None:
-        self._c = client
-        self.connect_timeout = client.connect_timeout
-
-    def ordered(self) -> list[str]:
-        return self._c._pool.ordered()
-
-    async def connect(self, endpoint: str, limit: float) -> None:
-        await self._c._pool.connect(endpoint, limit)
-
-    def open_watch(self, endpoint: str) -> Any:
-        return self._c._pool.conn(endpoint).watch(None, metadata=REQUIRE_LEADER)
-
-    def mark_failed(self, endpoint: str) -> None:
-        self._c._pool.mark_failed(endpoint)
-
-    def mark_ok(self, endpoint: str) -> None:
-        self._c._pool.mark_ok(endpoint)
-
-    def backoff(self, attempt: int) -> float:
-        return self._c._pool.backoff(attempt)
-
-
-class EtcdKeepAliveStream:
-    """One etcd LeaseKeepAlive bidi call (a `raftreg.client.keepalive.KeepAliveStream`).
-    Requests are written by one writer task, in order; answers are (lease id, TTL), TTL 0 for
-    a lease etcd does not know (expired or revoked)."""
-
-    def __init__(self, client: EtcdRegistryClient, conn: EtcdConn) -> None:
-        self._client = client
-        self._endpoint = conn.endpoint
-        self._out: asyncio.Queue[pb.LeaseKeepAliveRequest] = asyncio.Queue()
-        self._call = conn.lease_keepalive(None, metadata=REQUIRE_LEADER)
-        self._writer = asyncio.get_running_loop().create_task(self._write())
-        self._failed = False
-
-    @property
-    def endpoint(self) -> str:
-        return self._endpoint
-
-    async def _write(self) -> None:
-        while True:
-            req = await self._out.get()
-            try:
-                await self._call.write(req)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                return  # the read side reports the failure
-
-    def send(self, lease_id: int) -> None:
-        self._out.put_nowait(pb.LeaseKeepAliveRequest(ID=lease_id))
-
-    async def recv(self) -> tuple[int, int]:
-        try:
-            resp = await self._call.read()
-        except grpc.aio.AioRpcError as e:
-            self._fail()
-            raise rpc_error(e) from None
-        if not isinstance(resp, pb.LeaseKeepAliveResponse):
-            self._fail()
-            raise E.Unavailable(f"keepalive stream to {self._endpoint} ended")
-        self._client._pool.mark_ok(self._endpoint)
-        return resp.ID, resp.TTL
-
-    def _fail(self) -> None:
-        if not self._failed:
-            self._failed = True
-            if not self._client._closed:
-                self._client._pool.mark_failed(self._endpoint)
-
-    async def close(self) -> None:
-        self._writer.cancel()
-        self._call.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer

@@ -1,18 +1,19 @@
 """`EndpointPool`: channels, endpoint ranking, connection waits and backoff for a multi-endpoint
-grpc.aio client. Backend-neutral (nothing here knows etcd's messages).
+grpc.aio client. Backend-neutral (nothing here knows a backend's messages); used by both the
+raftreg client (`raftreg.client.grpc_client`) and the etcd client (`raftreg.client.etcd`).
 
 Contracts:
 - One channel per endpoint, created lazily on the running loop; the pool is bound to that loop.
+  Each channel has one connection object (the backend's stubs), built by `make`.
 - `ordered()` lists endpoints best first: healthy ones in configured order, then those that
   failed within `failure_penalty` seconds, least recently failed first. `mark_failed` /
   `mark_ok` move an endpoint between the two groups. A client therefore sticks to one healthy
-  endpoint (like etcd's clientv3 pinned endpoint) and moves on when it fails.
+  endpoint (like etcd's clientv3 pinned endpoint) and moves on when it fails. Routing beyond
+  that (e.g. raftreg's leader preference) is the client's.
 - `connect(endpoint, limit)` returns once the channel is READY or raises `NotConnected`; when
   it raises, nothing was sent, so any call may be retried elsewhere.
 - `backoff(attempt)` is exponential (base x 2^(attempt-1), capped) with 50% jitter.
-
-The raftreg gRPC client (`raftreg.client.grpc_client`) has the same logic inline; the two can
-share this class once it moves to `raftreg.client`.
+- `close()` closes every connection object (the optional `close` hook), then its channel.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import grpc
@@ -41,13 +42,15 @@ DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, str | int], ...] = (
 
 
 class EndpointPool(Generic[C]):
-    """Per-endpoint connection objects of type `C`, built by `make(endpoint, channel)`."""
+    """Per-endpoint connection objects of type `C`, built by `make(endpoint, channel)` and
+    closed by `close(conn)` (if given) before their channel is."""
 
     def __init__(
         self,
         endpoints: Sequence[str],
         make: Callable[[str, grpc.aio.Channel], C],
         *,
+        close: Callable[[C], Awaitable[None]] | None = None,
         channel_options: Sequence[tuple[str, str | int]] = (),
         failure_penalty: float = 5.0,
         backoff_base: float = 0.05,
@@ -55,6 +58,7 @@ class EndpointPool(Generic[C]):
     ) -> None:
         self.endpoints = tuple(endpoints)
         self._make = make
+        self._close_conn = close
         self._options = [*DEFAULT_CHANNEL_OPTIONS, *channel_options]
         self._penalty = failure_penalty
         self._backoff_base = backoff_base
@@ -73,6 +77,7 @@ class EndpointPool(Generic[C]):
         return entry[1]
 
     def ordered(self) -> list[str]:
+        """Endpoints to try, best first (see the module docstring)."""
         now = asyncio.get_running_loop().time()
 
         def rank(item: tuple[int, str]) -> tuple[float, int]:
@@ -82,6 +87,11 @@ class EndpointPool(Generic[C]):
             return (t if recent and t is not None else -math.inf, i)
 
         return [ep for _, ep in sorted(enumerate(self.endpoints), key=rank)]
+
+    def recently_failed(self, endpoint: str) -> bool:
+        """Whether `endpoint` was marked failed within `failure_penalty` seconds."""
+        t = self._failed_at.get(endpoint)
+        return t is not None and asyncio.get_running_loop().time() - t < self._penalty
 
     def mark_failed(self, endpoint: str) -> None:
         self._failed_at[endpoint] = asyncio.get_running_loop().time()
@@ -120,5 +130,7 @@ class EndpointPool(Generic[C]):
 
     async def close(self) -> None:
         conns, self._conns = list(self._conns.values()), {}
-        for ch, _ in conns:
+        for ch, c in conns:
+            if self._close_conn is not None:
+                await self._close_conn(c)
             await ch.close(None)

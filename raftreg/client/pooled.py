@@ -1,0 +1,205 @@
+"""`PooledClient`: what the two grpc.aio `RegistryClient`s (raftreg's `GrpcRegistryClient`,
+`raftreg.client.etcd.EtcdRegistryClient`) share around their own calls.
+
+It owns: the `EndpointPool` (channels, ranking, failure marks, connection waits, backoff), the
+shared watch stream (`raftreg.client.watch_stream.WatchMux`, fed by the backend's
+`WatchWire`), the one `LeaseKeeper` and its `KeepAliveCall` streams, the per-attempt deadline
+and the lifecycle (`close`, `async with`). A backend owns its calls: routing, retries, the
+write-safety rules, message conversion and error mapping.
+
+Contracts:
+- `_mark_failed(endpoint)` is how every shared mechanism reports a failed endpoint (a backend
+  may extend it, e.g. to forget a leader); answers report it healthy through the pool.
+- A failed keepalive stream marks its endpoint failed unless the client is closed, so the
+  keeper's next stream goes elsewhere.
+- After `close()` every call raises `FailedPrecondition`; watches end and the keeper stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Generic, Self, TypeVar
+
+import grpc.aio
+from google.protobuf.message import Message
+
+from raftreg import errors as E
+from raftreg.client.bidi import BidiCall, KeepAliveCall
+from raftreg.client.keepalive import KeepAliveStream, LeaseKeeper
+from raftreg.client.pool import EndpointPool
+from raftreg.client.protocol import KeyLike, resolve_range
+from raftreg.client.watch import Watch, WatchFilter, WatchOptions
+from raftreg.client.watch_stream import WatchMux, WatchWire
+
+C = TypeVar("C")
+
+
+class PooledClient(Generic[C]):
+    """The shared part of a pooled client; `C` is the backend's per-endpoint connection object.
+    Subclasses validate their arguments, then call `__init__`, and implement
+    `open_keepalive_stream` (endpoint choice) with `_keepalive_call`."""
+
+    def __init__(
+        self,
+        endpoints: tuple[str, ...],
+        *,
+        make_conn: Callable[[str, grpc.aio.Channel], C],
+        close_conn: Callable[[C], Awaitable[None]] | None = None,
+        watch_wire: WatchWire[C],
+        timeout: float,
+        connect_timeout: float,
+        retry_budget: float | None,
+        backoff_base: float,
+        backoff_max: float,
+        failure_penalty: float,
+        channel_options: Sequence[tuple[str, str | int]],
+    ) -> None:
+        self._endpoints = endpoints
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._budget = 2 * timeout if retry_budget is None else retry_budget
+        self._backoff_base = backoff_base
+        self._pool: EndpointPool[C] = EndpointPool(
+            endpoints,
+            make_conn,
+            close=close_conn,
+            channel_options=channel_options,
+            failure_penalty=failure_penalty,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
+        self._watch_wire = watch_wire
+        self._watch_mux: WatchMux[C] | None = None
+        self._keeper: LeaseKeeper | None = None
+        self._closed = False
+
+    # --- properties ------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._endpoints
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @property
+    def retry_budget(self) -> float:
+        return self._budget
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def open_keepalive_stream(self) -> KeepAliveStream:
+        """A keepalive stream for `LeaseKeeper`; raises `Unavailable` if none can be opened."""
+        raise NotImplementedError
+
+    def keepalive_manager(self) -> LeaseKeeper:
+        """This client's one `LeaseKeeper` (one stream for all leases; closed by `close()`)."""
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        if self._keeper is None:
+            self._keeper = LeaseKeeper(self, backoff_base=self._backoff_base)
+        return self._keeper
+
+    def _keepalive_call(
+        self,
+        endpoint: str,
+        call: BidiCall,
+        request: Callable[..., Message],
+        response: type[Message],
+        error: Callable[[grpc.aio.AioRpcError], E.RegistryError],
+    ) -> KeepAliveCall:
+        """A `KeepAliveCall` over `call` (already opened to `endpoint`) that reports its
+        endpoint's health to this client."""
+
+        def failed(ep: str) -> None:
+            if not self._closed:
+                self._mark_failed(ep)
+
+        return KeepAliveCall(
+            call, endpoint, request=request, response=response, error=error,
+            on_answer=self._pool.mark_ok, on_failure=failed,
+        )
+
+    # --- watches ---------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        key: KeyLike,
+        *,
+        range_end: KeyLike = b"",
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        filters: Iterable[WatchFilter | int] = (),
+        progress_notify: bool = False,
+    ) -> Watch:
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        k, end = resolve_range(key, range_end, prefix)
+        options = WatchOptions.make(
+            k,
+            end,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            filters=filters,
+            progress_notify=progress_notify,
+        )
+        if self._watch_mux is None:
+            self._watch_mux = WatchMux(
+                self._watch_wire,
+                self._pool,
+                connect_timeout=self._connect_timeout,
+                mark_failed=self._mark_failed,
+                is_closed=lambda: self._closed,
+            )
+        return await self._watch_mux.watch(options, self._budget)
+
+    async def request_progress(self) -> None:
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        if self._watch_mux is not None:
+            self._watch_mux.request_progress()
+
+    @property
+    def watch_endpoint(self) -> str | None:
+        """The endpoint the shared watch stream is connected to (None when not connected)."""
+        return None if self._watch_mux is None else self._watch_mux.endpoint
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        self._closed = True
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await keeper.close()
+        mux, self._watch_mux = self._watch_mux, None
+        if mux is not None:
+            await mux.close()
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _mark_failed(self, endpoint: str) -> None:
+        """Report `endpoint` failed (see the module docstring)."""
+        self._pool.mark_failed(endpoint)
+
+    def _attempt_timeout(self, deadline: float) -> float:
+        """The per-attempt deadline: `timeout`, cut to what is left of the budget."""
+        left = deadline - asyncio.get_running_loop().time()
+        return max(min(self._timeout, left), 0.001)
+
+
