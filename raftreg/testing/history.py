@@ -17,8 +17,12 @@ outcome:
 
 `Workload` runs the mixed load against real nodes until told to stop: register clients (get,
 put, delete, txn compare-and-set), lease clients (grant, attach a key, keep alive, revoke, and
-a live check that no lease expires before its TTL), and watchers (the client's resumable
-`Watch` and raw per-node Watch streams that resume themselves), all recorded.
+a live check that no lease expires before its TTL), and watchers, all recorded. Every
+operation goes through the `RegistryClient` protocol of the chosen backend: raftreg's
+`GrpcRegistryClient`, or `raftreg.client.etcd.EtcdRegistryClient` against a real etcd
+(`backend="etcd"`). Watchers: the client's resumable `Watch` over all endpoints, plus one per
+node: for raftreg a raw per-node Watch stream that resumes itself (raftreg's own stubs), for
+etcd the client's `Watch` on a client pinned to that member (nothing etcd-specific here).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import grpc
 
 from raftreg import errors as E
 from raftreg.api.convert import event_from_pb
-from raftreg.client import GrpcRegistryClient
+from raftreg.client import GrpcRegistryClient, RegistryClient
+from raftreg.client.etcd import EtcdRegistryClient
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.store.commands import (
@@ -53,6 +58,7 @@ PREFIX = "/f/"  # every key the workload touches
 REG = PREFIX + "r/"  # register keys (linearizability-checked)
 LEASED = PREFIX + "l/"  # keys attached to leases
 WRITE_KINDS = frozenset({"put", "delete", "cas", "lease_grant", "lease_put", "lease_revoke"})
+BACKENDS = ("raftreg", "etcd")
 
 
 @dataclass(slots=True)
@@ -243,7 +249,7 @@ async def raw_watch(
 
 
 async def client_watch(
-    client: GrpcRegistryClient, rec: WatchRecord, start_revision: int, stop: asyncio.Event
+    client: RegistryClient, rec: WatchRecord, start_revision: int, stop: asyncio.Event
 ) -> None:
     """The client's resumable `Watch`, recorded as one segment until `stop`."""
     batches: list[tuple[int, list[Event]]] = []
@@ -301,7 +307,8 @@ class WorkloadConfig:
 
 
 class Workload:
-    """Concurrent recorded clients against `endpoints` until `stop` is set."""
+    """Concurrent recorded clients against `endpoints` (of a raftreg cluster, or of a real etcd
+    with `backend="etcd"`) until `stop` is set."""
 
     def __init__(
         self,
@@ -309,23 +316,38 @@ class Workload:
         history: History,
         rng: random.Random,
         cfg: WorkloadConfig | None = None,
+        *,
+        backend: str = "raftreg",
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+        self.backend = backend
         self.endpoints = list(endpoints)
         self.h = history
         self.rng = rng
         self.cfg = cfg or WorkloadConfig()
         self.keys = [f"{REG}k{i}" for i in range(self.cfg.keys)]
         self.watches: list[WatchRecord] = []
-        self._clients: list[GrpcRegistryClient] = []
+        self._clients: list[RegistryClient] = []
 
-    def _client(self, endpoints: Sequence[str]) -> GrpcRegistryClient:
-        c = GrpcRegistryClient(
-            list(endpoints),
-            timeout=self.cfg.op_timeout,
-            connect_timeout=min(0.5, self.cfg.op_timeout),
-            retry_budget=self.cfg.op_budget,
-            failure_penalty=1.0,
-        )
+    def _client(self, endpoints: Sequence[str]) -> RegistryClient:
+        c: RegistryClient
+        if self.backend == "etcd":
+            c = EtcdRegistryClient(
+                list(endpoints),
+                timeout=self.cfg.op_timeout,
+                connect_timeout=min(0.5, self.cfg.op_timeout),
+                retry_budget=self.cfg.op_budget,
+                failure_penalty=1.0,
+            )
+        else:
+            c = GrpcRegistryClient(
+                list(endpoints),
+                timeout=self.cfg.op_timeout,
+                connect_timeout=min(0.5, self.cfg.op_timeout),
+                retry_budget=self.cfg.op_budget,
+                failure_penalty=1.0,
+            )
         self._clients.append(c)
         return c
 
@@ -488,6 +510,12 @@ class Workload:
         ]
         watches: list[asyncio.Future[None]] = []
         for i, ep in enumerate(self.endpoints):
+            if self.backend == "etcd":  # the client's Watch, pinned to one member
+                rec = WatchRecord(f"client@e{i + 1}", key, end, prev_kv=True)
+                self.watches.append(rec)
+                watches.append(asyncio.ensure_future(
+                    client_watch(self._client([ep]), rec, watch_from, stop_watches)))
+                continue
             rec = WatchRecord(f"raw@n{i + 1}", key, end, prev_kv=True)
             self.watches.append(rec)
             watches.append(asyncio.ensure_future(raw_watch(ep, rec, watch_from, stop_watches)))

@@ -105,8 +105,13 @@ def check_committed(events: Sequence[Event]) -> list[str]:
     return out
 
 
-def check_watch(rec: WatchRecord, committed: Sequence[Event], *, complete: bool) -> list[str]:
-    """Check one watch recording against the committed history (see the module docstring)."""
+def check_watch(
+    rec: WatchRecord, committed: Sequence[Event], *, complete: bool, until: int | None = None
+) -> list[str]:
+    """Check one watch recording against the committed history (see the module docstring).
+    With `until`, the committed history ends at that revision: later deliveries (the watch
+    kept running while the history was read, e.g. a lease expiring after the sentinel write)
+    are not judged."""
     name = rec.name
     prevs = replay_prev(committed)
     by_rev: dict[int, list[tuple[Event, KeyValue | None]]] = {}
@@ -125,7 +130,8 @@ def check_watch(rec: WatchRecord, committed: Sequence[Event], *, complete: bool)
         if seg_no and delivered and start != delivered[-1] + 1:
             fail(f"stream {seg_no} resumes at {start}, last delivered was {delivered[-1]}")
         seg_last = start - 1
-        for header, events in batches:
+        for header, all_events in batches:
+            events = [e for e in all_events if until is None or _rev(e) <= until]
             if not events:
                 continue
             groups: dict[int, list[Event]] = {}

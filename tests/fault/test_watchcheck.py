@@ -83,3 +83,12 @@ def test_committed_history_self_check() -> None:
     assert check_committed([a2, put(A, 3, b"2", 1, 3, a2.kv)])  # version not bumped
     assert check_committed([delete(A, 2, None)])  # delete of an absent key
     assert check_committed([a3, a2])  # goes back
+
+
+def test_deliveries_after_the_end_of_the_read_history_are_not_judged() -> None:
+    """Regression (soak seed 1050): watches keep running while the committed history is read
+    up to the sentinel write; a lease expiring after it was reported as "nothing committed"."""
+    b6 = delete(B, 6, None)
+    r = rec((1, [(2, [a2, b2]), (3, [a3]), (5, [b4, a5]), (6, [b6])]))
+    assert any("nothing on the range" in v for v in check_watch(r, COMMITTED, complete=True))
+    assert check_watch(r, COMMITTED, complete=True, until=5) == []
