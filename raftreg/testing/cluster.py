@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,20 +25,7 @@ import grpc
 
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
-
-# Node processes die with the thread that started them (Linux PR_SET_PDEATHSIG), so a crashed
-# or killed test run never leaves node processes behind. The prctl runs in a tiny launcher that
-# then execs the node: NOT in a `preexec_fn`, which runs Python (ctypes, dlopen) in the forked
-# child of a multi-threaded parent (gRPC threads) and now and then crashed there with SIGSEGV
-# before exec (found by the fault tests, seed 1021; the node's log stayed empty, exit -11).
-_LAUNCHER = """
-import ctypes, os, signal, sys
-if sys.platform.startswith("linux"):
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != int(sys.argv[1]):
-        os._exit(1)  # the parent is gone already
-os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
-"""
+from raftreg.testing.procs import ProcessGroup
 
 
 def free_ports(n: int) -> list[int]:
@@ -65,16 +50,13 @@ def _toml_value(v: Any) -> str:
     return repr(v)
 
 
-class ProcessCluster:
+class ProcessCluster(ProcessGroup):
     def __init__(self, root: Path, size: int = 3, *, faults: bool = False, **settings: Any) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(root)
         ports = free_ports(2 * size)
         self.names = [f"n{i + 1}" for i in range(size)]
         self.raft = {n: f"127.0.0.1:{ports[2 * i]}" for i, n in enumerate(self.names)}
         self.client = {n: f"127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(self.names)}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.paused: set[str] = set()
         self.config_path = self.root / "cluster.toml"
         cluster = {"name": "raftreg-test", "secret": "test-secret", "data_dir": "data"}
         self.fault_path: Path | None = None
@@ -98,47 +80,11 @@ class ProcessCluster:
     # ------------------------------------------------------------------ processes
 
     def start(self, *names: str) -> None:
+        # faulthandler: a node that crashes (e.g. SIGSEGV) leaves its stacks in its log
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
         for n in names or self.names:
-            if n in self.procs and self.procs[n].poll() is None:
-                continue
-            log = open(self.root / f"{n}.log", "ab")  # noqa: SIM115 - owned by the process
-            # faulthandler: a node that crashes (e.g. SIGSEGV) leaves its stacks in its log
-            env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
-            self.procs[n] = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "-m", "raftreg.server",
-                 "--config", str(self.config_path), "--name", n],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
-            )
-            log.close()
-
-    def kill(self, name: str) -> None:
-        """kill -9 and reap."""
-        p = self.procs.get(name)
-        if p is not None and p.poll() is None:
-            p.kill()  # SIGKILL also ends a SIGSTOPped process
-            p.wait(timeout=10)
-        self.paused.discard(name)
-
-    def pause(self, name: str) -> None:
-        os.kill(self.procs[name].pid, signal.SIGSTOP)
-        self.paused.add(name)
-
-    def resume(self, name: str) -> None:
-        os.kill(self.procs[name].pid, signal.SIGCONT)
-        self.paused.discard(name)
-
-    def restart(self, name: str) -> None:
-        self.kill(name)
-        self.start(name)
-
-    def alive(self, name: str) -> bool:
-        p = self.procs.get(name)
-        return p is not None and p.poll() is None
-
-    def close(self) -> None:
-        for n in list(self.procs):
-            self.kill(n)
-        self.procs.clear()
+            self.spawn(n, [sys.executable, "-m", "raftreg.server",
+                           "--config", str(self.config_path), "--name", n], env)
 
     # ------------------------------------------------------------------ network faults
 
@@ -204,16 +150,6 @@ class ProcessCluster:
         dead = [n for n in self.names if not self.alive(n)]
         if dead:
             self.start(*dead)
-
-    def __enter__(self) -> ProcessCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def log_text(self, name: str) -> str:
-        p = self.root / f"{name}.log"
-        return p.read_text(errors="replace") if p.exists() else ""
 
     # ------------------------------------------------------------------ observation
 

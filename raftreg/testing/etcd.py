@@ -17,20 +17,15 @@ see `raftreg.testing.cluster`).
 from __future__ import annotations
 
 import importlib.resources
-import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import grpc
 
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
 from raftreg.testing.cluster import free_ports
+from raftreg.testing.procs import ProcessGroup
 
 STATUS_PATH = "/etcdserverpb.Maintenance/Status"
 
@@ -50,18 +45,6 @@ def etcd_binary(name: str = "etcd") -> Path:
     return path
 
 
-# Members die with the thread that started them (PR_SET_PDEATHSIG, set in this launcher, which
-# then execs etcd): argv = [ppid, etcd binary, etcd args...].
-_LAUNCHER = """
-import ctypes, os, signal, sys
-if sys.platform.startswith("linux"):
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != int(sys.argv[1]):
-        os._exit(1)  # the parent is gone already
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
-
 def _status(endpoint: str, timeout: float) -> pb.StatusResponse:
     with grpc.insecure_channel(endpoint) as ch:
         call = ch.unary_unary(
@@ -73,7 +56,7 @@ def _status(endpoint: str, timeout: float) -> pb.StatusResponse:
         return resp
 
 
-class EtcdCluster:
+class EtcdCluster(ProcessGroup):
     """`size` etcd members on 127.0.0.1, data under `root`. `election_ms`/`heartbeat_ms` are
     etcd's --election-timeout / --heartbeat-interval (etcd's defaults: 1000 / 100)."""
 
@@ -86,8 +69,7 @@ class EtcdCluster:
         heartbeat_ms: int = 100,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(root)
         self.binary = etcd_binary()
         ports = free_ports(2 * size)
         self.names = [f"e{i + 1}" for i in range(size)]
@@ -97,8 +79,6 @@ class EtcdCluster:
         self.election_ms = election_ms
         self.heartbeat_ms = heartbeat_ms
         self.extra_args = extra_args
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.paused: set[str] = set()
 
     @property
     def endpoints(self) -> list[str]:
@@ -134,38 +114,7 @@ class EtcdCluster:
         """Start the named members (default: all) that are not running. A restarted member
         rejoins from its data directory."""
         for n in names or self.names:
-            p = self.procs.get(n)
-            if p is not None and p.poll() is None:
-                continue
-            log = open(self.root / f"{n}.log", "ab")  # noqa: SIM115 - owned by the process
-            self.procs[n] = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *self._args(n)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-            )
-            log.close()
-
-    def kill(self, name: str) -> None:
-        """SIGKILL one member (also a paused one) and reap it."""
-        p = self.procs.get(name)
-        if p is not None and p.poll() is None:
-            p.kill()
-            p.wait(timeout=10)
-        self.paused.discard(name)
-
-    def pause(self, name: str) -> None:
-        """SIGSTOP a running member (it keeps its sockets; peers and clients just hang)."""
-        os.kill(self.procs[name].pid, signal.SIGSTOP)
-        self.paused.add(name)
-
-    def resume(self, name: str) -> None:
-        """SIGCONT a paused member."""
-        os.kill(self.procs[name].pid, signal.SIGCONT)
-        self.paused.discard(name)
-
-    def restart(self, name: str) -> None:
-        """SIGKILL a member and start it again at once (it rejoins from its data directory)."""
-        self.kill(name)
-        self.start(name)
+            self.spawn(n, self._args(n))
 
     def heal(self) -> None:
         """Resume every paused member and start every member that is not running."""
@@ -176,10 +125,6 @@ class EtcdCluster:
         dead = [n for n in self.names if not self.alive(n)]
         if dead:
             self.start(*dead)
-
-    def alive(self, name: str) -> bool:
-        p = self.procs.get(name)
-        return p is not None and p.poll() is None
 
     def running(self) -> list[str]:
         """Members whose process is running (paused ones included)."""
@@ -243,29 +188,8 @@ class EtcdCluster:
                 raise TimeoutError(f"etcd members did not converge within {timeout}s: {seen}")
             time.sleep(0.05)
 
-    def log_text(self, name: str) -> str:
-        path = self.root / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.root / f"{name}.log"
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-    def close(self) -> None:
-        """SIGKILL and reap every member this object started. Idempotent."""
-        for n in list(self.procs):
-            self.kill(n)
-        self.paused.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
