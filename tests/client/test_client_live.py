@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -146,16 +147,21 @@ async def test_the_keeper_keeps_a_3s_lease_alive_across_a_leader_kill_9(
         assert lease_id in keeper.kept()
 
 
-async def test_cli_watch_prints_events_and_exits_0_on_ctrl_c(cluster: ProcessCluster) -> None:
+async def test_cli_watch_prints_events_and_exits_0_on_ctrl_c(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
     async with GrpcRegistryClient(cluster.endpoints) as c:
         r = await c.put("cli/k", "hello")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "raftreg.cli", "watch", "cli/", "--prefix",
-        "--rev", str(r.revision), "--endpoints", ",".join(cluster.endpoints),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    # stderr goes to a file: an undrained pipe could fill up and block the CLI's exit.
+    err_path = tmp_path / "cli.stderr"
+    with open(err_path, "wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "raftreg.cli", "watch", "cli/", "--prefix",
+            "--rev", str(r.revision), "--endpoints", ",".join(cluster.endpoints),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
     try:
         assert proc.stdout is not None
         got = [
@@ -164,7 +170,8 @@ async def test_cli_watch_prints_events_and_exits_0_on_ctrl_c(cluster: ProcessClu
         ]
         assert got == ["PUT", "cli/k", "hello"]
         proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        rc = await asyncio.wait_for(proc.wait(), 20)
+        assert rc == 0, err_path.read_text(errors="replace")[-2000:]
     finally:
         if proc.returncode is None:
             proc.kill()
