@@ -54,7 +54,6 @@ class ClusterSettings:
     auto_compact_retain: int = 100_000
     # Leases.
     min_lease_ttl: int = 2
-    lease_checkpoint_interval_s: float = 5.0
     # Request-identity entries of clients idle this long are forgotten.
     client_idle_expiry_s: float = 3600.0
     # Watches: events buffered per watch stream before the slow watcher is cancelled.
