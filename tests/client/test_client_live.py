@@ -147,6 +147,12 @@ async def test_the_keeper_keeps_a_3s_lease_alive_across_a_leader_kill_9(
         assert lease_id in keeper.kept()
 
 
+_WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'raftreg'; runpy.run_module('raftreg.cli', run_name='__main__')"
+)
+
+
 async def test_cli_watch_prints_events_and_exits_0_on_ctrl_c(
     cluster: ProcessCluster, tmp_path: Path
 ) -> None:
@@ -155,8 +161,10 @@ async def test_cli_watch_prints_events_and_exits_0_on_ctrl_c(
     # stderr goes to a file: an undrained pipe could fill up and block the CLI's exit.
     err_path = tmp_path / "cli.stderr"
     with open(err_path, "wb") as err:
+        # A test run started in the background by a non-interactive shell inherits SIGINT as
+        # ignored, and so would the CLI: give it the default Ctrl-C behaviour explicitly.
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "raftreg.cli", "watch", "cli/", "--prefix",
+            sys.executable, "-c", _WITH_CTRL_C, "watch", "cli/", "--prefix",
             "--rev", str(r.revision), "--endpoints", ",".join(cluster.endpoints),
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
