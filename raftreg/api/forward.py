@@ -107,6 +107,9 @@ class LeaderLink:
         except grpc.aio.AioRpcError as e:
             log.info("keepalive forwarding stream ended: %s", e.code())
             self._fail_waiters(Unavailable(f"forwarding to the leader failed: {e.details()}"))
+        else:
+            # The leader closed the stream without an error: nobody will answer the waiters.
+            self._fail_waiters(Unavailable("the leader ended the keepalive forwarding stream"))
 
     async def close(self) -> None:
         if self._ka_task is not None:
