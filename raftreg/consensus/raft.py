@@ -299,9 +299,6 @@ class RaftNode:
         last_entry, prev_entry = (tuple(e) for e in d["entries"])
         return last_entry, prev_entry, {TCPNode(a) for a in d["cluster"]}
 
-    def force_snapshot(self) -> None:
-        self._fsm.forceLogCompaction()
-
     # ----------------------------------------------------------------------------- status
 
     @property

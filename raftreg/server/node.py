@@ -229,9 +229,6 @@ class RegistryNode:
         m = self.leader_member()
         return None if m is None else m.client
 
-    def member_by_raft(self, addr: str) -> Member | None:
-        return self._by_raft.get(addr)
-
     def lease_ids(self) -> list[int]:
         with self._lock:
             return [lease.id for lease in self.store.leases()]

@@ -17,7 +17,6 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +197,3 @@ class ProcessCluster(ProcessGroup):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nodes did not converge: {sts}")
             time.sleep(0.05)
-
-    def followers(self) -> Iterator[str]:
-        leader = self.wait_leader()
-        return (n for n in self.names if n != leader and self.alive(n))
