@@ -1,0 +1,160 @@
+"""Service registration, discovery and balanced calls: one contract for both backends.
+
+Every test uses its own service name, so tests share each backend's cluster safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+import pytest
+
+from raftreg.client import RegistryClient, connect
+from raftreg.discovery import Instance, Registration, Resolver, ServiceChannels, encode_instance
+from tests.contract.conftest import MIN_LEASE_TTL, Backend
+
+pytestmark = pytest.mark.slow
+_seq = itertools.count(1)
+
+
+@pytest.fixture
+def service(backend: Backend) -> str:
+    return f"svc{next(_seq)}-{time.time_ns() % 10**9}"
+
+
+@pytest.fixture
+async def other(backend: Backend) -> AsyncIterator[RegistryClient]:
+    """A second client: another process's view of the registry."""
+    c = connect(backend.url, timeout=3.0)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def inst(service: str, iid: str, port: int, weight: int = 1) -> Instance:
+    return Instance(service, iid, f"127.0.0.1:{port}", weight=weight, zone="z1", version="1.0")
+
+
+async def test_a_registered_instance_is_discovered_and_gone_at_once_on_stop(
+    registry: RegistryClient, other: RegistryClient, service: str
+) -> None:
+    async with Resolver(other, service) as res:
+        assert res.instances == ()
+        reg = Registration(registry, inst(service, "i1", 5001, weight=3), ttl=MIN_LEASE_TTL + 3)
+        await reg.start()
+        (found,) = await res.wait_for(lambda i: len(i) == 1, 5)
+        assert (found.id, found.address, found.weight, found.zone) == (
+            "i1", "127.0.0.1:5001", 3, "z1")
+        assert found.registered_at > 0
+        t0 = time.monotonic()
+        await reg.stop()
+        await res.wait_for(lambda i: not i, 5)
+        assert time.monotonic() - t0 < 1.0  # deregistered at once, not at lease expiry
+
+
+async def test_registration_stays_across_many_ttls(
+    registry: RegistryClient, other: RegistryClient, service: str
+) -> None:
+    async with (
+        Registration(registry, inst(service, "i1", 5001), ttl=MIN_LEASE_TTL) as reg,
+        Resolver(other, service) as res,
+    ):
+        changes: list[int] = []
+        res.subscribe(lambda i: changes.append(len(i)))
+        await asyncio.sleep(3 * MIN_LEASE_TTL)  # the observation window itself
+        assert len(res.instances) == 1 and changes == []
+        assert reg.registrations == 1
+
+
+async def test_an_instance_that_stops_renewing_is_dropped_within_ttl_plus_a_second(
+    registry: RegistryClient, other: RegistryClient, service: str
+) -> None:
+    """A dead instance (its lease no longer renewed, as after kill -9) leaves every resolver
+    within its TTL plus a second, and never before the TTL."""
+    async with Resolver(other, service) as res:
+        g = await registry.lease_grant(MIN_LEASE_TTL)
+        granted = time.monotonic()
+        await registry.put(f"/services/{service}/dead",
+                           encode_instance(inst(service, "dead", 5002)), lease=g.id)
+        await res.wait_for(lambda i: len(i) == 1, 5)
+        await res.wait_for(lambda i: not i, MIN_LEASE_TTL + 3)
+        gone = time.monotonic() - granted
+        assert MIN_LEASE_TTL - 0.05 <= gone <= MIN_LEASE_TTL + 1.0, gone
+
+
+async def test_a_revoked_lease_is_replaced_by_a_new_registration(
+    registry: RegistryClient, other: RegistryClient, service: str
+) -> None:
+    async with Registration(registry, inst(service, "i1", 5001), ttl=MIN_LEASE_TTL + 1,
+                            retry_base=0.05) as reg, Resolver(other, service) as res:
+        first = reg.lease_id
+        await other.lease_revoke(first)  # e.g. expired while the process was paused
+        await res.wait_for(lambda i: not i, 5)
+        await res.wait_for(lambda i: len(i) == 1, 3 * MIN_LEASE_TTL + 2)
+        await reg.wait_registered(2)
+        assert reg.lease_id not in (0, first) and reg.registrations == 2
+
+
+async def test_malformed_registrations_never_break_a_resolver(
+    registry: RegistryClient, other: RegistryClient, service: str
+) -> None:
+    await registry.put(f"/services/{service}/bad", b"{not json")
+    async with Resolver(other, service) as res:
+        await registry.put(f"/services/{service}/noaddr", b'{"weight": 2}')
+        await registry.put(f"/services/{service}/ok", encode_instance(inst(service, "ok", 5003)))
+        await res.wait_for(lambda i: [x.id for x in i] == ["ok"], 5)
+    await registry.delete(f"/services/{service}/", prefix=True)
+
+
+class Who:
+    """A real gRPC server that answers /t.Who/Name with its name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.server = grpc.aio.server()
+
+        async def who(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            return name.encode()
+
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "t.Who", {"Name": grpc.unary_unary_rpc_method_handler(who)}),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+
+async def test_calls_spread_by_weight_across_registered_instances(
+    registry: RegistryClient, other: RegistryClient, service: str
+) -> None:
+    servers = [Who(n) for n in ("a", "b", "c")]
+    regs = [Registration(registry, inst(service, s.name, s.port, weight=w), ttl=10)
+            for s, w in zip(servers, (1, 2, 3), strict=True)]
+    try:
+        for s, r in zip(servers, regs, strict=True):
+            await s.server.start()
+            await r.start()
+        async with Resolver(other, service) as res, ServiceChannels(
+            res, policy="weighted_round_robin"
+        ) as sc:
+            await res.wait_for(lambda i: len(i) == 3, 5)
+
+            async def call(ch: grpc.aio.Channel) -> str:
+                b: bytes = await ch.unary_unary("/t.Who/Name")(b"", timeout=2)
+                return b.decode()
+
+            got = collections.Counter([await sc.call(call) for _ in range(300)])
+            assert got == {"a": 50, "b": 100, "c": 150}
+            await regs[2].stop()
+            await res.wait_for(lambda i: len(i) == 2, 5)
+            got = collections.Counter([await sc.call(call) for _ in range(90)])
+            assert got == {"a": 30, "b": 60}
+    finally:
+        for r in regs:
+            await r.stop()
+        for s in servers:
+            await s.server.stop(None)
