@@ -162,6 +162,7 @@ class RaftNode:
         self._pending: list[tuple[bytes, asyncio.Future[Any] | None]] = []
         self._barrier: asyncio.Future[Any] | None = None
         self._inflight = 0
+        self._inflight_items = 0
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._closed = False
         conf = SyncObjConf(
@@ -201,6 +202,11 @@ class RaftNode:
         self._enqueue(data, fut)
         return await fut
 
+    @property
+    def pending_proposals(self) -> int:
+        """Proposals (and read barriers) queued or in flight."""
+        return len(self._pending) + self._inflight_items
+
     async def read_barrier(self) -> None:
         if self._faults is not None and self._faults.unsafe_local_reads:
             return  # TEST ONLY, deliberately broken: see FaultRules
@@ -228,6 +234,7 @@ class RaftNode:
         else:
             barrier = None
         self._inflight += 1
+        self._inflight_items += len(items)
         payload = msgpack.packb([d for d, _ in items])
 
         def on_done(result: Any, err: int) -> None:  # tick thread
@@ -247,6 +254,7 @@ class RaftNode:
         err: int,
     ) -> None:
         self._inflight -= 1
+        self._inflight_items -= len(items)
         if self._pending and self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
         exc: Exception | None = None

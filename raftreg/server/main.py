@@ -24,9 +24,10 @@ from raftreg.api.servicers import (
     MaintenanceServicer,
     WatchServicer,
 )
-from raftreg.config import ClusterConfig
+from raftreg.config import ClusterConfig, split_hostport
 from raftreg.errors import RegistryError
 from raftreg.pb import raftreg_pb2_grpc as pbg
+from raftreg.server.metrics import metrics_registry, serve_metrics
 from raftreg.server.node import RegistryNode
 
 log = logging.getLogger("raftreg.server")
@@ -38,14 +39,16 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set. Binds exactly the configured client address."""
+    """Serve until `stop` is set. Binds exactly the configured client (and metrics) address."""
     loop = asyncio.get_running_loop()
     node = RegistryNode(cfg, name, loop=loop)
+    registry, rpc_metrics = metrics_registry(node)
     server = grpc.aio.server(
+        interceptors=[rpc_metrics],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", cfg.settings.max_value_bytes + (1 << 20)),
-        ]
+        ],
     )
     pbg.add_KVServicer_to_server(KVServicer(node), server)
     link = LeaderLink(node.leader_client_addr, cfg.settings.propose_timeout_s)
@@ -58,8 +61,17 @@ async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
     if server.add_insecure_port(node.me.client) == 0:
         node.close()
         raise RegistryError(f"cannot bind the client address {node.me.client}")
+    metrics_runner = None
+    if node.me.metrics:
+        host, port = split_hostport(node.me.metrics)
+        try:
+            metrics_runner = await serve_metrics(registry, host, port)
+        except OSError as e:
+            node.close()
+            raise RegistryError(f"cannot bind the metrics address {node.me.metrics}: {e}") from e
     await server.start()
-    log.info("node %s serving clients on %s, raft on %s", name, node.me.client, node.me.raft)
+    log.info("node %s serving clients on %s, raft on %s%s", name, node.me.client, node.me.raft,
+             f", metrics on {node.me.metrics}" if node.me.metrics else "")
     tasks = [
         asyncio.create_task(node.housekeeping()),
         asyncio.create_task(_report_health(node, healthy)),
@@ -72,15 +84,23 @@ async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
         for t in tasks:
             t.cancel()
         await server.stop(grace=1.0)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await link.close()
         node.close()
         log.info("node %s stopped", name)
 
 
 async def _report_health(node: RegistryNode, healthy: Any) -> None:
+    """Health follows leader + quorum; leader changes are counted for metrics."""
     last = None
+    leader: str | None = None
     while True:
         st = node.raft_status()
+        if st.leader is not None and st.leader != leader:
+            if leader is not None:
+                node.counters.leader_changes += 1
+            leader = st.leader
         status = _SERVING if st.leader is not None and st.has_quorum else _NOT_SERVING
         if status != last:
             for service in ("", "raftreg.v1.KV"):
@@ -95,16 +115,14 @@ def serve_node(cfg: ClusterConfig, name: str) -> int:
         format="%(asctime)s %(levelname)s %(name)s node=" + name + " %(message)s",
         stream=sys.stderr,
     )
-    import os
-    if cfg.settings.use_uvloop and not os.environ.get('RAFTREG_NOUV'):
+    if cfg.settings.use_uvloop:
         with contextlib.suppress(ImportError):
             import uvloop
 
             uvloop.install()
     # The raft tick thread, grpc's threads and the event loop share one GIL: a short switch
     # interval keeps a ready thread from waiting the default 5 ms for its turn.
-    import os
-    sys.setswitchinterval(float(os.environ.get('RAFTREG_SWI', '0.0002')))
+    sys.setswitchinterval(0.0002)
     # Long-lived process with large, stable heaps: keep the collector off the hot path.
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)

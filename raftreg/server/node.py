@@ -15,12 +15,12 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from raftreg.config import ClusterConfig, NodeConfig
 from raftreg.consensus import RaftNode, RaftSettings, RaftStatus
-from raftreg.errors import InvalidArgument, OutcomeUnknown, Unavailable
+from raftreg.errors import InvalidArgument, OutcomeUnknown, ResourceExhausted, Unavailable
 from raftreg.server.lessor import Lessor
 from raftreg.server.watch import WatchHub
 from raftreg.store import Store, decode_request, encode_request, failure_to_error
@@ -39,6 +39,23 @@ from raftreg.store.commands import (
 )
 
 log = logging.getLogger("raftreg.node")
+
+
+@dataclass(slots=True)
+class NodeCounters:
+    """Monotonic counters for metrics. `snapshot_seconds[op]` is (count, total seconds) for
+    op "save" / "restore"."""
+
+    leader_changes: int = 0
+    proposals_failed: dict[str, int] = field(default_factory=dict)
+    snapshot_seconds: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def failed(self, reason: str) -> None:
+        self.proposals_failed[reason] = self.proposals_failed.get(reason, 0) + 1
+
+    def snapshot(self, op: str, seconds: float) -> None:
+        n, total = self.snapshot_seconds.get(op, (0, 0.0))
+        self.snapshot_seconds[op] = (n + 1, total + seconds)
 
 
 def stable_id(name: str) -> int:
@@ -68,6 +85,7 @@ class RegistryNode:
         self._by_raft = {m.raft: m for m in self.members}
         self._loop = loop
         self._lock = threading.Lock()
+        self.counters = NodeCounters()
         self.store = Store(max_value_bytes=s.max_value_bytes, max_txn_ops=s.max_txn_ops)
         self._sinks: list[EventSink] = []
         self._unpublished: list[tuple[int, list[Event]] | None] = []  # applied, not published
@@ -138,12 +156,17 @@ class RegistryNode:
             self._loop.call_soon_threadsafe(self._publish)
 
     def _snapshot(self) -> bytes:
+        t0 = time.perf_counter()
         with self._lock:
-            return self.store.snapshot()
+            blob = self.store.snapshot()
+        self.counters.snapshot("save", time.perf_counter() - t0)
+        return blob
 
     def _restore(self, blob: bytes) -> None:
+        t0 = time.perf_counter()
         with self._lock:
             self.store.restore(blob)
+        self.counters.snapshot("restore", time.perf_counter() - t0)
         log.info("restored state from snapshot at revision %d", self.store.revision)
         self._hand_over(None)
 
@@ -189,7 +212,14 @@ class RegistryNode:
             result: Result = await asyncio.wait_for(
                 self.raft.propose(encode_request(req)), self._propose_timeout
             )
+        except ResourceExhausted:
+            self.counters.failed("queue_full")
+            raise
+        except Unavailable as e:
+            self.counters.failed("unknown_outcome" if isinstance(e, OutcomeUnknown) else "refused")
+            raise
         except TimeoutError:
+            self.counters.failed("timeout")
             raise OutcomeUnknown(
                 f"no commit within {self._propose_timeout:g}s; the write may still apply"
             ) from None

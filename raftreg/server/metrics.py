@@ -1,0 +1,176 @@
+"""A node's Prometheus metrics: served as text on `GET /metrics` at the node's `metrics` address.
+
+What is exported (all prefixed `raftreg_`):
+- `grpc_requests_total{method,code}` and `grpc_request_duration_seconds{method}` (histogram):
+  every client RPC, by full method name and final status code, counted by a server interceptor
+  when the call ends (a stream counts once, when it ends).
+- Read at scrape time from the node: `raft_term`, `raft_is_leader`, `raft_has_quorum`,
+  `raft_commit_index`, `raft_applied_index`, `raft_log_entries`, `raft_leader_changes_total`,
+  `proposals_pending`, `proposals_failed_total{reason}`, `store_revision`,
+  `store_compact_revision`, `store_keys`, `leases`, `watchers`,
+  `snapshot_duration_seconds` (summary: count and sum of snapshot saves and restores, by `op`).
+The registry is per node (no process-wide default registry), so several nodes in one process —
+as in tests — never share counters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+import grpc.aio
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from raftreg.server.node import RegistryNode
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class NodeCollector(Collector):
+    """Gauges and counters read from the node at scrape time."""
+
+    def __init__(self, node: RegistryNode) -> None:
+        self._node = node
+
+    def collect(self) -> Iterable[Metric]:
+        n = self._node
+        st = n.raft_status()
+        keys, compact_rev, _, leases = n.store_stats()
+        c = n.counters
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"raftreg_{name}", doc, value=value)
+
+        yield gauge("raft_term", "Current raft term.", st.term)
+        yield gauge("raft_is_leader", "1 if this node is the leader.", int(st.is_leader))
+        yield gauge("raft_has_quorum", "1 if this node sees a quorum.", int(st.has_quorum))
+        yield gauge("raft_commit_index", "Raft commit index.", st.commit_index)
+        yield gauge("raft_applied_index", "Last raft index applied to the store.",
+                    st.applied_index)
+        yield gauge("raft_log_entries", "Entries in the raft log (since the last snapshot).",
+                    st.log_len)
+        yield CounterMetricFamily("raftreg_raft_leader_changes", "Leader changes seen.",
+                                  value=c.leader_changes)
+        yield gauge("proposals_pending", "Proposals queued or in flight.",
+                    n.raft.pending_proposals)
+        failed = CounterMetricFamily("raftreg_proposals_failed", "Proposals that failed.",
+                                     labels=["reason"])
+        for reason, count in sorted(c.proposals_failed.items()):
+            failed.add_metric([reason], count)
+        yield failed
+        yield gauge("store_revision", "Current store revision.", n.revision)
+        yield gauge("store_compact_revision", "Oldest revision kept.", compact_rev)
+        yield gauge("store_keys", "Live keys.", keys)
+        yield gauge("leases", "Live leases.", leases)
+        yield gauge("watchers", "Active watchers on this node.", n.watcher_count())
+        snap = SummaryMetricFamily("raftreg_snapshot_duration_seconds",
+                                   "Time to save or restore a store snapshot.", labels=["op"])
+        for op, (count, total) in sorted(c.snapshot_seconds.items()):
+            snap.add_metric([op], count_value=count, sum_value=total)
+        yield snap
+
+
+class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts every RPC by method and final code, and times it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("raftreg_grpc_requests", "Client RPCs by method and status.",
+                                ["method", "code"], registry=registry)
+        self.duration = Histogram("raftreg_grpc_request_duration_seconds",
+                                  "Client RPC duration.", ["method"], buckets=_BUCKETS,
+                                  registry=registry)
+
+    def _done(self, method: str, t0: float, code: grpc.StatusCode) -> None:
+        self.requests.labels(method, code.name).inc()
+        self.duration.labels(method).observe(time.perf_counter() - t0)
+
+    @staticmethod
+    def _code(context: grpc.aio.ServicerContext[Any, Any], err: BaseException | None) -> (
+        grpc.StatusCode
+    ):
+        if err is not None and not isinstance(err, grpc.aio.AbortError):
+            return grpc.StatusCode.UNKNOWN
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            return code
+        return grpc.StatusCode.OK if err is None else grpc.StatusCode.UNKNOWN
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        done, code_of = self._done, self._code
+
+        def unary(fn: Any) -> Any:
+            async def wrapped(request: Any, context: Any) -> Any:
+                t0 = time.perf_counter()
+                err: BaseException | None = None
+                try:
+                    return await fn(request, context)
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    done(method, t0, code_of(context, err))
+            return wrapped
+
+        def streaming(fn: Any) -> Any:
+            async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
+                t0 = time.perf_counter()
+                err: BaseException | None = None
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    done(method, t0, code_of(context, err))
+            return wrapped
+
+        kinds = {
+            "unary_unary": unary, "stream_unary": unary,
+            "unary_stream": streaming, "stream_stream": streaming,
+        }
+        for attr, wrap in kinds.items():
+            fn = getattr(handler, attr)
+            if fn is not None:
+                return handler._replace(**{attr: wrap(fn)})  # type: ignore[attr-defined, no-any-return]
+        return handler
+
+
+def metrics_registry(node: RegistryNode) -> tuple[CollectorRegistry, RpcMetrics]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node))
+    return registry, RpcMetrics(registry)
+
+
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> web.AppRunner:
+    """Serve `GET /metrics` on exactly host:port; the caller cleans the runner up."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_port=False).start()
+    return runner

@@ -1,0 +1,69 @@
+"""Each node's Prometheus endpoint: parses with the Prometheus text parser, and moves under load."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from raftreg.client import GrpcRegistryClient
+from raftreg.errors import LeaseNotFound
+from raftreg.testing import ProcessCluster
+
+pytestmark = pytest.mark.slow
+
+
+def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+          **labels: str) -> float:
+    return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster) -> None:
+    c = shared_cluster
+    leader = c.wait_leader()
+    before = {n: scrape(c.metrics[n]) for n in c.names}
+    assert sum(value(m, "raftreg_raft_is_leader") for m in before.values()) == 1
+    assert value(before[leader], "raftreg_raft_is_leader") == 1
+    assert all(value(m, "raftreg_raft_term") >= 1 for m in before.values())
+    async with GrpcRegistryClient(c.endpoints) as client:
+        await asyncio.gather(*(client.put(f"metrics/k{i}", "v") for i in range(200)))
+        g = await client.lease_grant(30)
+        await client.get("metrics/", prefix=True)
+        w = await client.watch("metrics/", prefix=True)  # returns once the server confirmed it
+        watchers = sum(value(scrape(c.metrics[n]), "raftreg_watchers") for n in c.names)
+        leases = value(scrape(c.metrics[leader]), "raftreg_leases")
+        w.cancel()
+        await client.lease_revoke(g.id)
+        with pytest.raises(LeaseNotFound):
+            await client.lease_revoke(g.id)
+        after = scrape(c.metrics[leader])
+    b = before[leader]
+    assert value(after, "raftreg_store_revision") >= value(b, "raftreg_store_revision") + 200
+    assert value(after, "raftreg_store_keys") >= value(b, "raftreg_store_keys") + 200
+    assert value(after, "raftreg_raft_applied_index") > value(b, "raftreg_raft_applied_index")
+    assert leases >= 1
+    # requests by method and status; the client reached the leader over KV.Batch or unary Put
+    reqs = {k: v for k, v in after.items() if k[0] == "raftreg_grpc_requests_total"}
+    assert any(dict(k[1])["method"] == "/raftreg.v1.Lease/LeaseGrant"
+               and dict(k[1])["code"] == "OK" for k in reqs)
+    assert sum(reqs.values()) > sum(v for k, v in b.items()
+                                    if k[0] == "raftreg_grpc_requests_total")
+    assert value(after, "raftreg_grpc_request_duration_seconds_count",
+                 method="/raftreg.v1.Lease/LeaseGrant") >= 1
+    assert value(after, "raftreg_grpc_requests_total",
+                 method="/raftreg.v1.Lease/LeaseRevoke", code="NOT_FOUND") >= 1
+    assert watchers >= 1  # on whichever node the client's watch stream went to
+    assert ("raftreg_proposals_pending", ()) in after
