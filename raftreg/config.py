@@ -21,7 +21,9 @@ class NodeConfig:
     name: str
     raft: str  # host:port of the peer (PySyncObj) port
     client: str  # host:port of the gRPC API
-    metrics: str = ""  # host:port of the HTTP metrics endpoint; "" disables it
+    # host:port of the node's HTTP endpoint (GET /metrics, and the JSON gateway /v3/...);
+    # "" disables it
+    http: str = ""
     data_dir: str = ""  # defaults to <cluster.data_dir>/<name>
 
 
@@ -105,7 +107,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> ClusterConfig
     if len(set(names)) != len(names):
         raise InvalidArgument("node names must be unique")
     for n in nodes:
-        for addr in (n.raft, n.client) + ((n.metrics,) if n.metrics else ()):
+        for addr in (n.raft, n.client) + ((n.http,) if n.http else ()):
             split_hostport(addr)
     return ClusterConfig(settings=settings, nodes=nodes, path=path)
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from raftreg.api.forward import LeaderLink
@@ -27,7 +28,7 @@ from raftreg.api.servicers import (
 from raftreg.config import ClusterConfig, split_hostport
 from raftreg.errors import RegistryError
 from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.server.metrics import metrics_registry, serve_metrics
+from raftreg.server.metrics import add_metrics_route, metrics_registry
 from raftreg.server.node import RegistryNode
 
 log = logging.getLogger("raftreg.server")
@@ -39,7 +40,7 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set. Binds exactly the configured client (and metrics) address."""
+    """Serve until `stop` is set. Binds exactly the configured client (and HTTP) address."""
     loop = asyncio.get_running_loop()
     node = RegistryNode(cfg, name, loop=loop)
     registry, rpc_metrics = metrics_registry(node)
@@ -61,17 +62,18 @@ async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
     if server.add_insecure_port(node.me.client) == 0:
         node.close()
         raise RegistryError(f"cannot bind the client address {node.me.client}")
-    metrics_runner = None
-    if node.me.metrics:
-        host, port = split_hostport(node.me.metrics)
+    http_runner = None
+    if node.me.http:
+        app = web.Application()
+        add_metrics_route(app, registry)
         try:
-            metrics_runner = await serve_metrics(registry, host, port)
+            http_runner = await serve_http(app, node.me.http)
         except OSError as e:
             node.close()
-            raise RegistryError(f"cannot bind the metrics address {node.me.metrics}: {e}") from e
+            raise RegistryError(f"cannot bind the HTTP address {node.me.http}: {e}") from e
     await server.start()
     log.info("node %s serving clients on %s, raft on %s%s", name, node.me.client, node.me.raft,
-             f", metrics on {node.me.metrics}" if node.me.metrics else "")
+             f", HTTP on {node.me.http}" if node.me.http else "")
     tasks = [
         asyncio.create_task(node.housekeeping()),
         asyncio.create_task(_report_health(node, healthy)),
@@ -84,8 +86,8 @@ async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
         for t in tasks:
             t.cancel()
         await server.stop(grace=1.0)
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
+        if http_runner is not None:
+            await http_runner.cleanup()
         await link.close()
         node.close()
         log.info("node %s stopped", name)
@@ -107,6 +109,19 @@ async def _report_health(node: RegistryNode, healthy: Any) -> None:
                 await healthy.set(service, status)
             last = status
         await asyncio.sleep(0.2)
+
+
+async def serve_http(app: web.Application, address: str) -> web.AppRunner:
+    """Serve `app` on exactly `address` (host:port); the caller cleans the runner up."""
+    host, port = split_hostport(address)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=False).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
 
 
 def serve_node(cfg: ClusterConfig, name: str) -> int:

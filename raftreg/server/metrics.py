@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 import grpc.aio
@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from raftreg.server.node import RegistryNode
 
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -108,9 +109,9 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> Handler:
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -161,16 +162,11 @@ def metrics_registry(node: RegistryNode) -> tuple[CollectorRegistry, RpcMetrics]
     return registry, RpcMetrics(registry)
 
 
-async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> web.AppRunner:
-    """Serve `GET /metrics` on exactly host:port; the caller cleans the runner up."""
+def add_metrics_route(app: web.Application, registry: CollectorRegistry) -> None:
+    """`GET /metrics` on `app`, in the Prometheus text format."""
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_port=False).start()
-    return runner

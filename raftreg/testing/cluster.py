@@ -56,7 +56,7 @@ class ProcessCluster(ProcessGroup):
         self.names = [f"n{i + 1}" for i in range(size)]
         self.raft = {n: f"127.0.0.1:{ports[3 * i]}" for i, n in enumerate(self.names)}
         self.client = {n: f"127.0.0.1:{ports[3 * i + 1]}" for i, n in enumerate(self.names)}
-        self.metrics = {n: f"127.0.0.1:{ports[3 * i + 2]}" for i, n in enumerate(self.names)}
+        self.http = {n: f"127.0.0.1:{ports[3 * i + 2]}" for i, n in enumerate(self.names)}
         self.config_path = self.root / "cluster.toml"
         cluster = {"name": "raftreg-test", "secret": "test-secret", "data_dir": "data"}
         self.fault_path: Path | None = None
@@ -70,7 +70,7 @@ class ProcessCluster(ProcessGroup):
         lines = ["[cluster]"] + [f"{k} = {_toml_value(v)}" for k, v in cluster.items()]
         for n in self.names:
             lines += ["", "[[node]]", f'name = "{n}"', f'raft = "{self.raft[n]}"',
-                      f'client = "{self.client[n]}"', f'metrics = "{self.metrics[n]}"']
+                      f'client = "{self.client[n]}"', f'http = "{self.http[n]}"']
         self.config_path.write_text("\n".join(lines) + "\n")
 
     @property

@@ -34,7 +34,7 @@ def value(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
 async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster) -> None:
     c = shared_cluster
     leader = c.wait_leader()
-    before = {n: scrape(c.metrics[n]) for n in c.names}
+    before = {n: scrape(c.http[n]) for n in c.names}
     assert sum(value(m, "raftreg_raft_is_leader") for m in before.values()) == 1
     assert value(before[leader], "raftreg_raft_is_leader") == 1
     assert all(value(m, "raftreg_raft_term") >= 1 for m in before.values())
@@ -43,13 +43,13 @@ async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster)
         g = await client.lease_grant(30)
         await client.get("metrics/", prefix=True)
         w = await client.watch("metrics/", prefix=True)  # returns once the server confirmed it
-        watchers = sum(value(scrape(c.metrics[n]), "raftreg_watchers") for n in c.names)
-        leases = value(scrape(c.metrics[leader]), "raftreg_leases")
+        watchers = sum(value(scrape(c.http[n]), "raftreg_watchers") for n in c.names)
+        leases = value(scrape(c.http[leader]), "raftreg_leases")
         w.cancel()
         await client.lease_revoke(g.id)
         with pytest.raises(LeaseNotFound):
             await client.lease_revoke(g.id)
-        after = scrape(c.metrics[leader])
+        after = scrape(c.http[leader])
     b = before[leader]
     assert value(after, "raftreg_store_revision") >= value(b, "raftreg_store_revision") + 200
     assert value(after, "raftreg_store_keys") >= value(b, "raftreg_store_keys") + 200
