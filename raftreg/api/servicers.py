@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.server.node import RegistryNode
 from raftreg.server.watch import Outgoing, WatchSpec
+from raftreg.store.backup import encode_backup
 from raftreg.store.commands import (
     Compact,
     DeleteResult,
@@ -409,6 +411,28 @@ class ClusterServicer(_Base, pbg.ClusterServicer):
 
 
 class MaintenanceServicer(_Base, pbg.MaintenanceServicer):
+    CHUNK = 1 << 20
+
+    async def Snapshot(
+        self, request: pb.SnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SnapshotResponse]:
+        n = self.node
+        try:
+            state, revision = await n.backup()
+        except RegistryError as e:
+            code, details, md = status_for(e)
+            context.set_trailing_metadata(md)
+            await context.abort(code, details)
+        blob = encode_backup(state, cluster=n.cfg.settings.name, revision=revision,
+                             created_at_ms=int(time.time() * 1000))
+        header = self.header(revision)
+        for off in range(0, len(blob), self.CHUNK):
+            chunk = blob[off:off + self.CHUNK]
+            yield pb.SnapshotResponse(
+                header=header if off == 0 else None, blob=chunk, version=__version__,
+                remaining_bytes=len(blob) - off - len(chunk),
+            )
+
     @_rpc
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         n = self.node

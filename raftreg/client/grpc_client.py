@@ -420,6 +420,20 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             return await self._call("any", call, "status")
         return await self._call("any", call, "status", endpoint=normalize_endpoint(endpoint))
 
+    async def snapshot(self, *, timeout: float = 60.0) -> bytes:
+        """A backup of the whole store (raftreg's backup format, `raftreg.store.backup`) taken
+        at a linearizable point by any reachable node; `timeout` bounds the whole transfer."""
+
+        async def call(c: _Conn, t: float) -> bytes:
+            parts: list[bytes] = []
+            async for r in c.maintenance.Snapshot(pb.SnapshotRequest(), timeout=timeout):
+                parts.append(r.blob)
+                if r.remaining_bytes == 0:
+                    return b"".join(parts)
+            raise E.Unavailable("the snapshot stream ended early")
+
+        return await self._call("any", call, "snapshot")
+
     # --- internals -------------------------------------------------------------------------
 
     def _next_request_id(self) -> pb.RequestId:

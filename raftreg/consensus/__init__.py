@@ -4,6 +4,6 @@ It owns replication of opaque commands (`RaftNode.propose`), linearizable read b
 membership/status views and the raft persistence files (journal + msgpack dump) of one node.
 """
 
-from raftreg.consensus.raft import RaftNode, RaftSettings, RaftStatus
+from raftreg.consensus.raft import RaftNode, RaftSettings, RaftStatus, seed_data_dir
 
-__all__ = ["RaftNode", "RaftSettings", "RaftStatus"]
+__all__ = ["RaftNode", "RaftSettings", "RaftStatus", "seed_data_dir"]

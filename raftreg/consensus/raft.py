@@ -32,7 +32,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,13 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 
 from raftreg.consensus.faults import FaultRules, FaultyTransport
-from raftreg.errors import InvalidArgument, OutcomeUnknown, ResourceExhausted, Unavailable
+from raftreg.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    OutcomeUnknown,
+    ResourceExhausted,
+    Unavailable,
+)
 
 log = logging.getLogger("raftreg.consensus")
 
@@ -50,6 +56,35 @@ _DUMP_FORMAT = 1
 _DUMP_MAGIC = "raftreg-raft-dump"
 
 ApplyFn = Callable[[bytes], Any]
+_NO_OP = b"\x01"  # PySyncObj's _COMMAND_TYPE.NO_OP entry
+
+
+def seed_data_dir(data_dir: Path, state: bytes, members: Sequence[str]) -> None:
+    """Prepare an EMPTY data dir so that the node starts from `state` (a store snapshot): a
+    raft dump whose log holds two no-op entries (index 1 and 2, term 0) marked applied. Every
+    member of the new cluster must be seeded with the same state, so their logs agree; new
+    entries then start at index 3. `FailedPrecondition` if the dir holds raft files already."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    existing = [p.name for p in data_dir.iterdir() if p.name.startswith("raft.")]
+    if existing:
+        raise FailedPrecondition(
+            f"{data_dir} already holds raft data ({', '.join(sorted(existing))}); "
+            "restore only into a new, empty data dir"
+        )
+    blob = msgpack.packb({
+        "magic": _DUMP_MAGIC,
+        "format": _DUMP_FORMAT,
+        "state": state,
+        "entries": [[_NO_OP, 2, 0], [_NO_OP, 1, 0]],
+        "cluster": sorted(members),
+    })
+    tmp = data_dir / "raft.dump.tmp"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.rename(data_dir / "raft.dump")
 
 
 @dataclass(frozen=True, slots=True)

@@ -803,6 +803,11 @@ class MaintenanceStub:
                 request_serializer=raftreg_dot_pb_dot_raftreg__pb2.StatusRequest.SerializeToString,
                 response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_stream(
+                '/raftreg.v1.Maintenance/Snapshot',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class MaintenanceServicer:
@@ -814,6 +819,14 @@ class MaintenanceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """A backup of the whole store at a linearizable point, streamed in chunks. Unlike etcd's
+        (a bbolt file), the bytes are raftreg's backup format (raftreg/store/backup.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MaintenanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -821,6 +834,11 @@ def add_MaintenanceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.StatusRequest.FromString,
                     response_serializer=raftreg_dot_pb_dot_raftreg__pb2.StatusResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.SnapshotRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.SnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -850,6 +868,33 @@ class Maintenance:
             '/raftreg.v1.Maintenance/Status',
             raftreg_dot_pb_dot_raftreg__pb2.StatusRequest.SerializeToString,
             raftreg_dot_pb_dot_raftreg__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftreg.v1.Maintenance/Snapshot',
+            raftreg_dot_pb_dot_raftreg__pb2.SnapshotRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

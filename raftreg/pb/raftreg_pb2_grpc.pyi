@@ -233,11 +233,19 @@ class MaintenanceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MaintenanceAsyncStub: ...
     Status: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.StatusRequest, _raftreg_pb2.StatusResponse]
+    Snapshot: _grpc.UnaryStreamMultiCallable[_raftreg_pb2.SnapshotRequest, _raftreg_pb2.SnapshotResponse]
+    """A backup of the whole store at a linearizable point, streamed in chunks. Unlike etcd's
+    (a bbolt file), the bytes are raftreg's backup format (raftreg/store/backup.py).
+    """
 
 @_typing.type_check_only
 class MaintenanceAsyncStub(MaintenanceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Status: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.StatusRequest, _raftreg_pb2.StatusResponse]  # type: ignore[assignment]
+    Snapshot: _aio.UnaryStreamMultiCallable[_raftreg_pb2.SnapshotRequest, _raftreg_pb2.SnapshotResponse]  # type: ignore[assignment]
+    """A backup of the whole store at a linearizable point, streamed in chunks. Unlike etcd's
+    (a bbolt file), the bytes are raftreg's backup format (raftreg/store/backup.py).
+    """
 
 class MaintenanceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -246,5 +254,15 @@ class MaintenanceServicer(metaclass=_abc_1.ABCMeta):
         request: _raftreg_pb2.StatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_raftreg_pb2.StatusResponse, _abc.Awaitable[_raftreg_pb2.StatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Snapshot(
+        self,
+        request: _raftreg_pb2.SnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_raftreg_pb2.SnapshotResponse], _abc.AsyncIterator[_raftreg_pb2.SnapshotResponse]]:
+        """A backup of the whole store at a linearizable point, streamed in chunks. Unlike etcd's
+        (a bbolt file), the bytes are raftreg's backup format (raftreg/store/backup.py).
+        """
 
 def add_MaintenanceServicer_to_server(servicer: MaintenanceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

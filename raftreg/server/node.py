@@ -242,6 +242,16 @@ class RegistryNode:
                 f"no quorum confirmed the read within {self._propose_timeout:g}s"
             ) from None
 
+    async def backup(self) -> tuple[bytes, int]:
+        """(store snapshot, its revision) at a linearizable point: everything acknowledged
+        before the call is in it."""
+        await self.barrier()
+        t0 = time.perf_counter()
+        with self._lock:
+            state, revision = self.store.snapshot(), self.store.revision
+        self.counters.snapshot("backup", time.perf_counter() - t0)
+        return state, revision
+
     # ------------------------------------------------------------------ views
 
     @property

@@ -1,0 +1,85 @@
+"""Backup and restore on real processes: a snapshot taken under load restores into a new cluster
+with exactly the state at the snapshot's revision."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import pytest
+
+from raftreg.client import GrpcRegistryClient
+from raftreg.config import load_config
+from raftreg.errors import FailedPrecondition, InvalidArgument
+from raftreg.server.restore import restore_cluster
+from raftreg.store.backup import decode_backup
+from raftreg.store.commands import KeyValue
+from raftreg.testing import ProcessCluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def view(kvs: tuple[KeyValue, ...]) -> list[tuple[bytes, bytes, int, int, int, int]]:
+    return [(k.key, k.value, k.create_revision, k.mod_revision, k.version, k.lease) for k in kvs]
+
+
+async def test_a_snapshot_under_load_restores_exactly(tmp_path: Path) -> None:
+    with ProcessCluster(tmp_path / "a") as a:
+        a.start()
+        a.wait_leader()
+        async with GrpcRegistryClient(a.endpoints) as client:
+            lease = await client.lease_grant(600)
+            for i in range(50):
+                await client.put(f"base/{i}", f"v{i}", lease=lease.id if i % 5 == 0 else 0)
+            await client.delete("base/7")
+            stop = asyncio.Event()
+            n = itertools.count()
+
+            async def load() -> None:
+                while not stop.is_set():
+                    i = next(n)
+                    await asyncio.gather(*(client.put(f"load/{i % 97}", f"{i}-{j}")
+                                           for j in range(8)))
+
+            writers = [asyncio.create_task(load()) for _ in range(4)]
+            await asyncio.sleep(0.5)  # let the load run before the snapshot is taken
+            blob = await client.snapshot()
+            await asyncio.sleep(0.3)
+            stop.set()
+            await asyncio.gather(*writers)
+            backup = decode_backup(blob)
+            rev = backup.revision
+            assert (await client.get("x")).revision > rev  # the load went on after it
+            expected = await client.get(b"\0", range_end=b"\0", revision=rev)
+            assert expected.count > 50
+    (tmp_path / "backup.db").write_bytes(blob)
+
+    b = ProcessCluster(tmp_path / "b")
+    cfg = load_config(b.config_path)
+    restored, dirs = restore_cluster(cfg, (tmp_path / "backup.db").read_bytes())
+    assert restored.revision == rev and len(dirs) == 3
+    with pytest.raises(FailedPrecondition, match="already holds raft data"):
+        restore_cluster(cfg, blob)  # never over existing data
+    with b:
+        b.start()
+        b.wait_leader()
+        async with GrpcRegistryClient(b.endpoints) as client:
+            got = await client.get(b"\0", range_end=b"\0")
+            assert got.revision == rev
+            assert view(got.kvs) == view(expected.kvs)
+            assert lease.id in await client.lease_list()
+            ttl = await client.lease_time_to_live(lease.id, keys=True)
+            assert len(ttl.keys) == 10 and ttl.ttl > 500
+            r = await client.put("after", "restore")
+            assert r.revision == rev + 1
+        st = b.wait_converged()
+        assert st.header.revision == rev + 1
+
+
+def test_a_corrupt_backup_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    c = ProcessCluster(tmp_path / "c")
+    cfg = load_config(c.config_path)
+    with pytest.raises(InvalidArgument, match="not a raftreg backup"):
+        restore_cluster(cfg, b'{"not": "a backup"}')
+    assert not any(cfg.data_dir(n).exists() for n in cfg.nodes)
