@@ -12,6 +12,7 @@ from pathlib import Path
 from raftreg.config import ClusterConfig
 from raftreg.consensus import seed_data_dir
 from raftreg.errors import FailedPrecondition
+from raftreg.store import Store
 from raftreg.store.backup import Backup, decode_backup
 
 
@@ -29,7 +30,12 @@ def restore_cluster(
             raise FailedPrecondition(
                 f"{d} already holds raft data; restore only into new, empty data dirs"
             )
+    # The old cluster's member records do not describe the new cluster: start without them.
+    store = Store()
+    store.restore(backup.state)
+    store.forget_members()
+    state = store.snapshot()
     members = [n.raft for n in cfg.nodes]
     for d in dirs:
-        seed_data_dir(d, backup.state, members)
+        seed_data_dir(d, state, members)
     return backup, dirs

@@ -40,6 +40,7 @@ from raftreg.store.commands import (
     LeaseGrant,
     LeaseGrantResult,
     LeaseRevoke,
+    MemberUpdate,
     Put,
     PutResult,
     Range,
@@ -90,6 +91,7 @@ _LEASE_CHECKPOINT: Final = 8
 _EXPIRE_CLIENTS: Final = 9
 _BARRIER: Final = 10
 _RANGE: Final = 11
+_MEMBER_UPDATE: Final = 13
 _LEADER_EPOCH: Final = 12
 
 _RANGE_RESULT: Final = 1
@@ -284,6 +286,8 @@ def _command_to_obj(cmd: Command | Range) -> list[object]:
             return [_LEASE_CHECKPOINT, [[int(i), int(ms)] for i, ms in cmd.remaining_ms]]
         case ExpireClients():
             return [_EXPIRE_CLIENTS, int(cmd.idle_before_ms)]
+        case MemberUpdate():
+            return [_MEMBER_UPDATE, int(cmd.id), cmd.name, cmd.peer, cmd.client, bool(cmd.removed)]
         case Barrier():
             return [_BARRIER]
     raise InvalidArgument(f"cannot encode {type(cmd).__name__}: not a command")
@@ -372,6 +376,15 @@ def _command_from_obj(x: object, depth: int = 0) -> Command:
     if tag == _EXPIRE_CLIENTS:
         _arity(items, 2, "expire_clients")
         return ExpireClients(idle_before_ms=read_int(items[1], "idle_before_ms"))
+    if tag == _MEMBER_UPDATE:
+        _arity(items, 6, "member_update")
+        return MemberUpdate(
+            id=read_int(items[1], "member id"),
+            name=read_str(items[2], "member name"),
+            peer=read_str(items[3], "member peer"),
+            client=read_str(items[4], "member client"),
+            removed=read_bool(items[5], "member removed"),
+        )
     if tag == _BARRIER:
         _arity(items, 1, "barrier")
         return Barrier()

@@ -180,6 +180,18 @@ class ExpireClients:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberUpdate:
+    """Records a cluster member's metadata after the consensus layer changed the membership
+    (`removed=True`: the member left). Changes no key and no revision."""
+
+    id: int
+    name: str
+    peer: str  # host:port of the raft port
+    client: str  # host:port of the client API
+    removed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Barrier:
     """A no-op whose commit proves the proposer's log position (linearizable reads)."""
 
@@ -195,6 +207,7 @@ Command = (
     | LeaderEpoch
     | LeaseCheckpoint
     | ExpireClients
+    | MemberUpdate
     | Barrier
 )
 

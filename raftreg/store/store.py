@@ -27,7 +27,16 @@ from raftreg.errors import (
     LeaseNotFound,
     RegistryError,
 )
-from raftreg.store.codec import guard, kv_to_obj, pack, read_int, read_list, read_str, unpack
+from raftreg.store.codec import (
+    guard,
+    kv_to_obj,
+    pack,
+    read_bool,
+    read_int,
+    read_list,
+    read_str,
+    unpack,
+)
 from raftreg.store.commands import (
     Barrier,
     Command,
@@ -45,6 +54,7 @@ from raftreg.store.commands import (
     LeaseGrantResult,
     LeaseInfo,
     LeaseRevoke,
+    MemberUpdate,
     Put,
     PutResult,
     Range,
@@ -66,7 +76,7 @@ from raftreg.store.validate import check_key_range, validate_command, validate_r
 __all__ = ["SNAPSHOT_FORMAT", "Store"]
 
 SNAPSHOT_MAGIC: Final = "raftreg.store"
-SNAPSHOT_FORMAT: Final = 2
+SNAPSHOT_FORMAT: Final = 3  # 3 added the member table; format 2 is still restored
 
 _OpResult = RangeResult | PutResult | DeleteResult | TxnResult
 
@@ -94,6 +104,7 @@ class Store:
         self._leases = LeaseTable()
         self._clients = ClientTable(client_window)
         self._epoch = 0
+        self._members: dict[int, MemberUpdate] = {}
 
     # -----------------------------------------------------------------------------------------
     # state queries
@@ -113,6 +124,15 @@ class Store:
     def leader_epoch(self) -> int:
         """The term of the newest leader that announced itself (see `LeaderEpoch`)."""
         return self._epoch
+
+    def members(self) -> list[MemberUpdate]:
+        """Every member record (the latest per id, removed ones included), by id."""
+        return [self._members[i] for i in sorted(self._members)]
+
+    def forget_members(self) -> None:
+        """Drop the member table (a backup restored into a new cluster starts without the old
+        cluster's membership records)."""
+        self._members = {}
 
     def lease(self, id: int) -> LeaseInfo | None:
         return self._leases.get(id)
@@ -201,6 +221,9 @@ class Store:
                 return Done(self.revision), []
             case ExpireClients():
                 self._clients.expire(cmd.idle_before_ms)
+                return Done(self.revision), []
+            case MemberUpdate():
+                self._members[cmd.id] = cmd
                 return Done(self.revision), []
             case Barrier():
                 return Done(self.revision), []
@@ -352,11 +375,12 @@ class Store:
         h.update(pack("leases"))
         for lease in self._leases.all():
             h.update(pack([lease.id, lease.ttl, lease.remaining_ms, sorted(lease.keys)]))
+        h.update(pack(["members", [_member_to_obj(m) for m in self.members()]]))
         return int.from_bytes(h.digest(), "big")
 
     def snapshot(self) -> bytes:
-        """[magic, format, key space, leases, clients, leader epoch] as msgpack; see each part's
-        `to_obj`."""
+        """[magic, format, key space, leases, clients, leader epoch, members] as msgpack; see
+        each part's `to_obj`."""
         return pack(
             [
                 SNAPSHOT_MAGIC,
@@ -365,6 +389,7 @@ class Store:
                 self._leases.to_obj(),
                 self._clients.to_obj(),
                 self._epoch,
+                [_member_to_obj(m) for m in self.members()],
             ]
         )
 
@@ -373,16 +398,20 @@ class Store:
         blob, unknown format) the current state is left untouched."""
         obj = unpack(data)
 
-        def decode() -> tuple[KeySpace, LeaseTable, ClientTable, int]:
+        def decode() -> tuple[KeySpace, LeaseTable, ClientTable, int, dict[int, MemberUpdate]]:
             items = read_list(obj, "snapshot")
             if len(items) < 2 or items[0] != SNAPSHOT_MAGIC:
                 raise InvalidArgument("not a raftreg store snapshot")
             read_str(items[0], "snapshot magic")
             fmt = read_int(items[1], "snapshot format")
-            if fmt != SNAPSHOT_FORMAT:
+            if fmt not in (2, SNAPSHOT_FORMAT):
                 raise InvalidArgument(f"unsupported snapshot format {fmt}")
-            if len(items) != 6:
+            if len(items) != (6 if fmt == 2 else 7):
                 raise InvalidArgument("malformed snapshot")
+            members: dict[int, MemberUpdate] = {}
+            for m in read_list(items[6], "snapshot members") if fmt >= 3 else []:
+                rec = _member_from_obj(m)
+                members[rec.id] = rec
             kv = KeySpace.from_obj(items[2])
             leases = LeaseTable.from_obj(items[3])
             clients = ClientTable.from_obj(items[4], self._client_window)
@@ -391,9 +420,26 @@ class Store:
                     if live.lease not in leases:
                         raise InvalidArgument("corrupt snapshot: key attached to unknown lease")
                     leases.attach(live.lease, live.key)
-            return kv, leases, clients, read_int(items[5], "snapshot leader epoch")
+            return kv, leases, clients, read_int(items[5], "snapshot leader epoch"), members
 
-        self._kv, self._leases, self._clients, self._epoch = guard(decode, "snapshot")
+        self._kv, self._leases, self._clients, self._epoch, self._members = guard(
+            decode, "snapshot"
+        )
+
+
+def _member_to_obj(m: MemberUpdate) -> list[object]:
+    return [m.id, m.name, m.peer, m.client, m.removed]
+
+
+def _member_from_obj(x: object) -> MemberUpdate:
+    items = read_list(x, "member", 5)
+    return MemberUpdate(
+        id=read_int(items[0], "member id"),
+        name=read_str(items[1], "member name"),
+        peer=read_str(items[2], "member peer"),
+        client=read_str(items[3], "member client"),
+        removed=read_bool(items[4], "member removed"),
+    )
 
 
 def _stamp(r: _OpResult, revision: int) -> _OpResult:

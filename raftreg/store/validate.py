@@ -22,6 +22,7 @@ from raftreg.store.commands import (
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
+    MemberUpdate,
     Put,
     Range,
     SortOrder,
@@ -233,6 +234,15 @@ def validate_command(command: object, *, max_value_bytes: int, max_txn_ops: int)
                 _need_int(pair[1], "remaining_ms")
         case ExpireClients():
             _need_int(command.idle_before_ms, "idle_before_ms")
+        case MemberUpdate():
+            if _need_int(command.id, "member id") <= 0:
+                raise InvalidArgument("member id must be positive")
+            for what, v in (("name", command.name), ("peer", command.peer),
+                            ("client", command.client)):
+                if not isinstance(v, str) or not v or len(v) > 256:
+                    raise InvalidArgument(f"member {what} must be a non-empty string")
+            if not isinstance(command.removed, bool):
+                raise InvalidArgument("member removed must be a bool")
         case Barrier():
             pass
         case Range():

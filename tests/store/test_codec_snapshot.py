@@ -25,6 +25,7 @@ from raftreg.store import (
     CompareResult,
     CompareTarget,
     DeleteRange,
+    Done,
     ExpireClients,
     Failure,
     LeaderEpoch,
@@ -32,6 +33,7 @@ from raftreg.store import (
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
+    MemberUpdate,
     Put,
     Range,
     Request,
@@ -72,6 +74,8 @@ COMMANDS: list[Command] = [
     LeaseExpire(()),
     LeaseExpire((3, 1, 2)),
     LeaseExpire((3,), term=7),
+    MemberUpdate(5, "n4", "127.0.0.1:1", "127.0.0.1:2"),
+    MemberUpdate(5, "n4", "127.0.0.1:1", "127.0.0.1:2", removed=True),
     LeaderEpoch(7),
     LeaseCheckpoint(((1, 500), (2, 0))),
     ExpireClients(1_700_000_000_000),
@@ -287,11 +291,20 @@ def test_restore_rejects_corrupt_and_keeps_state() -> None:
 
 def test_minimal_hand_built_snapshot_accepted() -> None:
     keyspace = [2, 0, [[b"k", [[2, 2, 1, b"v", 0]]]], [[2, [b"k"]]]]
-    data = _pk(["raftreg.store", 2, keyspace, [], [], 0])
+    data = _pk(["raftreg.store", 3, keyspace, [], [], 0, [[4, "n4", "h:1", "h:2", False]]])
     s = Store()
     s.restore(data)
     assert s.snapshot() == data
     assert s.key_count() == 1
+    assert s.members() == [MemberUpdate(4, "n4", "h:1", "h:2")]
+
+
+def test_format_2_snapshots_are_restored_without_members() -> None:
+    keyspace = [2, 0, [[b"k", [[2, 2, 1, b"v", 0]]]], [[2, [b"k"]]]]
+    s = Store()
+    s.restore(_pk(["raftreg.store", 2, keyspace, [], [], 0]))
+    assert s.key_count() == 1 and s.members() == []
+    assert s.snapshot() == _pk(["raftreg.store", 3, keyspace, [], [], 0, []])
 
 
 def test_results_round_trip() -> None:
@@ -306,3 +319,18 @@ def test_results_round_trip() -> None:
     ]
     for r in results:
         assert result_from_obj(result_to_obj(r)) == r
+
+
+def test_member_updates_change_no_revision_but_the_hash_and_snapshot() -> None:
+    s = _busy_store()
+    rev, h = s.revision, s.hash()
+    r = run(s, MemberUpdate(7, "n4", "h:1", "h:2"))
+    assert r == Done(rev) and s.revision == rev and s.hash() != h
+    run(s, MemberUpdate(7, "n4", "h:1", "h:2", removed=True))
+    assert s.members() == [MemberUpdate(7, "n4", "h:1", "h:2", removed=True)]
+    t = Store()
+    t.restore(s.snapshot())
+    assert t.members() == s.members() and t.hash() == s.hash()
+    t.forget_members()
+    assert t.members() == []
+    assert isinstance(run(s, MemberUpdate(0, "x", "h:1", "h:2")), Failure)
