@@ -1,14 +1,23 @@
 """The `raftreg` command, in the spirit of etcdctl.
 
-Client commands (put, get, del, txn, watch, compaction, member, endpoint, lease) talk to the
-registry through a `RegistryClient`; `node` and `dev` run a server process. Output formats:
-`simple` (etcdctl-like lines, the default), `table` (aligned columns) and `json` (the response
-with its header; keys and values base64-encoded as etcdctl does).
+Client commands (put, get, del, txn, watch, compaction, member, endpoint, lease, config,
+services) talk to the registry through a `RegistryClient`; `node` and `dev` run a server
+process. Output formats: `simple` (etcdctl-like lines, the default), `table` (aligned columns)
+and `json` (the response with its header; keys and values base64-encoded as etcdctl does).
+
+`config get|set|watch|history|rollback` work on a service's settings through
+`raftreg.configcenter` (values are JSON; `config set` takes NAME=VALUE where VALUE is JSON, or
+else the text itself as a string, except that text starting with '"', '[' or '{' must be valid
+JSON; every `config set` is one revision). `services list|watch` show the instances under
+`/services/` (`raftreg.discovery.instance`); a malformed registration is a warning line on
+stderr, never a failure. Commands without a table of their own print `simple` lines for
+`-w table`.
 
 Contract: `main()` returns the exit status. A `RegistryError` or an OS-level failure prints one
 line `Error: <message>` to stderr and returns 1; bad usage returns 2 (argparse). The long-running
-commands (`watch`, `lease keep-alive`) run until Ctrl-C and then exit 0; they exit 1 with an
-error line when the watch is compacted or the lease is lost.
+commands (`watch`, `lease keep-alive`, `config watch`, `services watch`) run until Ctrl-C and
+then exit 0; `watch` and `config watch` exit 1 with an error line when the watch is compacted
+(`services watch` re-lists instead), `lease keep-alive` when the lease is lost.
 """
 
 from __future__ import annotations
@@ -33,7 +42,23 @@ from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import RegistryClient, prefix_range_end
 from raftreg.client.watch import WatchBatch
 from raftreg.config import ClusterConfig, dev_config, load_config, split_hostport
-from raftreg.errors import InvalidArgument, RegistryError
+from raftreg.configcenter import (
+    DELETE,
+    BadValue,
+    ConfigCenter,
+    Version,
+    config_prefix,
+    value_text,
+    versions_in,
+)
+from raftreg.discovery.instance import (
+    SERVICES_ROOT,
+    Instance,
+    InvalidInstance,
+    decode_instance,
+    service_prefix,
+)
+from raftreg.errors import InvalidArgument, NotFound, RegistryError
 from raftreg.store.commands import (
     Compare,
     CompareResult,
@@ -41,6 +66,7 @@ from raftreg.store.commands import (
     DeleteRange,
     DeleteResult,
     Event,
+    EventType,
     KeyValue,
     Put,
     PutResult,
@@ -753,6 +779,302 @@ async def cmd_lease_keepalive(client: RegistryClient, ns: argparse.Namespace, ct
     return gone()
 
 
+# --- config center and services ----------------------------------------------------------------
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_setting_value(text: str) -> Any:
+    """A `config set` VALUE: JSON text (`8080`, `true`, `"x"`, `[1, 2]`, `{"a": 1}`), else the
+    text itself as a string (`round_robin`, `NaN`, ``). Text starting with '"', '[' or '{' was
+    meant as JSON and must be valid JSON."""
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except ValueError as e:
+        if text.lstrip().startswith(('"', "[", "{")):
+            raise InvalidArgument(f"value {text!r} is not valid JSON: {e}") from None
+        return text
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """`NAME=VALUE` (split at the first '='; see `parse_setting_value`)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise InvalidArgument(f"expected NAME=VALUE, got {text!r}")
+    return name, parse_setting_value(value)
+
+
+def _bad_json(v: BadValue) -> dict[str, str]:
+    return {"raw": value_text(v), "reason": v.reason}
+
+
+def version_json(service: str, v: Version) -> dict[str, Any]:
+    """One version of a service's config: values written, names deleted, and the written
+    values that are not JSON (raw text and reason)."""
+    return {
+        "service": service,
+        "revision": v.revision,
+        "puts": {n: x for n, x in v.puts.items() if not isinstance(x, BadValue)},
+        "deletes": list(v.deletes),
+        "invalid": {n: _bad_json(x) for n, x in v.puts.items() if isinstance(x, BadValue)},
+    }
+
+
+def version_lines(v: Version) -> list[str]:
+    """`REV SET NAME=VALUE` / `REV DELETE NAME` lines (VALUE as JSON, or the raw stored text
+    when it is not JSON)."""
+    out = [f"{v.revision} SET {n}={value_text(x)}" for n, x in v.puts.items()]
+    return out + [f"{v.revision} DELETE {n}" for n in v.deletes]
+
+
+def _warn_bad_versions(ctx: _Ctx, service: str, versions: Sequence[Version]) -> None:
+    for v in versions:
+        for n, x in v.puts.items():
+            if isinstance(x, BadValue):
+                ctx.err.write(f"Warning: {service} revision {v.revision}: {n}: {x.reason}\n")
+
+
+async def cmd_config_get(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    snap = await ConfigCenter(client).get(ns.service, revision=ns.rev)
+    entries = list(snap.entries.values())
+    if ns.name is not None:
+        entry = snap.entries.get(ns.name)
+        if entry is None:
+            raise NotFound(f"{ns.service} has no setting {ns.name!r}")
+        if isinstance(entry.value, BadValue) and ctx.fmt == "simple":
+            raise InvalidArgument(f"{ns.service} setting {ns.name!r}: {entry.value.reason}")
+        entries = [entry]
+    for e in entries:
+        if isinstance(e.value, BadValue):
+            ctx.err.write(f"Warning: {ns.service} setting {e.name!r}: {e.value.reason}\n")
+    if ctx.fmt == "json":
+        ctx.json(
+            {
+                "header": {"revision": snap.revision},
+                "service": ns.service,
+                "config": {e.name: e.value for e in entries if e.valid},
+                "invalid": {
+                    e.name: _bad_json(e.value) for e in entries if isinstance(e.value, BadValue)
+                },
+            }
+        )
+    elif ctx.fmt == "table":
+        ctx.table(
+            ("NAME", "VALUE", "MOD_REV", "VERSION"),
+            [[e.name, value_text(e.value), e.mod_revision, e.version] for e in entries],
+        )
+    elif ns.name is not None:
+        ctx.print(value_text(entries[0].value))
+    else:
+        ctx.print(*(f"{e.name}={value_text(e.value)}" for e in entries if e.valid))
+    return 0
+
+
+async def cmd_config_set(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    changes: dict[str, Any] = {}
+    items = [parse_setting(s) for s in ns.settings] + [(n, DELETE) for n in ns.delete]
+    for name, value in items:
+        if name in changes:
+            raise InvalidArgument(f"setting {name!r} given twice")
+        changes[name] = value
+    rev = await ConfigCenter(client).publish(
+        ns.service, changes, expect_revision=ns.expect_rev
+    )
+    if ctx.fmt == "json":
+        ctx.json({"header": {"revision": rev}, "service": ns.service})
+    else:
+        ctx.print(f"published revision {rev}")
+    return 0
+
+
+async def cmd_config_watch(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    if ns.rev < 0:
+        raise InvalidArgument("--rev must be >= 0")
+    try:
+        w = await client.watch(config_prefix(ns.service), prefix=True, start_revision=ns.rev)
+        async with w:
+            async for batch in w:
+                if batch.compacted:
+                    ctx.err.write(
+                        "Error: watch was canceled: required revision has been compacted "
+                        f"(compact revision {batch.compact_revision})\n"
+                    )
+                    return 1
+                versions = versions_in(ns.service, batch.events)
+                _warn_bad_versions(ctx, ns.service, versions)
+                for v in versions:
+                    if ctx.fmt == "json":
+                        ctx.json(version_json(ns.service, v))
+                    else:
+                        ctx.print(*version_lines(v))
+                ctx.out.flush()
+    except asyncio.CancelledError:
+        return _interrupted()
+    return 0
+
+
+async def cmd_config_history(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    center = ConfigCenter(client, history_timeout=max(10.0, ctx.timeout))
+    h = await center.history(ns.service, ns.name)
+    if ctx.fmt == "json":
+        ctx.json(
+            {
+                "header": {"revision": h.revision},
+                "service": ns.service,
+                "oldest_revision": h.oldest_revision,
+                "compacted": h.compacted,
+                "versions": [version_json(ns.service, v) for v in h],
+            }
+        )
+        return 0
+    if h.compacted:
+        ctx.err.write(
+            f"Note: history of {ns.service} before revision {h.oldest_revision} "
+            "has been compacted\n"
+        )
+    _warn_bad_versions(ctx, ns.service, h.versions)
+    if ctx.fmt == "table":
+        rows: list[list[object]] = []
+        for v in h:
+            rows += [[v.revision, "SET", n, value_text(x)] for n, x in v.puts.items()]
+            rows += [[v.revision, "DELETE", n, ""] for n in v.deletes]
+        ctx.table(("REVISION", "CHANGE", "NAME", "VALUE"), rows)
+    else:
+        ctx.print(*(line for v in h for line in version_lines(v)))
+    return 0
+
+
+async def cmd_config_rollback(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    rev = await ConfigCenter(client).rollback(ns.service, ns.rev)
+    if ctx.fmt == "json":
+        ctx.json({"header": {"revision": rev}, "service": ns.service, "rolled_back_to": ns.rev})
+    else:
+        ctx.print(f"rolled back {ns.service} to revision {ns.rev}: published revision {rev}")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def instance_json(i: Instance, kv: KeyValue | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"service": i.service, "id": i.id, **i.to_json()}
+    if kv is not None:
+        out.update(lease=kv.lease, mod_revision=kv.mod_revision)
+    return out
+
+
+def _instances(ctx: _Ctx, kvs: Sequence[KeyValue]) -> list[tuple[Instance, KeyValue]]:
+    """The well-formed registrations among `kvs`; a warning line on stderr for each other."""
+    out: list[tuple[Instance, KeyValue]] = []
+    for kv in kvs:
+        try:
+            out.append((decode_instance(kv.key, kv.value), kv))
+        except InvalidInstance as e:
+            ctx.err.write(f"Warning: skipping malformed registration {_text(kv.key)}: {e}\n")
+    return out
+
+
+def _services_prefix(service: str | None) -> str:
+    return service_prefix(service) if service else SERVICES_ROOT
+
+
+INSTANCE_HEADERS = ("SERVICE", "ID", "ADDRESS", "WEIGHT", "ZONE", "VERSION", "AGE")
+
+
+async def cmd_services_list(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    res = await client.get(_services_prefix(ns.service), prefix=True)
+    found = _instances(ctx, res.kvs)
+    if ctx.fmt == "json":
+        ctx.json(
+            {
+                "header": {"revision": res.revision},
+                "instances": [instance_json(i, kv) for i, kv in found],
+            }
+        )
+        return 0
+    now = time.time()
+    rows = [
+        [
+            i.service, i.id, i.address, i.weight, i.zone, i.version,
+            _age(now - i.registered_at) if i.registered_at > 0 else "-",
+        ]
+        for i, _ in found
+    ]
+    if ctx.fmt == "table":
+        ctx.table(INSTANCE_HEADERS, rows)
+    else:
+        ctx.print(*(", ".join(str(c) for c in r) for r in rows))
+    return 0
+
+
+def instance_line(kind: str, i: Instance) -> str:
+    """`ADDED|UPDATED|REMOVED service/id address weight=W zone=Z version=V`."""
+    return (
+        f"{kind} {i.service}/{i.id} {i.address} weight={i.weight} zone={i.zone} "
+        f"version={i.version}"
+    )
+
+
+async def cmd_services_watch(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    """The current instances as ADDED, then every change, until Ctrl-C. A compacted watch
+    re-lists and prints the difference."""
+    prefix = _services_prefix(ns.service)
+    known: dict[bytes, Instance] = {}
+
+    def show(kind: str, i: Instance, revision: int) -> None:
+        if ctx.fmt == "json":
+            ctx.json({"type": kind, "revision": revision, "instance": instance_json(i)})
+        else:
+            ctx.print(instance_line(kind, i))
+
+    def put(key: bytes, i: Instance | None, revision: int) -> None:
+        old = known.pop(key, None)
+        if i is None:
+            if old is not None:
+                show("REMOVED", old, revision)
+            return
+        known[key] = i
+        if old is None:
+            show("ADDED", i, revision)
+        elif old != i:
+            show("UPDATED", i, revision)
+
+    try:
+        while True:
+            snapshot, w = await client.list_then_watch(prefix)
+            async with w:
+                fresh = {kv.key: i for i, kv in _instances(ctx, snapshot.kvs)}
+                for key in [k for k in known if k not in fresh]:
+                    put(key, None, snapshot.revision)
+                for key, i in fresh.items():
+                    put(key, i, snapshot.revision)
+                ctx.out.flush()
+                async for batch in w:
+                    if batch.compacted:
+                        break
+                    for e in batch.events:
+                        if e.type == EventType.DELETE:
+                            put(e.kv.key, None, e.kv.mod_revision)
+                            continue
+                        decoded = _instances(ctx, [e.kv])
+                        put(e.kv.key, decoded[0][0] if decoded else None, e.kv.mod_revision)
+                    ctx.out.flush()
+                else:
+                    return 0
+    except asyncio.CancelledError:
+        return _interrupted()
+
+
 # --- server commands -----------------------------------------------------------------------
 
 
@@ -878,6 +1200,55 @@ def build_parser() -> argparse.ArgumentParser:
     ka = leaf(lease, "keep-alive", "keep a lease alive until Ctrl-C", cmd_lease_keepalive)
     ka.add_argument("id", type=_lease_arg)
     ka.add_argument("--once", action="store_true", help="renew once and exit")
+
+    config = sub.add_parser("config", help="service configuration").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    cget = leaf(config, "get", "a service's settings, or one setting's value", cmd_config_get)
+    cget.add_argument("service")
+    cget.add_argument("name", nargs="?", default=None)
+    cget.add_argument("--rev", type=int, default=0, help="as of this revision (0 = now)")
+    cset = leaf(
+        config,
+        "set",
+        "publish settings in one revision; VALUE is JSON, other text is taken as a string",
+        cmd_config_set,
+    )
+    cset.add_argument("service")
+    cset.add_argument("settings", nargs="*", metavar="NAME=VALUE")
+    cset.add_argument(
+        "--delete", action="append", default=[], metavar="NAME", help="remove a setting"
+    )
+    cset.add_argument(
+        "--expect-rev",
+        type=int,
+        default=None,
+        help="publish only if the config did not change since this revision",
+    )
+    cwatch = leaf(config, "watch", "print each change of a service's config until Ctrl-C",
+                  cmd_config_watch)
+    cwatch.add_argument("service")
+    cwatch.add_argument("--rev", type=int, default=0, help="start at this revision (0 = now)")
+    chist = leaf(config, "history", "earlier versions of a service's config", cmd_config_history)
+    chist.add_argument("service")
+    chist.add_argument("name", nargs="?", default=None)
+    crb = leaf(config, "rollback", "make a service's config what it was at --rev",
+               cmd_config_rollback)
+    crb.add_argument("service")
+    crb.add_argument("--rev", type=int, required=True, help="the revision to return to")
+
+    services = sub.add_parser("services", help="registered service instances").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    leaf(services, "list", "list instances", cmd_services_list).add_argument(
+        "service", nargs="?", default=None
+    )
+    leaf(
+        services,
+        "watch",
+        "print the instances (ADDED), then every change (ADDED/UPDATED/REMOVED) until Ctrl-C",
+        cmd_services_watch,
+    ).add_argument("service", nargs="?", default=None)
 
     node = leaf(sub, "node", "run one node of the cluster in cluster.toml", cmd_node)
     node.add_argument("--name", required=True, help="this node's name in the configuration")

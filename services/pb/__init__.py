@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code (scripts/gen-protos.sh); do not edit."""

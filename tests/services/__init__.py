@@ -1,0 +1,1 @@
+"""Tests of the example services (services/) as real processes."""
