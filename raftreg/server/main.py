@@ -18,6 +18,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from raftreg.api.forward import LeaderLink
+from raftreg.api.http_gateway import add_gateway_routes
 from raftreg.api.servicers import (
     ClusterServicer,
     KVServicer,
@@ -63,9 +64,11 @@ async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
         node.close()
         raise RegistryError(f"cannot bind the client address {node.me.client}")
     http_runner = None
+    close_gateway = None
     if node.me.http:
         app = web.Application()
         add_metrics_route(app, registry)
+        close_gateway = add_gateway_routes(app, node.me.client)
         try:
             http_runner = await serve_http(app, node.me.http)
         except OSError as e:
@@ -86,6 +89,8 @@ async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
         for t in tasks:
             t.cancel()
         await server.stop(grace=1.0)
+        if close_gateway is not None:
+            await close_gateway()
         if http_runner is not None:
             await http_runner.cleanup()
         await link.close()
