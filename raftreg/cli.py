@@ -34,14 +34,15 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from raftreg.client.endpoints import normalize_endpoints
 from raftreg.client.etcd.backend import select_backend
 from raftreg.client.grpc_client import GrpcRegistryClient
-from raftreg.client.protocol import RegistryClient, prefix_range_end
+from raftreg.client.protocol import Member, RegistryClient, prefix_range_end
 from raftreg.client.watch import WatchBatch
-from raftreg.config import ClusterConfig, dev_config, load_config, split_hostport
+from raftreg.config import dev_config, load_config, split_hostport
 from raftreg.configcenter import (
     DELETE,
     BadValue,
@@ -59,6 +60,8 @@ from raftreg.discovery.instance import (
     service_prefix,
 )
 from raftreg.errors import InvalidArgument, NotFound, RegistryError
+from raftreg.store import Store
+from raftreg.store.backup import Backup, decode_backup
 from raftreg.store.commands import (
     Compare,
     CompareResult,
@@ -521,6 +524,99 @@ async def cmd_member_list(client: RegistryClient, ns: argparse.Namespace, ctx: _
         )
     else:
         ctx.print(*(", ".join(r) for r in rows))
+    return 0
+
+
+def _raftreg_only(client: RegistryClient, what: str) -> GrpcRegistryClient:
+    if not isinstance(client, GrpcRegistryClient):
+        raise InvalidArgument(f"{what} needs the raftreg backend (for etcd, use etcdctl/etcdutl)")
+    return client
+
+
+def _member_id(text: str, members: Sequence[Member]) -> int:
+    """A member id given in hex (as `member list` prints it) or a member name."""
+    for m in members:
+        if text == m.name:
+            return m.id
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise InvalidArgument(f"{text!r} is neither a member name nor a hex member id") from None
+
+
+async def cmd_member_add(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    c = _raftreg_only(client, "member add")
+    members = await c.member_add(ns.name, ns.peer_urls, ns.client_urls)
+    new = members[0]
+    if ctx.fmt == "json":
+        ctx.json({"member": asdict(new), "members": [asdict(m) for m in members]})
+        return 0
+    ctx.print(
+        f"Member {new.id:x} added to the cluster",
+        "",
+        "Start the new member with an empty data dir, its [[node]] entry in the configuration",
+        "and --join, e.g.:",
+        f"  raftreg node --config cluster.toml --name {ns.name} --join",
+    )
+    return 0
+
+
+async def cmd_member_remove(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    c = _raftreg_only(client, "member remove")
+    mid = _member_id(ns.member, await c.member_list())
+    members = await c.member_remove(mid)
+    if ctx.fmt == "json":
+        ctx.json({"removed": f"{mid:x}", "members": [asdict(m) for m in members]})
+    else:
+        ctx.print(f"Member {mid:x} removed from the cluster")
+    return 0
+
+
+async def cmd_snapshot_save(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    c = _raftreg_only(client, "snapshot save")
+    blob = await c.snapshot(timeout=max(ctx.timeout, 60.0))
+    backup = decode_backup(blob)  # verify before anything is written
+    path = Path(ns.file)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+    if ctx.fmt == "json":
+        ctx.json({"file": str(path), "revision": backup.revision, "size": len(blob),
+                  "sha256": backup.sha256})
+    else:
+        ctx.print(f"Snapshot saved at {path} (revision {backup.revision}, {len(blob)} bytes)")
+    return 0
+
+
+def _read_backup(file: str) -> tuple[bytes, Backup]:
+    blob = Path(file).read_bytes()
+    return blob, decode_backup(blob)
+
+
+def cmd_snapshot_status(ns: argparse.Namespace, ctx: _Ctx) -> int:
+    blob, b = _read_backup(ns.file)
+    store = Store()
+    store.restore(b.state)
+    doc = {"cluster": b.cluster, "revision": b.revision, "keys": store.key_count(),
+           "leases": len(store.leases()), "hash": f"{store.hash():x}", "size": len(blob),
+           "sha256": b.sha256, "created_at_ms": b.created_at_ms}
+    if ctx.fmt == "json":
+        ctx.json(doc)
+    elif ctx.fmt == "table":
+        ctx.table(tuple(k.upper() for k in doc), [list(doc.values())])
+    else:
+        ctx.print(", ".join(f"{k}={v}" for k, v in doc.items()))
+    return 0
+
+
+def cmd_snapshot_restore(ns: argparse.Namespace, ctx: _Ctx) -> int:
+    from raftreg.server.restore import restore_cluster  # offline tool: loads server code
+
+    cfg = load_config(ns.config)
+    backup, dirs = restore_cluster(cfg, Path(ns.file).read_bytes(), ns.name or ())
+    for d in dirs:
+        ctx.print(f"restored revision {backup.revision} into {d}")
+    ctx.print("Start every member of the new cluster (without --join).")
     return 0
 
 
@@ -1078,7 +1174,7 @@ async def cmd_services_watch(client: RegistryClient, ns: argparse.Namespace, ctx
 # --- server commands -----------------------------------------------------------------------
 
 
-def _serve_node() -> Callable[[ClusterConfig, str], int]:
+def _serve_node() -> Callable[..., int]:
     """Imported only when a server command runs: client commands never load the server."""
     from raftreg.server.main import serve_node
 
@@ -1088,7 +1184,7 @@ def _serve_node() -> Callable[[ClusterConfig, str], int]:
 def cmd_node(ns: argparse.Namespace, ctx: _Ctx) -> int:
     cfg = load_config(getattr(ns, "config", "cluster.toml"))
     cfg.node(ns.name)  # fail early with a clear message for an unknown name
-    return _serve_node()(cfg, ns.name)
+    return _serve_node()(cfg, ns.name, join=ns.join)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -1181,6 +1277,26 @@ def build_parser() -> argparse.ArgumentParser:
         dest="subcommand", metavar="SUBCOMMAND", required=True
     )
     leaf(member, "list", "list members", cmd_member_list)
+    madd = leaf(member, "add", "add a member (raftreg), then start it with --join", cmd_member_add)
+    madd.add_argument("name", help="the new member's name (its [[node]] name)")
+    madd.add_argument("--peer-urls", required=True, help="its raft address, e.g. 127.0.0.1:23804")
+    madd.add_argument("--client-urls", required=True, help="its client address host:port")
+    leaf(member, "remove", "remove a member (the leader too: it hands over first)",
+         cmd_member_remove).add_argument("member", help="member name or hex id")
+
+    snapshot = sub.add_parser("snapshot", help="backup and restore").add_subparsers(
+        dest="subcommand", metavar="SUBCOMMAND", required=True
+    )
+    leaf(snapshot, "save", "save a backup of the running cluster to FILE",
+         cmd_snapshot_save).add_argument("file")
+    leaf(snapshot, "status", "verify a backup FILE and describe it",
+         cmd_snapshot_status).add_argument("file")
+    restore = leaf(snapshot, "restore",
+                   "seed the data dirs of a NEW cluster (--config) from a backup FILE",
+                   cmd_snapshot_restore)
+    restore.add_argument("file")
+    restore.add_argument("--name", action="append", default=[],
+                         help="only this member (repeatable; default: every member)")
 
     endpoint = sub.add_parser("endpoint", help="per-endpoint checks").add_subparsers(
         dest="subcommand", metavar="SUBCOMMAND", required=True
@@ -1252,6 +1368,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     node = leaf(sub, "node", "run one node of the cluster in cluster.toml", cmd_node)
     node.add_argument("--name", required=True, help="this node's name in the configuration")
+    node.add_argument("--join", action="store_true",
+                      help="this node was just added to a running cluster with `member add`")
     dev = leaf(sub, "dev", "run a single-node development registry", cmd_dev)
     dev.add_argument("--data-dir", default="default.raftreg", help="data directory")
     dev.add_argument("--listen", default="127.0.0.1:2379", help="client address host:port")
@@ -1268,6 +1386,13 @@ def _lease_arg(text: str) -> int:
 # --- entry points ----------------------------------------------------------------------------
 
 _SERVER_COMMANDS = frozenset({"node", "dev"})
+_LOCAL_SUBCOMMANDS = frozenset({("snapshot", "status"), ("snapshot", "restore")})
+
+
+def _is_local(ns: argparse.Namespace) -> bool:
+    """Commands that run in this process without a client (servers, offline file tools)."""
+    return ns.command in _SERVER_COMMANDS or (
+        (ns.command, getattr(ns, "subcommand", None)) in _LOCAL_SUBCOMMANDS)
 
 
 async def _run_client_command(ns: argparse.Namespace, ctx: _Ctx) -> int:
@@ -1298,7 +1423,7 @@ def run(
         if ns.timeout <= 0:
             raise InvalidArgument("--timeout must be positive")
         factory = client_factory
-        if ns.command in _SERVER_COMMANDS:
+        if _is_local(ns):
             endpoints = (
                 list(normalize_endpoints(e for e in ns.endpoints.split(",") if e.strip()))
                 if ns.endpoints
@@ -1320,7 +1445,7 @@ def run(
             err=err,
             stdin=stdin or sys.stdin,
         )
-        if ns.command in _SERVER_COMMANDS:
+        if _is_local(ns):
             server_func: Callable[[argparse.Namespace, _Ctx], int] = ns.func
             return server_func(ns, ctx)
         return asyncio.run(_run_client_command(ns, ctx))

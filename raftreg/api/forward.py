@@ -36,6 +36,9 @@ class LeaderLink:
         self._ka_task: asyncio.Task[None] | None = None
 
     def _stub(self) -> Any:  # an aio LeaseStub (the generated stubs are typed for sync channels)
+        return pbg.LeaseStub(self._leader_channel())
+
+    def _leader_channel(self) -> grpc.aio.Channel:
         addr = self._addr()
         if addr is None:
             raise Unavailable("no leader to forward to")
@@ -44,7 +47,16 @@ class LeaderLink:
             self._channel = grpc.aio.insecure_channel(addr)
             self._channel_addr = addr
         assert self._channel is not None
-        return pbg.LeaseStub(self._channel)
+        return self._channel
+
+    async def cluster(self, method: str, req: Any, timeout: float) -> Any:
+        """Forward one Cluster RPC (`method`, e.g. "MemberAdd") to the leader."""
+        try:
+            return await getattr(pbg.ClusterStub(self._leader_channel()), method)(
+                req, timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            md: Any = e.trailing_metadata() or ()
+            raise error_from_status(e.code(), e.details() or "", md) from None
 
     def _reset(self) -> None:
         if self._ka_task is not None:

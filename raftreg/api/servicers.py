@@ -19,7 +19,12 @@ from raftreg import __version__
 from raftreg.api import convert
 from raftreg.api.forward import LeaderLink
 from raftreg.api.status import COMPACT_KEY, ERROR_KEY, status_for
-from raftreg.errors import FailedPrecondition, InvalidArgument, LeaseNotFound, RegistryError
+from raftreg.errors import (
+    InvalidArgument,
+    LeaseNotFound,
+    NotFound,
+    RegistryError,
+)
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.server.node import RegistryNode
@@ -373,6 +378,13 @@ class WatchServicer(_Base, pbg.WatchServicer):
 
 
 class ClusterServicer(_Base, pbg.ClusterServicer):
+    """Membership. Changes are made by the leader, one at a time: a follower forwards them;
+    removing the leader first hands the leadership to a caught-up follower, then forwards."""
+
+    def __init__(self, node: RegistryNode, link: LeaderLink) -> None:
+        super().__init__(node)
+        self.link = link
+
     def _members(self) -> list[pb.Member]:
         n = self.node
         st = n.raft_status()
@@ -384,7 +396,7 @@ class ClusterServicer(_Base, pbg.ClusterServicer):
                     ID=m.id,
                     name=m.name,
                     peerURLs=[f"tcp://{m.raft}"],
-                    clientURLs=[f"http://{m.client}"],
+                    clientURLs=[f"http://{m.client}"] if m.client else [],
                     isLeader=st.leader == m.raft,
                     connected=is_self or m.raft in st.connected,
                 )
@@ -401,13 +413,43 @@ class ClusterServicer(_Base, pbg.ClusterServicer):
 
     @_rpc
     async def MemberAdd(self, request: pb.MemberAddRequest, context: Any) -> pb.MemberAddResponse:
-        raise FailedPrecondition("live membership changes are not supported yet")
+        if len(request.peerURLs) != 1 or len(request.clientURLs) > 1:
+            raise InvalidArgument("give exactly one peer URL and at most one client URL")
+        n = self.node
+        if not n.raft.is_leader:
+            resp: pb.MemberAddResponse = await self.link.cluster(
+                "MemberAdd", request, self._change_timeout)
+            return resp
+        peer = _strip_scheme(request.peerURLs[0])
+        client = _strip_scheme(request.clientURLs[0]) if request.clientURLs else ""
+        m = await n.add_member(request.name, peer, client)
+        added = next(x for x in self._members() if m.id == x.ID)
+        return pb.MemberAddResponse(header=self.header(), member=added, members=self._members())
 
     @_rpc
     async def MemberRemove(
         self, request: pb.MemberRemoveRequest, context: Any
     ) -> pb.MemberRemoveResponse:
-        raise FailedPrecondition("live membership changes are not supported yet")
+        n = self.node
+        if not any(m.id == request.ID for m in n.members):
+            raise NotFound(f"member {request.ID:x} not found")
+        if n.raft.is_leader and n.member_id == request.ID:
+            await n.step_down(self._change_timeout)
+        if not n.raft.is_leader:
+            resp: pb.MemberRemoveResponse = await self.link.cluster(
+                "MemberRemove", request, self._change_timeout)
+            return resp
+        await n.remove_member(request.ID)
+        return pb.MemberRemoveResponse(header=self.header(), members=self._members())
+
+    @property
+    def _change_timeout(self) -> float:
+        return 2 * self.node.cfg.settings.propose_timeout_s
+
+
+def _strip_scheme(url: str) -> str:
+    """host:port from "http://host:port", "tcp://host:port" or "host:port"."""
+    return url.split("://", 1)[-1].rstrip("/")
 
 
 class MaintenanceServicer(_Base, pbg.MaintenanceServicer):

@@ -409,6 +409,29 @@ class GrpcRegistryClient(PooledClient[_Conn]):
 
         return await self._call("any", call, "member list")
 
+    async def member_add(self, name: str, peer_url: str, client_url: str) -> list[Member]:
+        """Add a member (raftreg only; start the new node after this returns). Returns the
+        members, the new one first. Not retried after it may have been applied: a repeat then
+        answers `AlreadyExists`."""
+
+        async def call(c: _Conn, t: float) -> list[Member]:
+            r = await c.cluster.MemberAdd(pb.MemberAddRequest(
+                name=name, peerURLs=[peer_url], clientURLs=[client_url]), timeout=t)
+            self._learn_members(r.members)
+            return [_member(r.member)] + [_member(m) for m in r.members if m.ID != r.member.ID]
+
+        return await self._call("leader", call, "member add", write=True)
+
+    async def member_remove(self, member_id: int) -> list[Member]:
+        """Remove a member (raftreg only; the leader too: it hands over first). Returns the
+        remaining members."""
+
+        async def call(c: _Conn, t: float) -> list[Member]:
+            r = await c.cluster.MemberRemove(pb.MemberRemoveRequest(ID=member_id), timeout=t)
+            return [_member(m) for m in r.members]
+
+        return await self._call("leader", call, "member remove", write=True)
+
     async def status(self, endpoint: str | None = None) -> NodeStatus:
         async def call(c: _Conn, t: float) -> NodeStatus:
             r = await c.maintenance.Status(pb.StatusRequest(), timeout=t)

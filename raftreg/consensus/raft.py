@@ -102,6 +102,10 @@ class RaftSettings:
     snapshot_entries: int = 20000
     snapshot_interval_s: float = 600.0
     fault_file: str = ""  # TEST ONLY: fault-injection rules file ("" = plain transport)
+    # A member added to a running cluster: it never starts an election before it has heard
+    # from a leader (it would only disrupt the cluster with a higher term; Raft's learner role
+    # and pre-vote, which PySyncObj lacks, solve the same problem).
+    join: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +140,25 @@ class _Fsm(SyncObj):  # type: ignore[misc]
         conf: SyncObjConf,
         apply_one: ApplyFn,
         faults: FaultRules | None = None,
+        *,
+        join: bool = False,
     ) -> None:
         self._apply_one = apply_one
         self._faults = faults
+        self._joining = join
+        self._join_hold = conf.raftMaxTimeout
         if faults is None:
             super().__init__(self_addr, peers, conf)
         else:
             super().__init__(self_addr, peers, conf, transportClass=FaultyTransport)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # tick thread
+        if self._joining:
+            if self._getLeader() is not None:
+                self._joining = False
+            else:  # no election before the first word from a leader (see RaftSettings.join)
+                self._SyncObj__raftElectionDeadline = time.monotonic() + self._join_hold
+        super()._onTick(timeToWait)
 
     def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:
         """Keep the leader's optimistic nextIndex from moving backwards on an in-order ack.
@@ -198,6 +214,7 @@ class RaftNode:
         self._barrier: asyncio.Future[Any] | None = None
         self._inflight = 0
         self._inflight_items = 0
+        self._hold = False  # proposals wait (not sent) while leadership is being handed over
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._closed = False
         conf = SyncObjConf(
@@ -220,13 +237,15 @@ class RaftNode:
             logCompactionMinTime=settings.snapshot_interval_s,
             useFork=False,
             tcp_keepalive=(3, 1, 3),
+            dynamicMembershipChange=True,
         )
         self._faults = (
             FaultRules(settings.fault_file, settings.self_addr) if settings.fault_file else None
         )
         if self._faults is not None:
             log.warning("TEST ONLY fault injection is on (rules in %s)", settings.fault_file)
-        self._fsm = _Fsm(settings.self_addr, list(settings.peers), conf, apply_one, self._faults)
+        self._fsm = _Fsm(settings.self_addr, list(settings.peers), conf, apply_one, self._faults,
+                         join=settings.join)
 
     # ----------------------------------------------------------------------------- proposals
 
@@ -254,7 +273,7 @@ class RaftNode:
         if self._closed:
             raise Unavailable("node is shutting down")
         self._pending.append((data, fut))
-        if self._flush_handle is None and self._inflight < self._s.max_inflight:
+        if self._flush_handle is None and self._inflight < self._s.max_inflight and not self._hold:
             # Go now, but let callers woken in this loop turn join in.
             self._flush_handle = self._loop.call_soon(self._flush)
 
@@ -290,7 +309,7 @@ class RaftNode:
     ) -> None:
         self._inflight -= 1
         self._inflight_items -= len(items)
-        if self._pending and self._flush_handle is None:
+        if self._pending and self._flush_handle is None and not self._hold:
             self._flush_handle = self._loop.call_soon(self._flush)
         exc: Exception | None = None
         if err != FAIL_REASON.SUCCESS:
@@ -363,7 +382,87 @@ class RaftNode:
 
     @property
     def members(self) -> list[str]:
-        return sorted([self._s.self_addr, *self._s.peers])
+        """Raft addresses of the current configuration (this node's view), sorted."""
+        return sorted([self._s.self_addr, *self._peers()])
+
+    def _peers(self) -> list[str]:
+        # PySyncObj's set of other members, replaced (not mutated) by membership changes on the
+        # tick thread; copying it is a plain attribute read.
+        return [str(n.address) for n in list(self._fsm._SyncObj__otherNodes)]
+
+    async def change_membership(self, op: str, peer: str) -> None:
+        """Add (`op="add"`) or remove (`"remove"`) the member at raft address `peer`; returns
+        once the change is committed. One change at a time: a change while another is still
+        uncommitted, a removal of the leader itself, or adding a present member is refused
+        (`FailedPrecondition`)."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+
+        def done(result: Any, err: int) -> None:  # tick thread
+            self._loop.call_soon_threadsafe(_settle, err)
+
+        def _settle(err: int) -> None:
+            if fut.done():
+                return
+            if err == FAIL_REASON.SUCCESS:
+                fut.set_result(None)
+            elif err == FAIL_REASON.REQUEST_DENIED:
+                fut.set_exception(FailedPrecondition(
+                    "membership change refused: another change is in progress, the member is "
+                    "(or is not) already present, or the leader was asked to remove itself"))
+            elif err in _NOT_APPLIED:
+                fut.set_exception(Unavailable(_NOT_APPLIED[err]))
+            else:
+                fut.set_exception(OutcomeUnknown(f"membership change outcome unknown ({err})"))
+
+        if op == "add":
+            self._fsm.addNodeToCluster(peer, callback=done)
+        elif op == "remove":
+            self._fsm.removeNodeFromCluster(peer, callback=done)
+        else:
+            raise InvalidArgument(f"unknown membership operation {op!r}")
+        await fut
+
+    async def transfer_leadership(self, timeout: float) -> None:
+        """Hand the leadership to the most caught-up connected follower (Raft TimeoutNow) and
+        return once this node is no longer the leader; `Unavailable` after `timeout`.
+
+        New proposals are held back meanwhile (queued, not sent): the target can only win if
+        its log is as long as the leader's, which a steady write load would otherwise prevent.
+        Held proposals go out when the transfer ends (forwarded to the new leader)."""
+        loop = self._loop
+        deadline = loop.time() + timeout
+        self._hold = True
+        try:
+            while loop.time() < deadline:
+                if not self.is_leader:
+                    return
+                if self._inflight == 0 and await self._request_transfer():
+                    settle = loop.time() + 2 * self._s.election_timeout_max
+                    while loop.time() < min(settle, deadline) and self.is_leader:
+                        await asyncio.sleep(0.01)
+                    if not self.is_leader:
+                        return
+                await asyncio.sleep(0.01)
+            raise Unavailable("no follower took over the leadership in time; retry")
+        finally:
+            self._hold = False
+            if self._pending and self._flush_handle is None and not self._closed:
+                self._flush_handle = loop.call_soon(self._flush)
+
+    async def _request_transfer(self) -> bool:
+        """One TimeoutNow to the most caught-up follower; False if PySyncObj refused (no
+        follower is fully caught up yet)."""
+        fut: asyncio.Future[int] = self._loop.create_future()
+
+        def settle(err: int) -> None:
+            if not fut.done():
+                fut.set_result(err)
+
+        def done(result: Any, err: int) -> None:  # tick thread
+            self._loop.call_soon_threadsafe(settle, err)
+
+        self._fsm.transferLeadership(None, callback=done)
+        return bool(await fut == FAIL_REASON.SUCCESS)
 
     def status(self) -> RaftStatus:
         # Plain attribute reads only: getStatus() iterates dicts the tick thread mutates.
@@ -377,7 +476,7 @@ class RaftNode:
             commit_index=int(f.raftCommitIndex),
             applied_index=int(f.raftLastApplied),
             log_len=int(f._getRaftLogSize()),
-            connected=frozenset(p for p in self._s.peers if f.isNodeConnected(TCPNode(p))),
+            connected=frozenset(p for p in self._peers() if f.isNodeConnected(TCPNode(p))),
             has_quorum=bool(f.hasQuorum),
         )
 

@@ -14,6 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m raftreg.server")
     p.add_argument("--config", default="cluster.toml")
     p.add_argument("--name", required=True)
+    p.add_argument("--join", action="store_true",
+                   help="this node was just added to a running cluster with `member add`")
     a = p.parse_args(argv)
     try:
         cfg = load_config(a.config)
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
-    return serve_node(cfg, a.name)
+    return serve_node(cfg, a.name, join=a.join)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,14 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set. Binds exactly the configured client (and HTTP) address."""
+async def run_node(
+    cfg: ClusterConfig, name: str, stop: asyncio.Event, *, join: bool = False
+) -> None:
+    """Serve until `stop` is set (or this member is removed from the cluster). Binds exactly
+    the configured client (and HTTP) address. `join`: this node was just added to a running
+    cluster with `member add` (see `RaftSettings.join`)."""
     loop = asyncio.get_running_loop()
-    node = RegistryNode(cfg, name, loop=loop)
+    node = RegistryNode(cfg, name, loop=loop, join=join)
     registry, rpc_metrics = metrics_registry(node)
     server = grpc.aio.server(
         interceptors=[rpc_metrics],
@@ -56,7 +60,7 @@ async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
     link = LeaderLink(node.leader_client_addr, cfg.settings.propose_timeout_s)
     pbg.add_LeaseServicer_to_server(LeaseServicer(node, link), server)
     pbg.add_WatchServicer_to_server(WatchServicer(node), server)
-    pbg.add_ClusterServicer_to_server(ClusterServicer(node), server)
+    pbg.add_ClusterServicer_to_server(ClusterServicer(node, link), server)
     pbg.add_MaintenanceServicer_to_server(MaintenanceServicer(node), server)
     healthy = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(healthy, server)
@@ -82,6 +86,7 @@ async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
         asyncio.create_task(_report_health(node, healthy)),
         asyncio.create_task(node.lessor.run()),
         asyncio.create_task(node.progress_notifications()),
+        asyncio.create_task(_stop_when_removed(node, stop)),
     ]
     try:
         await stop.wait()
@@ -96,6 +101,13 @@ async def run_node(cfg: ClusterConfig, name: str, stop: asyncio.Event) -> None:
         await link.close()
         node.close()
         log.info("node %s stopped", name)
+
+
+async def _stop_when_removed(node: RegistryNode, stop: asyncio.Event) -> None:
+    """A member removed from the cluster stops serving (as etcd's does)."""
+    await node.removed.wait()
+    log.warning("this member (%s) was removed from the cluster; stopping", node.me.name)
+    stop.set()
 
 
 async def _report_health(node: RegistryNode, healthy: Any) -> None:
@@ -129,7 +141,7 @@ async def serve_http(app: web.Application, address: str) -> web.AppRunner:
     return runner
 
 
-def serve_node(cfg: ClusterConfig, name: str) -> int:
+def serve_node(cfg: ClusterConfig, name: str, *, join: bool = False) -> int:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s node=" + name + " %(message)s",
@@ -152,7 +164,7 @@ def serve_node(cfg: ClusterConfig, name: str) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_node(cfg, name, stop)
+        await run_node(cfg, name, stop, join=join)
 
     try:
         asyncio.run(main())

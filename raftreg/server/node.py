@@ -18,9 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raftreg.config import ClusterConfig, NodeConfig
+from raftreg.config import ClusterConfig, NodeConfig, split_hostport
 from raftreg.consensus import RaftNode, RaftSettings, RaftStatus
-from raftreg.errors import InvalidArgument, OutcomeUnknown, ResourceExhausted, Unavailable
+from raftreg.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutcomeUnknown,
+    ResourceExhausted,
+    Unavailable,
+)
 from raftreg.server.lessor import Lessor
 from raftreg.server.watch import WatchHub
 from raftreg.store import Store, decode_request, encode_request, failure_to_error
@@ -32,6 +40,7 @@ from raftreg.store.commands import (
     Failure,
     LeaseGrant,
     LeaseInfo,
+    MemberUpdate,
     Range,
     RangeResult,
     Request,
@@ -75,15 +84,18 @@ EventSink = Callable[[int, list[Event]], None]
 
 
 class RegistryNode:
-    def __init__(self, cfg: ClusterConfig, name: str, *, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, cfg: ClusterConfig, name: str, *, loop: asyncio.AbstractEventLoop, join: bool = False
+    ) -> None:
         s = cfg.settings
         self.cfg = cfg
         self.me: NodeConfig = cfg.node(name)
         self.cluster_id = stable_id(s.name)
-        self.members = [Member(stable_id(n.name), n.name, n.raft, n.client) for n in cfg.nodes]
         self.member_id = stable_id(name)
-        self._by_raft = {m.raft: m for m in self.members}
         self._loop = loop
+        # Set once this node applies its own removal from the cluster: the process then stops.
+        self.removed = asyncio.Event()
+        self._membership_lock = asyncio.Lock()
         self._lock = threading.Lock()
         self.counters = NodeCounters()
         self.store = Store(max_value_bytes=s.max_value_bytes, max_txn_ops=s.max_txn_ops)
@@ -119,6 +131,7 @@ class RegistryNode:
                 snapshot_entries=s.snapshot_entries,
                 snapshot_interval_s=s.snapshot_interval_s,
                 fault_file=self._fault_file(cfg),
+                join=join,
             ),
             self._apply_one,
             self._snapshot,
@@ -138,8 +151,12 @@ class RegistryNode:
     # ------------------------------------------------------------------ tick-thread callbacks
 
     def _apply_one(self, data: bytes) -> Result:
+        request = decode_request(data)
         with self._lock:
-            result, events = self.store.apply(decode_request(data))
+            result, events = self.store.apply(request)
+        cmd = request.command
+        if isinstance(cmd, MemberUpdate) and cmd.removed and cmd.id == self.member_id:
+            self._loop.call_soon_threadsafe(self.removed.set)
         if events and self._sinks:
             self._hand_over((result.revision, events))
         return result
@@ -261,9 +278,94 @@ class RegistryNode:
     def raft_status(self) -> RaftStatus:
         return self.raft.status()
 
+    @property
+    def members(self) -> list[Member]:
+        """The current members, by id: the raft configuration as this node sees it, named by
+        the replicated member records, else by the configuration file. A raft member with no
+        record and not in the file (added, record not yet applied) has an empty name."""
+        with self._lock:
+            records = self.store.members()
+        named = {m.raft: m for m in (
+            Member(stable_id(n.name), n.name, n.raft, n.client) for n in self.cfg.nodes)}
+        for r in records:
+            if r.removed:
+                if named.get(r.peer) is not None and named[r.peer].id == r.id:
+                    del named[r.peer]
+            else:
+                named[r.peer] = Member(r.id, r.name, r.peer, r.client)
+        out = [named.get(addr) or Member(stable_id(addr), "", addr, "")
+               for addr in self.raft.members]
+        return sorted(out, key=lambda m: m.id)
+
     def leader_member(self) -> Member | None:
         leader = self.raft.leader
-        return None if leader is None else self._by_raft.get(leader)
+        if leader is None:
+            return None
+        return next((m for m in self.members if m.raft == leader), None)
+
+    async def add_member(self, name: str, peer: str, client: str) -> Member:
+        """On the leader: add a member, one change at a time; returns once both the raft
+        configuration change and the member record are committed. Start the new node after
+        this returns (its data dir empty): it catches up from the leader."""
+        for what, addr in (("peer", peer), ("client", client)):
+            try:
+                split_hostport(addr)
+            except InvalidArgument:
+                raise InvalidArgument(f"{what} address {addr!r} is not host:port") from None
+        if not name or len(name) > 64:
+            raise InvalidArgument("member name must be 1-64 characters")
+        async with self._membership_lock:
+            self._need_leader()
+            for m in self.members:
+                if m.name == name or m.raft == peer or (client and m.client == client):
+                    raise AlreadyExists(f"member {m.name or m.raft} already uses that name "
+                                        "or address")
+            await self.raft.change_membership("add", peer)
+            member = Member(stable_id(name), name, peer, client)
+            await self.write(MemberUpdate(member.id, name, peer, client))
+            log.info("member %s added (raft %s, client %s)", name, peer, client)
+            return member
+
+    async def remove_member(self, member_id: int) -> Member:
+        """On the leader, for a member other than itself: the removal record is committed
+        first (the removed node applies it and stops), then the raft configuration change.
+        If the raft change fails the record is restored."""
+        async with self._membership_lock:
+            self._need_leader()
+            m = next((x for x in self.members if x.id == member_id), None)
+            if m is None:
+                raise NotFound(f"member {member_id:x} not found")
+            if m.raft == self.me.raft:
+                raise FailedPrecondition("the leader cannot remove itself; transfer first")
+            if len(self.members) <= 1:
+                raise FailedPrecondition("cannot remove the last member")
+            name = m.name or m.raft
+            client = m.client or m.raft
+            await self.write(MemberUpdate(m.id, name, m.raft, client, removed=True))
+            try:
+                await self.raft.change_membership("remove", m.raft)
+            except Exception:
+                await self.write(MemberUpdate(m.id, name, m.raft, client))
+                raise
+            log.info("member %s removed", name)
+            return m
+
+    async def step_down(self, timeout: float) -> str:
+        """Hand the leadership to a caught-up follower; returns the new leader's raft address
+        (`Unavailable` if none took over within `timeout`)."""
+        self._need_leader()
+        deadline = self._loop.time() + timeout
+        await self.raft.transfer_leadership(timeout)
+        while self._loop.time() < deadline:
+            leader = self.raft.leader
+            if leader is not None and leader != self.me.raft:
+                return leader
+            await asyncio.sleep(0.02)
+        raise Unavailable("no other member took over the leadership in time; retry")
+
+    def _need_leader(self) -> None:
+        if not self.raft.is_leader:
+            raise Unavailable("not the leader (membership changes are made on the leader)")
 
     def leader_client_addr(self) -> str | None:
         m = self.leader_member()

@@ -67,11 +67,38 @@ class ProcessCluster(ProcessGroup):
             self.fault_path = self.root / "faults.json"
             self._write_faults()
         cluster.update(settings)
-        lines = ["[cluster]"] + [f"{k} = {_toml_value(v)}" for k, v in cluster.items()]
+        self._cluster = cluster
+        self._write_config()
+
+    def _write_config(self) -> None:
+        lines = ["[cluster]"] + [f"{k} = {_toml_value(v)}" for k, v in self._cluster.items()]
         for n in self.names:
             lines += ["", "[[node]]", f'name = "{n}"', f'raft = "{self.raft[n]}"',
                       f'client = "{self.client[n]}"', f'http = "{self.http[n]}"']
         self.config_path.write_text("\n".join(lines) + "\n")
+
+    def add_node(self) -> str:
+        """Configure one more node with fresh ports (cluster.toml is rewritten); it is neither
+        started nor a member: `member add` it, then `start` it. Returns its name."""
+        i = len(self.names) + 1
+        while f"n{i}" in self.raft:
+            i += 1
+        name = f"n{i}"
+        raft, client, http = (f"127.0.0.1:{p}" for p in free_ports(3))
+        self.names.append(name)
+        self.raft[name], self.client[name], self.http[name] = raft, client, http
+        self._rules[name] = {}
+        self._write_config()
+        if self.fault_path is not None:
+            self._write_faults()
+        return name
+
+    def forget_node(self, name: str) -> None:
+        """Drop a node that left the cluster from this group (its process must have exited;
+        it is killed if not) and from cluster.toml."""
+        self.kill(name)
+        self.names.remove(name)
+        self._write_config()
 
     @property
     def endpoints(self) -> list[str]:
@@ -79,12 +106,14 @@ class ProcessCluster(ProcessGroup):
 
     # ------------------------------------------------------------------ processes
 
-    def start(self, *names: str) -> None:
+    def start(self, *names: str, join: bool = False) -> None:
+        """Start nodes (default: all). `join`: they were just added with `member add`."""
         # faulthandler: a node that crashes (e.g. SIGSEGV) leaves its stacks in its log
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
         for n in names or self.names:
             self.spawn(n, [sys.executable, "-m", "raftreg.server",
-                           "--config", str(self.config_path), "--name", n], env)
+                           "--config", str(self.config_path), "--name", n,
+                           *(["--join"] if join else [])], env)
 
     # ------------------------------------------------------------------ network faults
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,13 @@ from raftreg.store.commands import KeyValue
 from raftreg.testing import ProcessCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def cli(*args: str, ok: bool = True) -> str:
+    p = subprocess.run([sys.executable, "-m", "raftreg.cli", *args], capture_output=True,
+                       text=True, timeout=60)
+    assert (p.returncode == 0) == ok, p.stderr
+    return p.stdout + p.stderr
 
 
 def view(kvs: tuple[KeyValue, ...]) -> list[tuple[bytes, bytes, int, int, int, int]]:
@@ -53,14 +62,21 @@ async def test_a_snapshot_under_load_restores_exactly(tmp_path: Path) -> None:
             assert (await client.get("x")).revision > rev  # the load went on after it
             expected = await client.get(b"\0", range_end=b"\0", revision=rev)
             assert expected.count > 50
-    (tmp_path / "backup.db").write_bytes(blob)
+        # the CLI's save goes through the same RPC, into a file, verified
+        saved = tmp_path / "backup.db"
+        out = cli("--endpoints", ",".join(a.endpoints), "snapshot", "save", str(saved))
+        assert f"Snapshot saved at {saved}" in out
+        assert "keys=" in cli("snapshot", "status", str(saved))
 
     b = ProcessCluster(tmp_path / "b")
     cfg = load_config(b.config_path)
-    restored, dirs = restore_cluster(cfg, (tmp_path / "backup.db").read_bytes())
+    restored, dirs = restore_cluster(cfg, blob)
     assert restored.revision == rev and len(dirs) == 3
     with pytest.raises(FailedPrecondition, match="already holds raft data"):
         restore_cluster(cfg, blob)  # never over existing data
+    c = ProcessCluster(tmp_path / "c")
+    out = cli("snapshot", "restore", str(saved), "--config", str(c.config_path))
+    assert out.count("restored revision") == 3
     with b:
         b.start()
         b.wait_leader()
@@ -82,4 +98,8 @@ def test_a_corrupt_backup_is_refused_and_nothing_is_written(tmp_path: Path) -> N
     cfg = load_config(c.config_path)
     with pytest.raises(InvalidArgument, match="not a raftreg backup"):
         restore_cluster(cfg, b'{"not": "a backup"}')
+    (tmp_path / "foreign.db").write_bytes(b"SQLite format 3\0" + bytes(100))
+    out = cli("snapshot", "restore", str(tmp_path / "foreign.db"), "--config",
+              str(c.config_path), ok=False)
+    assert "Error: not a raftreg backup" in out
     assert not any(cfg.data_dir(n).exists() for n in cfg.nodes)
