@@ -1,0 +1,66 @@
+"""The example services end to end, one contract for both backends: the same `user` and
+`gateway` processes registered in a raftreg cluster or a real etcd, chosen only by the
+`--registry` URL they are given."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from raftreg.client import RegistryClient
+from raftreg.discovery import Resolver, instance_key
+from services.testing import ServiceGroup, instance_ids, send_user_traffic, wait_stats
+from tests.contract.conftest import Backend
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+_seq = itertools.count(1)
+TTL = 2
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+        yield s
+
+
+async def test_register_balance_and_survive_a_killed_instance(
+    tmp_path: Path, backend: Backend, registry: RegistryClient, http: aiohttp.ClientSession
+) -> None:
+    svc = f"user{next(_seq)}{time.time_ns() % 10**6}"
+    with ServiceGroup(tmp_path / "svc", backend.url) as g:
+        procs = g.start_many([
+            ("user", "a", ["--service", svc, "--weight", "1", "--ttl", str(TTL)]),
+            ("user", "b", ["--service", svc, "--weight", "2", "--ttl", str(TTL)]),
+            ("user", "c", ["--service", svc, "--weight", "3", "--ttl", str(TTL)]),
+            ("gateway", "gw", ["--user-service", svc, "--policy", "weighted_round_robin"]),
+        ])
+        gw = procs[-1].http_url
+        assert (await registry.get(instance_key(svc, "c"))).count == 1
+        await wait_stats(http, gw, lambda s: instance_ids(s) == {"a", "b", "c"})
+
+        t = await send_user_traffic(http, gw, 300, concurrency=1)
+        assert t.failures == 0 and t.served == {"a": 50, "b": 100, "c": 150}, t
+
+        async with Resolver(registry, svc) as res:
+            await res.wait_for(lambda i: len(i) == 3, 5)
+            traffic = asyncio.create_task(send_user_traffic(http, gw, 400, concurrency=4))
+            await asyncio.sleep(0.2)  # the kill lands while requests are in flight
+            killed = time.monotonic()
+            g.kill("c")
+            await res.wait_for(lambda i: {x.id for x in i} == {"a", "b"}, TTL + 3)
+            dropped = time.monotonic() - killed
+            await wait_stats(http, gw, lambda s: instance_ids(s) == {"a", "b"}, timeout=TTL + 3)
+            t = await traffic
+        assert dropped <= TTL + 1.0, f"dropped after {dropped:.2f}s (TTL {TTL}s)"
+        assert t.failures == 0, t  # calls to the dead instance were retried elsewhere
+
+        t0 = time.monotonic()
+        assert await asyncio.to_thread(g.terminate, "b") == 0
+        assert (await registry.get(instance_key(svc, "b"))).count == 0
+        assert time.monotonic() - t0 < TTL  # deregistered at once, not by expiry
