@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from raftreg.errors import InvalidArgument
+from raftreg.logfmt import FORMATS as LOG_FORMATS
+from raftreg.logfmt import LogFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,9 @@ class ClusterSettings:
     watch_buffer_events: int = 10_000
     watch_progress_interval_s: float = 10.0
     use_uvloop: bool = True
+    # Node logs on stderr: "text" (one line per record) or "json" (one object per line); the
+    # fields are the same (raftreg/logfmt.py).
+    log_format: LogFormat = "text"
     # TEST ONLY: fault-injection rules file for the raft transport (relative paths are taken
     # from the directory of cluster.toml). "" (the default) runs the plain transport. See
     # raftreg/consensus/raft.py `_FaultRules` and docs/fault-tests.md; never set in production.
@@ -100,6 +105,8 @@ def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
 
 def parse_config(raw: dict[str, Any], path: Path | None = None) -> ClusterConfig:
     settings = _build(ClusterSettings, dict(raw.get("cluster", {})), "[cluster]")
+    if settings.log_format not in LOG_FORMATS:
+        raise InvalidArgument(f"[cluster] log_format must be one of {', '.join(LOG_FORMATS)}")
     nodes = tuple(_build(NodeConfig, dict(n), "[[node]]") for n in raw.get("node", []))
     if not nodes:
         raise InvalidArgument("configuration names no [[node]]")

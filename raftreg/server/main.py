@@ -28,6 +28,7 @@ from raftreg.api.servicers import (
 )
 from raftreg.config import ClusterConfig, split_hostport
 from raftreg.errors import RegistryError
+from raftreg.logfmt import setup_logging
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.server.metrics import add_metrics_route, metrics_registry
 from raftreg.server.node import RegistryNode
@@ -142,11 +143,7 @@ async def serve_http(app: web.Application, address: str) -> web.AppRunner:
 
 
 def serve_node(cfg: ClusterConfig, name: str, *, join: bool = False) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s node=" + name + " %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(f"node={name}", cfg.settings.log_format)
     if cfg.settings.use_uvloop:
         with contextlib.suppress(ImportError):
             import uvloop
