@@ -11,6 +11,20 @@ Contracts:
   (`Registration`, under a lease of `--ttl` seconds), then print exactly one line on stdout,
   `READY {"service": ..., "id": ..., "grpc": "host:port", "http": "host:port" | null, "pid": ...}`.
   Nothing else is written to stdout; logs go to stderr.
+- The gRPC server runs the interceptor chain `server_interceptors(settings)` builds (reference
+  document 2.5; `raftreg.resilience.server_interceptors`), outermost first: logging (one record
+  per call, structured `rpc_*` fields; calls that end OK at `--rpc-log-level`, the others at
+  WARNING), deadline (the caller's deadline becomes the current deadline while the method
+  runs, so `raftreg.resilience.current_deadline()` sees it; a call whose deadline passed on
+  arrival is not run), auth (only with `--token` / RAFTREG_SERVICE_TOKEN: a call without
+  `authorization: Bearer <one of the tokens>` is answered UNAUTHENTICATED without running), rate
+  limit (only with `--rate-limit RPS`: per gRPC method, above RPS (burst `--rate-burst`) the
+  call is answered RESOURCE_EXHAUSTED without running; calls auth refuses use no budget).
+  grpc.health.v1 is exempt from auth and rate limit. Refusals carry the not-executed marker,
+  so clients may retry them.
+- Upstream channels (`client_channel`, used by the gateway) run the client chain: logging,
+  deadline propagation (the current deadline minus a small margin bounds every call), and a
+  bearer token when one is configured; `connect_timeout_s` is gRPC's minimum connect timeout.
 - grpc.health.v1 reports SERVING (for "" and every name in `health_services`) while the
   instance is registered, NOT_SERVING otherwise, and NOT_SERVING for good once stopping.
 - Stop order (SIGTERM / SIGINT, or `request_stop()`): health NOT_SERVING, deregister (the key
@@ -42,6 +56,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from raftreg.client import RegistryClient, connect
 from raftreg.discovery import Instance, Registration
 from raftreg.errors import RegistryError
+from raftreg.resilience import (
+    DEFAULT_AUTH_EXEMPT,
+    ClientAuthInterceptor,
+    ClientDeadlineInterceptor,
+    ClientLoggingInterceptor,
+    RateLimit,
+    RateLimiter,
+    ServerAuthInterceptor,
+    ServerDeadlineInterceptor,
+    ServerLoggingInterceptor,
+    ServerRateLimitInterceptor,
+    client_chain,
+)
 
 log = logging.getLogger("services.runtime")
 
@@ -51,6 +78,10 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 READY_PREFIX = "READY "
 Hook = Callable[[], Awaitable[None]]
+# The deployment's shared service token: the tokens a service accepts (comma-separated) when
+# no --token is given, and the token the gateway sends upstream when no --upstream-token is.
+TOKEN_ENV = "RAFTREG_SERVICE_TOKEN"
+RPC_LOG = "services.rpc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +105,13 @@ class ServiceSettings:
     register_timeout: float = 15.0
     grace: float = 1.0
     log_level: str = "INFO"
+    # the gRPC server's interceptor chain (module docstring): accepted bearer tokens (none: no
+    # auth), requests per second per method (None: unlimited) and the bucket size (None: max(1,
+    # rate_limit)), the log level of calls that end OK
+    tokens: tuple[str, ...] = ()
+    rate_limit: float | None = None
+    rate_burst: float | None = None
+    rpc_log_level: str = "DEBUG"
 
 
 def _metadata_item(text: str) -> tuple[str, str]:
@@ -107,10 +145,32 @@ def service_parser(service: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=1.0,
                    help="seconds in-flight requests get to finish on shutdown")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--token", action="append", default=[], metavar="TOKEN",
+                   help="require 'authorization: Bearer TOKEN' on this service's gRPC calls "
+                        f"(repeatable: any of them; default: ${TOKEN_ENV}, comma-separated; "
+                        "none: no auth); grpc.health.v1 is exempt")
+    p.add_argument("--rate-limit", type=float, default=None, metavar="RPS",
+                   help="answer RESOURCE_EXHAUSTED above RPS calls per second per gRPC method")
+    p.add_argument("--rate-burst", type=float, default=None, metavar="N",
+                   help="calls allowed at once above the rate (default max(1, RPS))")
+    p.add_argument("--rpc-log-level", default="DEBUG",
+                   help="log level of the one line per gRPC call that ends OK (others: WARNING)")
     return p
 
 
-def settings_from_args(ns: argparse.Namespace) -> ServiceSettings:
+def tokens_from(given: Sequence[str], environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The non-empty tokens given, else those of $RAFTREG_SERVICE_TOKEN (comma-separated)."""
+    tokens = [t.strip() for t in given if t.strip()]
+    if not tokens:
+        tokens = [t.strip() for t in environ.get(TOKEN_ENV, "").split(",") if t.strip()]
+    return tuple(tokens)
+
+
+def settings_from_args(
+    ns: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> ServiceSettings:
+    """The settings of `service_parser`'s arguments; `environ` (default: this process's
+    environment) supplies the tokens when no --token is given."""
     service: str = ns.service
     return ServiceSettings(
         service=service,
@@ -128,7 +188,105 @@ def settings_from_args(ns: argparse.Namespace) -> ServiceSettings:
         register_timeout=ns.register_timeout,
         grace=ns.grace,
         log_level=ns.log_level,
+        tokens=tokens_from(ns.token, os.environ if environ is None else environ),
+        rate_limit=ns.rate_limit,
+        rate_burst=ns.rate_burst,
+        rpc_log_level=ns.rpc_log_level,
     )
+
+
+def _level(name: str) -> int:
+    level = logging.getLevelName(name.upper())
+    if not isinstance(level, int):
+        raise ValueError(f"unknown log level {name!r}")
+    return level
+
+
+def server_interceptors(settings: ServiceSettings) -> list[Any]:
+    """The gRPC server's interceptor chain (module docstring), outermost first. Raises
+    ValueError for an invalid rate limit or log level."""
+    chain: list[Any] = [
+        ServerLoggingInterceptor(
+            logging.getLogger(RPC_LOG), level=_level(settings.rpc_log_level)
+        ),
+        ServerDeadlineInterceptor(),
+    ]
+    auth = None
+    if settings.tokens:
+        auth = ServerAuthInterceptor(settings.tokens, exempt=DEFAULT_AUTH_EXEMPT)
+        chain.append(auth)
+    if settings.rate_limit is not None:
+        burst = settings.rate_burst or max(1.0, settings.rate_limit)
+        limiter = RateLimiter(
+            RateLimit(settings.rate_limit, burst),
+            {name: None for name in DEFAULT_AUTH_EXEMPT},
+        )
+        chain.append(AuthorizedRateLimitInterceptor(limiter, auth))
+    return chain
+
+
+class AuthorizedRateLimitInterceptor(ServerRateLimitInterceptor):
+    """`ServerRateLimitInterceptor` that spends no token on a call `auth` will refuse.
+
+    Every interceptor of the chain decides when the handler is looked up, the innermost
+    first, whatever the outer ones decide later; so a plain rate limit next to auth would
+    count unauthenticated calls too, and anyone without a token could use up the
+    authenticated clients' budget. Calls refused by auth pass through untouched (auth answers
+    them UNAUTHENTICATED)."""
+
+    def __init__(self, limiter: RateLimiter, auth: ServerAuthInterceptor | None) -> None:
+        super().__init__(limiter)
+        self._auth = auth
+
+    async def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        auth = self._auth
+        if (
+            auth is not None
+            and not auth.is_exempt(handler_call_details.method)
+            and not auth.authorized(handler_call_details.invocation_metadata)
+        ):
+            return await continuation(handler_call_details)
+        return await super().intercept_service(continuation, handler_call_details)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """How a service opens a channel to another service's instance: the bearer token to send
+    (None: none), gRPC's minimum connect timeout, the margin taken off the propagated deadline
+    (so the callee gives up, and answers, before the caller), and the log level of calls that
+    end OK."""
+
+    token: str | None = None
+    connect_timeout_s: float = 2.0
+    deadline_margin_s: float = 0.005
+    rpc_log_level: str = "DEBUG"
+
+    def __post_init__(self) -> None:
+        if not self.connect_timeout_s > 0:
+            raise ValueError("connect_timeout_s must be > 0")
+        if not self.deadline_margin_s >= 0:
+            raise ValueError("deadline_margin_s must be >= 0")
+        _level(self.rpc_log_level)
+
+
+def client_channel(address: str, settings: ChannelSettings) -> grpc.aio.Channel:
+    """An insecure channel to `address` through the client interceptor chain (module
+    docstring): logging, deadline propagation, then the bearer token (if any)."""
+    chain: list[Any] = [
+        ClientLoggingInterceptor(
+            logging.getLogger(RPC_LOG), target=address, level=_level(settings.rpc_log_level)
+        ),
+        ClientDeadlineInterceptor(margin_s=settings.deadline_margin_s),
+    ]
+    if settings.token:
+        chain.append(ClientAuthInterceptor(settings.token))
+    # grpc.min_reconnect_backoff_ms is gRPC core's MIN_CONNECT_TIMEOUT: how long one connection
+    # attempt may take (a call's own deadline still bounds its wait)
+    connect_ms = max(100, round(settings.connect_timeout_s * 1000))
+    options = [("grpc.min_reconnect_backoff_ms", connect_ms)]
+    return grpc.aio.insecure_channel(address, options=options, interceptors=client_chain(*chain))
 
 
 def configure_logging(settings: ServiceSettings) -> None:
@@ -173,7 +331,9 @@ class ServiceRuntime:
         self.client: RegistryClient = (
             connect(settings.registry, config_path=settings.config) if client is None else client
         )
-        self.grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.grpc_server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0)], interceptors=server_interceptors(settings)
+        )
         self.health: Any = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         self._health_services = ("", *health_services)
@@ -339,7 +499,7 @@ def run_service(
     async def main() -> int:
         try:
             runtime = build(settings)
-        except RegistryError as e:
+        except (RegistryError, ValueError) as e:
             log.error("%s", e)
             return 1
         return await runtime.run()

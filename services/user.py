@@ -5,6 +5,11 @@ registers as service `user` with its gRPC address (the HTTP address is in the me
 
 gRPC `example.UserService/GetUser`: the user with that id from a small fixed table, with
 `served_by` = this instance's id; an empty id is INVALID_ARGUMENT, an unknown one NOT_FOUND.
+The gRPC server runs `services.runtime`'s interceptor chain: logging, deadline, and with
+`--token TOKEN` (or $RAFTREG_SERVICE_TOKEN) bearer-token auth (a call without an accepted token
+is UNAUTHENTICATED and never reaches GetUser), with `--rate-limit RPS` a server-side limit
+(RESOURCE_EXHAUSTED above it). GetUser sends the remaining time of its call's deadline, as it
+saw it, in the trailing metadata `deadline-remaining-ms` (absent without a deadline).
 
 HTTP (on `--host`, loopback by default):
 - `GET /user?id=N`, `GET /user/{id}`: `{"id": N, "name": ...}` as in chapter 1 (`GET /user`
@@ -16,6 +21,10 @@ HTTP (on `--host`, loopback by default):
   floor or ceil of n x rate) wait `delay_ms` and then fail with `code` (or succeed when `code`
   is null). `{"rate": 0}` turns it off. `GET /admin/fail` shows the setting and the GetUser
   calls / injected faults since it was made.
+- `GET /admin/calls`: the GetUser calls that reached the method (past auth, rate limit and
+  deadline checks) since start, and the remaining deadline they saw (ms; `last` of the latest
+  call, `min` and `max` over all; null while no call had a deadline; `without_deadline` counts
+  calls that had none), for tests of deadline propagation.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import grpc
 import grpc.aio
 from aiohttp import web
 
+from raftreg.resilience import current_deadline
 from services.pb import user_pb2, user_pb2_grpc
 from services.runtime import (
     ServiceRuntime,
@@ -41,6 +51,7 @@ from services.runtime import (
 )
 
 SERVED_BY_HEADER = "X-Served-By"
+DEADLINE_METADATA = "deadline-remaining-ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +128,59 @@ class FailureInjector:
         }
 
 
+class CallLog:
+    """GetUser calls that reached the method, and the remaining deadline each one saw."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.without_deadline = 0
+        self.last_ms: float | None = None
+        self.min_ms: float | None = None
+        self.max_ms: float | None = None
+
+    def record(self, remaining_ms: float | None) -> None:
+        self.calls += 1
+        if remaining_ms is None:
+            self.without_deadline += 1
+            return
+        self.last_ms = remaining_ms
+        self.min_ms = remaining_ms if self.min_ms is None else min(self.min_ms, remaining_ms)
+        self.max_ms = remaining_ms if self.max_ms is None else max(self.max_ms, remaining_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        def ms(x: float | None) -> float | None:
+            return None if x is None else round(x, 3)
+
+        return {
+            "calls": self.calls,
+            "without_deadline": self.without_deadline,
+            "deadline_ms": {"last": ms(self.last_ms), "min": ms(self.min_ms),
+                            "max": ms(self.max_ms)},
+        }
+
+
 class UserServicer(user_pb2_grpc.UserServiceServicer):
     def __init__(
-        self, instance_id: str, faults: FailureInjector, users: Mapping[str, User] = USERS
+        self,
+        instance_id: str,
+        faults: FailureInjector,
+        users: Mapping[str, User] = USERS,
+        calls: CallLog | None = None,
     ) -> None:
         self._id = instance_id
         self._faults = faults
         self._users = users
+        self.calls = calls or CallLog()
 
     async def GetUser(
         self, request: user_pb2.GetUserRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> user_pb2.GetUserResponse:
+        # the deadline interceptor made the call's deadline the current one
+        deadline = current_deadline()
+        remaining_ms = None if deadline is None else deadline.remaining() * 1000
+        self.calls.record(remaining_ms)
+        if remaining_ms is not None:
+            context.set_trailing_metadata(((DEADLINE_METADATA, f"{remaining_ms:.3f}"),))
         fault = self._faults.take()
         if fault is not None:
             if fault.delay_ms:
@@ -148,20 +201,29 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class UserHttp:
-    """Chapter 1's `/user` endpoint and the failure-injection switch."""
+    """Chapter 1's `/user` endpoint, the failure-injection switch and the call log."""
 
     def __init__(
-        self, instance_id: str, faults: FailureInjector, users: Mapping[str, User] = USERS
+        self,
+        instance_id: str,
+        faults: FailureInjector,
+        users: Mapping[str, User] = USERS,
+        calls: CallLog | None = None,
     ) -> None:
         self._id = instance_id
         self._faults = faults
         self._users = users
+        self._calls = calls or CallLog()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/user", self.get_user)
         app.router.add_get("/user/{id}", self.get_user)
         app.router.add_get("/admin/fail", self.get_fail)
         app.router.add_post("/admin/fail", self.set_fail)
+        app.router.add_get("/admin/calls", self.get_calls)
+
+    async def get_calls(self, request: web.Request) -> web.Response:
+        return web.json_response(self._calls.to_json())
 
     async def get_user(self, request: web.Request) -> web.Response:
         raw = request.match_info.get("id") or request.query.get("id") or "1"
@@ -201,11 +263,12 @@ class UserHttp:
 def build(settings: ServiceSettings) -> ServiceRuntime:
     rt = ServiceRuntime(settings, http=True, health_services=["example.UserService"])
     faults = FailureInjector()
+    calls = CallLog()
     user_pb2_grpc.add_UserServiceServicer_to_server(
-        UserServicer(settings.id, faults), rt.grpc_server
+        UserServicer(settings.id, faults, calls=calls), rt.grpc_server
     )
     assert rt.http_app is not None
-    UserHttp(settings.id, faults).add_routes(rt.http_app)
+    UserHttp(settings.id, faults, calls=calls).add_routes(rt.http_app)
     return rt
 
 

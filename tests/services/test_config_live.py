@@ -1,0 +1,310 @@
+"""Live configuration of the gateway through the config center, with real processes: settings
+written by the real CLI (`python -m raftreg.cli config set`) change the running gateway's rate
+limit, balancing policy and breaker thresholds within a second; invalid settings are refused
+with a log line while the last good ones stay in force.
+
+One module-wide set of processes: user instances l1 (weight 1) and l2 (weight 3) of service
+`user-live`, gateway g-live (config service `gateway-live`). Each test sets the settings it
+relies on first and deletes them again at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+
+from raftreg.testing import ProcessCluster
+from services.testing import (
+    REPO_ROOT,
+    ServiceGroup,
+    ServiceProc,
+    Traffic,
+    get_json,
+    instance_ids,
+    post_json,
+    send_user_traffic,
+    wait_stats,
+)
+
+CONFIG_SERVICE = "gateway-live"
+WEIGHTS = {"l1": 1, "l2": 3}
+
+
+@dataclass(frozen=True)
+class Live:
+    group: ServiceGroup
+    users: dict[str, ServiceProc]
+    gateway: ServiceProc
+    endpoints: str  # the registry, as the CLI's --endpoints takes it
+
+    @property
+    def gw(self) -> str:
+        return self.gateway.http_url
+
+
+@pytest.fixture(scope="module")
+def live(
+    tmp_path_factory: pytest.TempPathFactory, registry_cluster: ProcessCluster, registry_url: str
+) -> Iterator[Live]:
+    with ServiceGroup(tmp_path_factory.mktemp("live"), registry_url) as g:
+        specs: list[tuple[str, str, list[str]]] = [
+            ("user", u, ["--service", "user-live", "--weight", str(w)]) for u, w in WEIGHTS.items()
+        ]
+        specs.append(("gateway", "g-live", [
+            "--service", CONFIG_SERVICE, "--user-service", "user-live",
+            "--chat-service", "chat-live", "--policy", "weighted_round_robin",
+        ]))
+        procs = {p.id: p for p in g.start_many(specs)}
+        yield Live(g, {u: procs[u] for u in WEIGHTS}, procs["g-live"],
+                   ",".join(registry_cluster.endpoints))
+
+
+async def _cli(live: Live, *args: str) -> str:
+    """Run `python -m raftreg.cli --endpoints <registry> <args>`; its stdout (exit 0 asserted)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"]
+                                          if env.get("PYTHONPATH") else "")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "raftreg.cli", "--endpoints", live.endpoints, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO_ROOT, env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 0, (args, err.decode())
+    return out.decode()
+
+
+async def config_set(live: Live, *settings: str, delete: tuple[str, ...] = ()) -> int:
+    """`raftreg config set gateway-live NAME=VALUE... [--delete NAME]...`; the new revision."""
+    args = [a for name in delete for a in ("--delete", name)]
+    out = await _cli(live, "config", "set", CONFIG_SERVICE, *settings, *args)
+    m = re.fullmatch(r"published revision (\d+)\s*", out)
+    assert m is not None, out
+    return int(m.group(1))
+
+
+async def _stats(http: aiohttp.ClientSession, live: Live) -> dict[str, Any]:
+    status, doc = await get_json(http, f"{live.gw}/stats")
+    assert status == 200, doc
+    return dict(doc)
+
+
+async def _in_force(http: aiohttp.ClientSession, live: Live, revision: int) -> dict[str, Any]:
+    """Stats once the config of `revision` (or later) is in force."""
+    return await wait_stats(http, live.gw, lambda s: s["config"]["revision"] >= revision,
+                            timeout=10)
+
+
+async def _evaluated(http: aiohttp.ClientSession, live: Live, revision: int) -> dict[str, Any]:
+    """Stats once the gateway has judged `revision` (accepted or not)."""
+    return await wait_stats(http, live.gw, lambda s: s["config"]["seen_revision"] >= revision,
+                            timeout=10)
+
+
+@dataclass
+class PacedLoad:
+    """GET `url` at a fixed offered rate (a request every 1/rate s, whether or not earlier
+    ones answered), recording (send time, HTTP status) of every answer."""
+
+    http: aiohttp.ClientSession
+    url: str
+    rate: float
+    answers: list[tuple[float, int]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+    _inflight: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def _one(self, sent: float) -> None:
+        try:
+            async with self.http.get(self.url) as r:
+                await r.read()
+                self.answers.append((sent, r.status))
+        except aiohttp.ClientError:
+            self.answers.append((sent, 0))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = time.monotonic()
+        while True:
+            t = loop.create_task(self._one(time.monotonic()))
+            self._inflight.add(t)
+            t.add_done_callback(self._inflight.discard)
+            next_at += 1 / self.rate
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def __aenter__(self) -> PacedLoad:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def wait_until(self, t: float) -> None:
+        await asyncio.sleep(max(0.0, t - time.monotonic()))
+
+    def between(self, start: float, end: float = float("inf")) -> list[int]:
+        """Statuses of the requests sent in [start, end)."""
+        return [s for t, s in self.answers if start <= t < end]
+
+
+async def test_rate_limit_set_with_the_cli_applies_within_a_second(
+    live: Live, http: aiohttp.ClientSession
+) -> None:
+    rev = await config_set(live, "ratelimit.rps=1000")
+    await _in_force(http, live, rev)
+    limited_before = (await _stats(http, live))["rate_limited"].get("/user", 0)
+    rps, burst = 20, 5
+    try:
+        async with PacedLoad(http, f"{live.gw}/user?id=1", rate=100) as load:
+            t0 = time.monotonic()
+            await load.wait_until(t0 + 1.0)
+            t_cli = time.monotonic()
+            rev = await config_set(live, f"ratelimit.rps={rps}", f"ratelimit.burst={burst}")
+            t_set = time.monotonic()
+            await load.wait_until(t_set + 2.0)
+        stats = await _stats(http, live)
+        assert stats["config"]["revision"] == rev
+        assert stats["config"]["settings"]["ratelimit"] == {
+            "rps": rps, "burst": burst, "routes": {}}
+
+        before = load.between(t0, t_cli)
+        assert len(before) >= 60 and set(before) == {200}, before  # ~100/s < 1000/s
+        # from one second after the CLI returned, ~rps of the offered ~100/s get through
+        window = (t_set + 1.0, t_set + 2.0)
+        after = load.between(*window)
+        admitted = after.count(200)
+        assert set(after) <= {200, 429}, after
+        assert len(after) >= 60, len(after)  # the offered load really was well above rps
+        assert admitted <= rps * (window[1] - window[0]) + burst + 2, (admitted, len(after))
+        assert after.count(429) / len(after) >= 0.6, (admitted, len(after))
+        first_429 = min(t for t, s in load.answers if s == 429)
+        assert first_429 - t_set < 1.0, first_429 - t_set
+        # every 429 is counted in /stats
+        counted = stats["rate_limited"]["/user"] - limited_before
+        assert counted == sum(1 for _, s in load.answers if s == 429), counted
+
+        async with http.get(f"{live.gw}/user?id=1") as r:  # the bucket is empty by now
+            assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+            doc = await r.json()
+            assert doc["code"] == "RESOURCE_EXHAUSTED" and doc["retry_after_ms"] > 0, doc
+
+        # a limit per route: /chat limited to 1/s, /user no longer limited
+        rev = await config_set(live, 'ratelimit.routes={"/chat": 1}',
+                               delete=("ratelimit.rps", "ratelimit.burst"))
+        await _in_force(http, live, rev)
+        chats = [await post_json(http, f"{live.gw}/chat", {"content": "hi"}) for _ in range(5)]
+        # the first one passes the limit (and finds no chat instance), the rest are refused
+        assert [s for s, _ in chats] == [503, 429, 429, 429, 429], chats
+        t = await send_user_traffic(http, live.gw, 40, concurrency=8)
+        assert t.failures == 0, t
+    finally:
+        await config_set(live, delete=("ratelimit.rps", "ratelimit.burst", "ratelimit.routes"))
+
+
+async def test_invalid_setting_is_refused_and_the_last_good_settings_stay(
+    live: Live, http: aiohttp.ClientSession
+) -> None:
+    async def burst_of_requests() -> tuple[int, int, float]:
+        t0 = time.monotonic()
+        t = await send_user_traffic(http, live.gw, 60, concurrency=6)
+        assert set(t.failed) <= {429}, t
+        return t.ok, t.failed[429], time.monotonic() - t0
+
+    good = await config_set(live, "ratelimit.rps=10", "ratelimit.burst=5")
+    await _in_force(http, live, good)
+    try:
+        for bad, reason in (("ratelimit.rps=fast", "expected float"),
+                            ("ratelimit.rps=-1", "must be a positive number"),
+                            ("ratelimit.rpz=5", "unknown setting 'ratelimit.rpz'")):
+            rev = await config_set(live, bad)
+            stats = await _evaluated(http, live, rev)
+            cfg = stats["config"]
+            assert cfg["revision"] == good and reason in cfg["last_error"], cfg
+            assert cfg["settings"]["ratelimit"]["rps"] == 10, cfg
+            line = (f"config of {CONFIG_SERVICE} at revision {rev} rejected, "
+                    f"keeping revision {good}: ")
+            assert any(line in ln and reason in ln
+                       for ln in live.group.log_text("g-live").splitlines()), line
+            # the limit of revision `good` still holds: about 10/s get through
+            ok, refused, seconds = await burst_of_requests()
+            assert ok <= 10 * seconds + 5 + 2 and refused >= 30, (ok, refused, seconds)
+
+        # repairing the config (the bad names removed: no limit) applies again
+        rev = await config_set(live, delete=("ratelimit.rps", "ratelimit.burst",
+                                             "ratelimit.rpz"))
+        stats = await _in_force(http, live, rev)
+        assert stats["config"]["last_error"] is None, stats["config"]
+        ok, refused, _ = await burst_of_requests()
+        assert (ok, refused) == (60, 0)
+    finally:
+        await config_set(live, delete=("ratelimit.rps", "ratelimit.burst", "ratelimit.rpz"))
+
+
+async def test_policy_and_breaker_thresholds_change_live(
+    live: Live, http: aiohttp.ClientSession
+) -> None:
+    l1 = live.users["l1"]
+    rev = await config_set(
+        live, "balancer.policy=weighted_round_robin", "breaker.window_s=2",
+        "breaker.min_calls=1000", "breaker.open_for_s=1", "breaker.half_open_probes=1",
+        "outlier.max_ejected_fraction=0", "retry.base_ms=1",
+    )
+    await _in_force(http, live, rev)
+    await wait_stats(http, live.gw, lambda s: instance_ids(s) == set(WEIGHTS) and all(
+        b["state"] == "closed" for b in s["breakers"].values()))
+    try:
+        # weights 1:3 -> 1:3 spread
+        t = await send_user_traffic(http, live.gw, 80, concurrency=4)
+        assert t.failures == 0 and abs(t.served["l1"] - 20) <= 2, t
+
+        rev = await config_set(live, "balancer.policy=round_robin")
+        t_set = time.monotonic()
+        stats = await _in_force(http, live, rev)
+        assert stats["policy"] == "round_robin" and time.monotonic() - t_set < 1.0
+        t = await send_user_traffic(http, live.gw, 80, concurrency=4)
+        assert t.failures == 0 and abs(t.served["l1"] - 40) <= 2, t
+
+        # l1 fails every call; with min_calls=1000 its breaker never opens: it keeps getting
+        # (and failing) its share, and the retries hide that from the clients
+        status, _ = await post_json(http, f"{l1.http_url}/admin/fail",
+                                    {"rate": 1.0, "code": "UNAVAILABLE"})
+        assert status == 200
+        t = await send_user_traffic(http, live.gw, 40, concurrency=4)
+        calls = (await get_json(http, f"{l1.http_url}/admin/fail"))[1]["calls"]
+        stats = await _stats(http, live)
+        assert t.failures == 0 and t.served == {"l2": 40}, t
+        assert calls >= 15 and stats["breakers"]["l1"]["state"] == "closed", (calls, stats)
+
+        # the same failures trip the breaker once min_calls is lowered live
+        rev = await config_set(live, "breaker.min_calls=4")
+        await _in_force(http, live, rev)
+        total = Traffic()
+        deadline = time.monotonic() + 10
+        while (await _stats(http, live))["breakers"]["l1"]["state"] != "open":
+            assert time.monotonic() < deadline
+            t = await send_user_traffic(http, live.gw, 4, concurrency=2)
+            total.served.update(t.served)
+            total.failed.update(t.failed)
+        before, t0 = (await get_json(http, f"{l1.http_url}/admin/fail"))[1]["calls"], \
+            time.monotonic()
+        t = await send_user_traffic(http, live.gw, 40, concurrency=4)
+        probes = (await get_json(http, f"{l1.http_url}/admin/fail"))[1]["calls"] - before
+        # open for 1 s, then one probe at a time: far below the ~20 calls it got before
+        assert probes <= 2 * (time.monotonic() - t0) + 1, probes
+        assert t.failures == 0 and total.failures == 0, (t, total)
+    finally:
+        await post_json(http, f"{l1.http_url}/admin/fail", {"rate": 0})
+        await config_set(live, delete=(
+            "balancer.policy", "breaker.window_s", "breaker.min_calls", "breaker.open_for_s",
+            "breaker.half_open_probes", "outlier.max_ejected_fraction", "retry.base_ms",
+        ))
