@@ -41,6 +41,7 @@ from raftreg.client.endpoints import normalize_endpoints
 from raftreg.client.etcd.backend import select_backend
 from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import Member, RegistryClient, prefix_range_end
+from raftreg.client.security import ClientSecurity, endpoints_want_tls
 from raftreg.client.watch import WatchBatch
 from raftreg.config import dev_config, load_config, split_hostport
 from raftreg.configcenter import (
@@ -102,6 +103,42 @@ def _etcd_factory(endpoints: Sequence[str], timeout: float) -> RegistryClient:
     from raftreg.client.etcd.client import EtcdRegistryClient
 
     return EtcdRegistryClient(endpoints, timeout=timeout, connect_timeout=min(3.0, timeout))
+
+
+def _secured_factory(backend: str, ns: argparse.Namespace) -> ClientFactory:
+    """The client factory of `backend` with TLS / token from --cacert, --cert, --key, --token
+    (else RAFTREG_CACERT, RAFTREG_CERT, RAFTREG_KEY, RAFTREG_TOKEN); https:// endpoints and any
+    certificate file imply TLS (raftreg.client.security)."""
+    sec = ClientSecurity.resolve(
+        tls=endpoints_want_tls(ns.endpoints or None, config_path=ns.config, env=os.environ),
+        ca_file=ns.tls_cacert, cert_file=ns.tls_cert, key_file=ns.tls_key, token=ns.auth_token,
+        env=os.environ,
+    )
+    if backend == "etcd":
+        if sec.token:
+            raise InvalidArgument("--token: the etcd backend does not support token auth")
+        if not sec.tls:
+            return _etcd_factory
+        from raftreg.client.etcd.client import EtcdRegistryClient
+
+        def etcd(endpoints: Sequence[str], timeout: float) -> RegistryClient:
+            return EtcdRegistryClient(
+                endpoints, timeout=timeout, connect_timeout=min(3.0, timeout), tls=True,
+                ca_file=sec.ca_file, cert_file=sec.cert_file, key_file=sec.key_file,
+            )
+
+        return etcd
+    if sec == ClientSecurity():
+        return _default_factory
+
+    def raftreg(endpoints: Sequence[str], timeout: float) -> RegistryClient:
+        return GrpcRegistryClient(
+            endpoints, timeout=timeout, connect_timeout=min(3.0, timeout), tls=sec.tls,
+            ca_file=sec.ca_file, cert_file=sec.cert_file, key_file=sec.key_file,
+            token=sec.token,
+        )
+
+    return raftreg
 
 
 # --- small parsers ---------------------------------------------------------------------------
@@ -1236,6 +1273,15 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
     g.add_argument("-w", "--write-out", choices=FORMATS, default=d("simple"), help="output format")
     g.add_argument("--timeout", type=float, default=d(5.0), help="per-request timeout, seconds")
     g.add_argument("--config", default=d("cluster.toml"), help="cluster configuration file")
+    # dest names of their own: subcommands have positionals called "key"
+    g.add_argument("--cacert", dest="tls_cacert", default=d(None),
+                   help="verify the servers with this CA (PEM); implies TLS (env RAFTREG_CACERT)")
+    g.add_argument("--cert", dest="tls_cert", default=d(None),
+                   help="client certificate (PEM) for mutual TLS (env RAFTREG_CERT)")
+    g.add_argument("--key", dest="tls_key", default=d(None),
+                   help="key of the client certificate (PEM) (env RAFTREG_KEY)")
+    g.add_argument("--token", dest="auth_token", default=d(None),
+                   help="bearer token sent with every request (env RAFTREG_TOKEN)")
     return p
 
 
@@ -1434,8 +1480,8 @@ def run(
             # [registry] table of --config (raftreg.client.etcd.backend).
             sel = select_backend(ns.endpoints or None, config_path=ns.config)
             endpoints = list(sel.endpoints)
-            if sel.backend == "etcd" and client_factory is _default_factory:
-                factory = _etcd_factory
+            if client_factory is _default_factory:
+                factory = _secured_factory(sel.backend, ns)
         ctx = _Ctx(
             fmt=ns.write_out,
             endpoints=endpoints,

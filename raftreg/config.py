@@ -71,6 +71,38 @@ class ClusterSettings:
     # from the directory of cluster.toml). "" (the default) runs the plain transport. See
     # raftreg/consensus/raft.py `_FaultRules` and docs/fault-tests.md; never set in production.
     fault_file: str = ""
+    # --- Client API security (raftreg/api/auth.py). All off by default. Relative paths are
+    # taken from the directory of cluster.toml. The raft peer port is not affected: it is
+    # protected by `secret`.
+    # TLS on the client gRPC API: the server certificate (chain) and its key, PEM. TLS is on
+    # when both are set (one without the other is an error).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Mutual TLS: when set (needs TLS), every client must present a certificate signed by
+    # this CA (PEM). A node then presents its own server certificate when it calls the client
+    # API of itself or of the leader, so that certificate must be signed by this CA too and
+    # allow client authentication (or carry no extended key usage).
+    tls_client_ca_file: str = ""
+    # The CA (PEM) that signed the nodes' server certificates: nodes verify each other with it
+    # on their internal client-API calls (lease forwarding to the leader, the HTTP gateway's
+    # calls to its own node). "" = the system trust store.
+    tls_ca_file: str = ""
+    # Token authentication and prefix authorization: a TOML file of roles and users (format in
+    # raftreg/api/auth.py). "" = off: every client may do everything.
+    auth_file: str = ""
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise InvalidArgument("[cluster]: tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise InvalidArgument(
+                "[cluster]: tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the client API is served over TLS."""
+        return bool(self.tls_cert_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +121,15 @@ class ClusterConfig:
         base = self.path.parent if self.path is not None else Path.cwd()
         d = Path(node.data_dir) if node.data_dir else Path(self.settings.data_dir) / node.name
         return d if d.is_absolute() else base / d
+
+    def file(self, name: str) -> Path:
+        """A file named in the settings: relative paths are taken from the directory of the
+        configuration file (the working directory when there is none)."""
+        p = Path(name)
+        if p.is_absolute():
+            return p
+        base = self.path.parent if self.path is not None else Path.cwd()
+        return base / p
 
     @property
     def client_endpoints(self) -> list[str]:

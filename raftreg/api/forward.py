@@ -26,7 +26,16 @@ log = logging.getLogger("raftreg.forward")
 
 
 class LeaderLink:
-    def __init__(self, leader_client_addr: Callable[[], str | None], timeout: float) -> None:
+    def __init__(
+        self,
+        leader_client_addr: Callable[[], str | None],
+        timeout: float,
+        *,
+        channel: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
+    ) -> None:
+        # `channel(addr)` opens the channel to a leader: TLS and the forwarded credentials
+        # are its business (raftreg.api.auth.NodeSecurity.leader_channel).
+        self._new_channel = channel
         self._addr = leader_client_addr
         self._timeout = timeout
         self._channel: grpc.aio.Channel | None = None
@@ -44,7 +53,7 @@ class LeaderLink:
             raise Unavailable("no leader to forward to")
         if addr != self._channel_addr:
             self._reset()
-            self._channel = grpc.aio.insecure_channel(addr)
+            self._channel = self._new_channel(addr)
             self._channel_addr = addr
         assert self._channel is not None
         return self._channel

@@ -34,7 +34,9 @@ the gateway closes (a final UNAVAILABLE error line). Unary calls and keepalive g
 `timeout_s`; the watch stream has none.
 
 The request body is limited to `max_body_bytes` (413 beyond it). An `Authorization` header is
-passed on as gRPC metadata `authorization`.
+passed on as gRPC metadata `authorization`, so with auth on (raftreg.api.auth) the gateway
+enforces the gRPC API's rules: no header -> 401, a refused request -> 403. The gRPC channel
+comes from `channel(target, options)` (plaintext by default; TLS when the node serves TLS).
 
 Not supported: etcd's other gateway paths (auth, members add/remove/update/promote, alarms,
 defragment, hash, snapshot, move-leader, the `/v3beta` prefix) -> 404 with the error body;
@@ -49,7 +51,7 @@ import binascii
 import contextlib
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
@@ -62,6 +64,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from raftreg.pb import raftreg_pb2 as pb
+
+# channel(target, options): the gateway's gRPC channel to its node.
+ChannelFactory = Callable[[str, Sequence[tuple[str, Any]]], grpc.aio.Channel]
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_BODY_BYTES = 4 << 20
@@ -210,8 +215,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class _Gateway:
-    def __init__(self, target: str, timeout_s: float, max_body_bytes: int) -> None:
+    def __init__(self, target: str, timeout_s: float, max_body_bytes: int,
+                 channel: ChannelFactory) -> None:
         self._target = target
+        self._new_channel = channel
         self._timeout = timeout_s
         self._max_body = max_body_bytes
         self._channel: grpc.aio.Channel | None = None
@@ -226,7 +233,7 @@ class _Gateway:
         if self._closed:
             raise _HttpError(grpc.StatusCode.UNAVAILABLE, "the node is shutting down")
         if self._channel is None:  # created on first use, on the serving event loop
-            self._channel = grpc.aio.insecure_channel(self._target, options=[
+            self._channel = self._new_channel(self._target, [
                 ("grpc.max_receive_message_length", -1),
                 ("grpc.enable_http_proxy", 0),
             ])
@@ -405,18 +412,23 @@ class _Gateway:
             self._channel = None
 
 
+def _insecure(target: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=list(options))
+
+
 def add_gateway_routes(
     app: web.Application,
     grpc_target: str,
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    channel: ChannelFactory = _insecure,
 ) -> Callable[[], Awaitable[None]]:
     """Mount the `/v3/...` gateway on `app`, relaying to the gRPC API at `grpc_target`.
 
     Returns `close()`: await it before cleaning up the HTTP runner, so open watch streams end
     instead of holding the runner's shutdown."""
-    gw = _Gateway(grpc_target, timeout_s, max_body_bytes)
+    gw = _Gateway(grpc_target, timeout_s, max_body_bytes, channel)
     for path, name in UNARY_ROUTES.items():
         app.router.add_post(path, gw.unary(_method(name)))
     app.router.add_post(KEEPALIVE_PATH, gw.keepalive)

@@ -5,9 +5,10 @@ This package owns the `RegistryClient` protocol (async-first) and the value type
 leader-aware, failover, retried writes made safe by request identity), the blocking facade
 (`SyncRegistryClient`), the in-memory implementation over the store for fast tests
 (`MemoryRegistryClient`), resumable watches (`Watch`, `WatchBatch`), the lease keepalive manager
-(`LeaseKeeper`), clocks (`ManualClock` for tests) and `connect`, which picks the backend (raftreg,
-or a real etcd through `raftreg.client.etcd.EtcdRegistryClient`) from configuration. Every client
-raises only `raftreg.errors` exceptions. The two gRPC clients share one implementation of their
+(`LeaseKeeper`), TLS and token settings (`ClientSecurity`), clocks (`ManualClock` for tests)
+and `connect`, which picks the backend (raftreg, or a real etcd through
+`raftreg.client.etcd.EtcdRegistryClient`) from configuration. Every client raises only
+`raftreg.errors` exceptions. The two gRPC clients share one implementation of their
 mechanisms: `pool` (endpoints, failure marks, connection waits, backoff), `watch_stream` (the
 shared watch stream; each backend supplies a `WatchWire`), `bidi` (stream writer, keepalive
 stream) and `pooled` (`PooledClient`: what the clients share around their own calls).
@@ -15,6 +16,7 @@ stream) and `pooled` (`PooledClient`: what the clients share around their own ca
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,8 +34,10 @@ from raftreg.client.protocol import (
     prefix_range_end,
     to_bytes,
 )
+from raftreg.client.security import ClientSecurity, endpoints_want_tls
 from raftreg.client.sync import SyncRegistryClient
 from raftreg.client.watch import Watch, WatchBatch, WatchFilter, WatchOptions
+from raftreg.errors import InvalidArgument
 
 
 def connect(
@@ -43,25 +47,48 @@ def connect(
     timeout: float = 5.0,
     connect_timeout: float = 3.0,
     backend: str | None = None,
+    tls: bool | None = None,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    token: str | None = None,
 ) -> RegistryClient:
     """A client of the configured backend. The backend and endpoints are chosen by
     `raftreg.client.etcd.backend.select_backend`: a scheme in `endpoints` ("etcd://a:2379,b:2379"),
     then `backend`, then RAFTREG_BACKEND / RAFTREG_ENDPOINTS, then the [registry] table of
     `config_path`; by default raftreg (`GrpcRegistryClient`) at the client addresses in
     `config_path`, or 127.0.0.1:2379 when that file does not exist. The etcd backend is
-    `raftreg.client.etcd.EtcdRegistryClient`. Connections open lazily on first use."""
+    `raftreg.client.etcd.EtcdRegistryClient`. Connections open lazily on first use.
+
+    Security (`raftreg.client.security.ClientSecurity.resolve`): each of `ca_file`,
+    `cert_file`, `key_file`, `token` not given comes from RAFTREG_CACERT, RAFTREG_CERT,
+    RAFTREG_KEY, RAFTREG_TOKEN; TLS is on with `tls=True`, with any of the files, or when the
+    chosen endpoints are written https://. The etcd backend takes TLS but no token."""
     from raftreg.client.etcd.backend import select_backend
 
     sel = select_backend(endpoints, config_path=config_path, backend=backend)
+    sec = ClientSecurity.resolve(
+        tls=tls or endpoints_want_tls(endpoints, config_path=config_path, env=os.environ),
+        ca_file=ca_file, cert_file=cert_file, key_file=key_file, token=token, env=os.environ,
+    )
     if sel.backend == "etcd":
         from raftreg.client.etcd.client import EtcdRegistryClient
 
-        return EtcdRegistryClient(sel.endpoints, timeout=timeout, connect_timeout=connect_timeout)
-    return GrpcRegistryClient(list(sel.endpoints), timeout=timeout, connect_timeout=connect_timeout)
+        if sec.token:
+            raise InvalidArgument("the etcd backend does not support token authentication")
+        return EtcdRegistryClient(
+            sel.endpoints, timeout=timeout, connect_timeout=connect_timeout, tls=sec.tls,
+            ca_file=sec.ca_file, cert_file=sec.cert_file, key_file=sec.key_file,
+        )
+    return GrpcRegistryClient(
+        list(sel.endpoints), timeout=timeout, connect_timeout=connect_timeout, tls=sec.tls,
+        ca_file=sec.ca_file, cert_file=sec.cert_file, key_file=sec.key_file, token=sec.token,
+    )
 
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "ClientSecurity",
     "Clock",
     "GrpcRegistryClient",
     "KeepAliveSource",

@@ -19,6 +19,10 @@ Contracts:
 - Every `grpc.aio.AioRpcError` becomes a `raftreg.errors` exception through `rpc_error`.
 - Watches share one stream (`raftreg.client.watch_stream`, with raftreg's wire from
   `raftreg.client.grpc_watch`); a failed watch or keepalive stream forgets the leader too.
+- Security (`raftreg.client.security.ClientSecurity`): TLS when asked for, when a CA /
+  certificate file is given or an endpoint is written https://; `token` is sent as
+  `authorization: Bearer <token>` on every call, streams included. The environment is not
+  read here (`raftreg.client.connect()` and the CLI do that).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from raftreg.client.protocol import (
     resolve_range,
     to_bytes,
 )
+from raftreg.client.security import ClientSecurity, wants_tls
 from raftreg.client.watch import Watch
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
@@ -179,6 +184,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
     `timeout` bounds each attempt; `retry_budget` (default 2 x timeout) bounds a whole call
     including retries; `connect_timeout` bounds waiting for a connection to one endpoint.
     `client_id` (default random, 63 bits, non-zero) identifies this client's writes.
+    `tls`, `ca_file`, `cert_file`, `key_file`, `token`: see the module docstring.
     """
 
     def __init__(
@@ -194,9 +200,18 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         rediscover_interval: float = 1.0,
         client_id: int | None = None,
         channel_options: Sequence[tuple[str, str | int]] = (),
+        tls: bool = False,
+        ca_file: str = "",
+        cert_file: str = "",
+        key_file: str = "",
+        token: str = "",
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
+        security = ClientSecurity(
+            tls=tls or wants_tls(endpoints), ca_file=ca_file, cert_file=cert_file,
+            key_file=key_file, token=token,
+        )
         eps = normalize_endpoints(endpoints)
         if timeout <= 0 or connect_timeout <= 0:
             raise E.InvalidArgument("timeouts must be positive")
@@ -214,6 +229,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             backoff_max=backoff_max,
             failure_penalty=failure_penalty,
             channel_options=channel_options,
+            security=security,
         )
         self._rediscover_interval = rediscover_interval
         self._client_id = client_id or (secrets.randbits(63) or 1)

@@ -13,16 +13,23 @@ Contracts:
 - `connect(endpoint, limit)` returns once the channel is READY or raises `NotConnected`; when
   it raises, nothing was sent, so any call may be retried elsewhere.
 - `backoff(attempt)` is exponential (base x 2^(attempt-1), capped) with 50% jitter.
+- Channels are plain, or TLS when `credentials` is given; `interceptors` (e.g. the bearer token
+  of `raftreg.client.security`) apply to every call on them.
+- With a `diagnose` hook, a failed connection is explained: the hook runs in the background
+  (at most one probe per endpoint at a time) and later `NotConnected` messages for that endpoint
+  carry its answer (e.g. "requires TLS", "server certificate is not trusted") until the
+  endpoint connects. Connecting never waits for the hook.
 - `close()` closes every connection object (the optional `close` hook), then its channel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 import grpc.aio
@@ -55,8 +62,16 @@ class EndpointPool(Generic[C]):
         failure_penalty: float = 5.0,
         backoff_base: float = 0.05,
         backoff_max: float = 1.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        interceptors: Sequence[Any] = (),  # grpc.aio client interceptors
+        diagnose: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
+        self._credentials = credentials
+        self._interceptors = list(interceptors)
+        self._diagnose = diagnose
+        self._diagnosis: dict[str, str] = {}
+        self._probes: dict[str, asyncio.Task[None]] = {}
         self._make = make
         self._close_conn = close
         self._options = [*DEFAULT_CHANNEL_OPTIONS, *channel_options]
@@ -71,7 +86,13 @@ class EndpointPool(Generic[C]):
         """The connection object of `endpoint` (channel created on first use)."""
         entry = self._conns.get(endpoint)
         if entry is None:
-            ch = grpc.aio.insecure_channel(endpoint, options=self._options)
+            icpt = self._interceptors or None
+            if self._credentials is None:
+                ch = grpc.aio.insecure_channel(endpoint, options=self._options, interceptors=icpt)
+            else:
+                ch = grpc.aio.secure_channel(
+                    endpoint, self._credentials, options=self._options, interceptors=icpt
+                )
             entry = (ch, self._make(endpoint, ch))
             self._conns[endpoint] = entry
         return entry[1]
@@ -110,9 +131,10 @@ class EndpointPool(Generic[C]):
         ch = self._conns[endpoint][0]
         state = ch.get_state(try_to_connect=True)
         if state is grpc.ChannelConnectivity.READY:
+            self._diagnosis.pop(endpoint, None)
             return
         if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
-            raise NotConnected(f"cannot connect to {endpoint}")
+            raise self._not_connected(endpoint, f"cannot connect to {endpoint}")
 
         async def settle() -> grpc.ChannelConnectivity:
             s: grpc.ChannelConnectivity = state
@@ -124,11 +146,41 @@ class EndpointPool(Generic[C]):
         try:
             final = await asyncio.wait_for(settle(), max(limit, 0.001))
         except TimeoutError:
-            raise NotConnected(f"no connection to {endpoint} within {limit:.1f}s") from None
+            raise self._not_connected(
+                endpoint, f"no connection to {endpoint} within {limit:.1f}s"
+            ) from None
         if final is not grpc.ChannelConnectivity.READY:
-            raise NotConnected(f"cannot connect to {endpoint}")
+            raise self._not_connected(endpoint, f"cannot connect to {endpoint}")
+        self._diagnosis.pop(endpoint, None)
+
+    def _not_connected(self, endpoint: str, message: str) -> NotConnected:
+        """The error for a failed connection, with the last diagnosis of `endpoint` (and a
+        new probe started in the background, see the module docstring)."""
+        if self._diagnose is not None:
+            probe = self._probes.get(endpoint)
+            if probe is None or probe.done():
+                self._probes[endpoint] = asyncio.get_running_loop().create_task(
+                    self._run_probe(endpoint, self._diagnose)
+                )
+        why = self._diagnosis.get(endpoint)
+        return NotConnected(f"{message}: {why}" if why else message)
+
+    async def _run_probe(
+        self, endpoint: str, diagnose: Callable[[str], Awaitable[str | None]]
+    ) -> None:
+        why = await diagnose(endpoint)
+        if why:
+            self._diagnosis[endpoint] = why
+        else:
+            self._diagnosis.pop(endpoint, None)
 
     async def close(self) -> None:
+        probes, self._probes = list(self._probes.values()), {}
+        for t in probes:
+            t.cancel()
+        for t in probes:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
         conns, self._conns = list(self._conns.values()), {}
         for ch, c in conns:
             if self._close_conn is not None:

@@ -13,6 +13,10 @@ Contracts:
 - A failed keepalive stream marks its endpoint failed unless the client is closed, so the
   keeper's next stream goes elsewhere.
 - After `close()` every call raises `FailedPrecondition`; watches end and the keeper stops.
+- `security` (`raftreg.client.security.ClientSecurity`) decides every channel's TLS and the
+  metadata of every call (the bearer token); its files are read when the client is made, so
+  a bad path fails the constructor with `InvalidArgument`. Failed connections are explained by
+  its `diagnose` (see `EndpointPool`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from raftreg.client.bidi import BidiCall, KeepAliveCall
 from raftreg.client.keepalive import KeepAliveStream, LeaseKeeper
 from raftreg.client.pool import EndpointPool
 from raftreg.client.protocol import KeyLike, resolve_range
+from raftreg.client.security import ClientSecurity
 from raftreg.client.watch import Watch, WatchFilter, WatchOptions
 from raftreg.client.watch_stream import WatchMux, WatchWire
 
@@ -55,7 +60,10 @@ class PooledClient(Generic[C]):
         backoff_max: float,
         failure_penalty: float,
         channel_options: Sequence[tuple[str, str | int]],
+        security: ClientSecurity | None = None,
     ) -> None:
+        sec = security or ClientSecurity()
+        self._security = sec
         self._endpoints = endpoints
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -69,6 +77,9 @@ class PooledClient(Generic[C]):
             failure_penalty=failure_penalty,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            credentials=sec.channel_credentials(),
+            interceptors=sec.interceptors(),
+            diagnose=sec.diagnose,
         )
         self._watch_wire = watch_wire
         self._watch_mux: WatchMux[C] | None = None
@@ -88,6 +99,11 @@ class PooledClient(Generic[C]):
     @property
     def retry_budget(self) -> float:
         return self._budget
+
+    @property
+    def security(self) -> ClientSecurity:
+        """The TLS / token settings of this client's channels."""
+        return self._security
 
     # --- leases ----------------------------------------------------------------------------
 

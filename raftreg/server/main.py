@@ -11,12 +11,14 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from raftreg.api.auth import NodeSecurity
 from raftreg.api.forward import LeaderLink
 from raftreg.api.http_gateway import add_gateway_routes
 from raftreg.api.servicers import (
@@ -29,6 +31,7 @@ from raftreg.api.servicers import (
 from raftreg.config import ClusterConfig, split_hostport
 from raftreg.errors import RegistryError
 from raftreg.logfmt import setup_logging
+from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.server.metrics import add_metrics_route, metrics_registry
 from raftreg.server.node import RegistryNode
@@ -48,24 +51,30 @@ async def run_node(
     the configured client (and HTTP) address. `join`: this node was just added to a running
     cluster with `member add` (see `RaftSettings.join`)."""
     loop = asyncio.get_running_loop()
+    security = NodeSecurity.load(cfg)  # before anything starts: a bad file stops the node here
     node = RegistryNode(cfg, name, loop=loop, join=join)
     registry, rpc_metrics = metrics_registry(node)
+    auth = security.interceptor(lease_keys=_lease_keys(node), header=_header(node))
     server = grpc.aio.server(
-        interceptors=[rpc_metrics],
+        interceptors=[rpc_metrics] + ([auth] if auth is not None else []),
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", cfg.settings.max_value_bytes + (1 << 20)),
         ],
     )
     pbg.add_KVServicer_to_server(KVServicer(node), server)
-    link = LeaderLink(node.leader_client_addr, cfg.settings.propose_timeout_s)
+    link = LeaderLink(node.leader_client_addr, cfg.settings.propose_timeout_s,
+                      channel=security.leader_channel)
     pbg.add_LeaseServicer_to_server(LeaseServicer(node, link), server)
     pbg.add_WatchServicer_to_server(WatchServicer(node), server)
     pbg.add_ClusterServicer_to_server(ClusterServicer(node, link), server)
     pbg.add_MaintenanceServicer_to_server(MaintenanceServicer(node), server)
     healthy = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(healthy, server)
-    if server.add_insecure_port(node.me.client) == 0:
+    creds = security.server_credentials
+    port = (server.add_insecure_port(node.me.client) if creds is None
+            else server.add_secure_port(node.me.client, creds))
+    if port == 0:
         node.close()
         raise RegistryError(f"cannot bind the client address {node.me.client}")
     http_runner = None
@@ -73,7 +82,11 @@ async def run_node(
     if node.me.http:
         app = web.Application()
         add_metrics_route(app, registry)
-        close_gateway = add_gateway_routes(app, node.me.client)
+        if security.gateway_allowed:
+            close_gateway = add_gateway_routes(app, node.me.client,
+                                               channel=security.gateway_channel)
+        else:
+            log.warning("mutual TLS without auth: the HTTP gateway (no TLS) is not served")
         try:
             http_runner = await serve_http(app, node.me.http)
         except OSError as e:
@@ -82,6 +95,12 @@ async def run_node(
     await server.start()
     log.info("node %s serving clients on %s, raft on %s%s", name, node.me.client, node.me.raft,
              f", HTTP on {node.me.http}" if node.me.http else "")
+    log.info("client API security: TLS %s, auth %s",
+             ("on (mutual)" if security.mutual_tls else "on")
+             if security.server_credentials is not None else "off",
+             "on" if auth is not None else "off")
+    if auth is not None and security.server_credentials is None:
+        log.warning("auth is on without TLS: bearer tokens cross the network in clear text")
     tasks = [
         asyncio.create_task(node.housekeeping()),
         asyncio.create_task(_report_health(node, healthy)),
@@ -109,6 +128,27 @@ async def _stop_when_removed(node: RegistryNode, stop: asyncio.Event) -> None:
     await node.removed.wait()
     log.warning("this member (%s) was removed from the cluster; stopping", node.me.name)
     stop.set()
+
+
+def _lease_keys(node: RegistryNode) -> Callable[[int], frozenset[bytes] | None]:
+    """The keys attached to a lease on this replica (None: no such lease), for the auth
+    rules of LeaseRevoke / LeaseTimeToLive. Copied under the node's store lock (the raft thread
+    applies commands under it)."""
+
+    def keys(lease_id: int) -> frozenset[bytes] | None:
+        with node._lock:
+            info = node.store.lease(lease_id)
+            return None if info is None else frozenset(info.keys)
+
+    return keys
+
+
+def _header(node: RegistryNode) -> Callable[[], pb.ResponseHeader]:
+    def header() -> pb.ResponseHeader:
+        return pb.ResponseHeader(cluster_id=node.cluster_id, member_id=node.member_id,
+                                 revision=node.revision, raft_term=node.raft.term)
+
+    return header
 
 
 async def _report_health(node: RegistryNode, healthy: Any) -> None:

@@ -26,6 +26,9 @@ Contracts:
 - Watch and keepalive streams carry etcd's "hasleader" metadata, so a member that loses its
   leader ends them ("etcdserver: no leader") and they move to another member. Watches share
   one stream (`raftreg.client.watch_stream`, with etcd's wire from `raftreg.client.etcd.watch`).
+- TLS (`raftreg.client.security.ClientSecurity`): on when asked for, when a CA / client
+  certificate is given or an endpoint is written https://. etcd's own authentication (user +
+  password for a token) is not supported.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from raftreg.client.etcd.watch import WIRE as WATCH_WIRE
 from raftreg.client.pool import NotConnected
 from raftreg.client.pooled import PooledClient
 from raftreg.client.protocol import KeyLike, LeaseTTL, Member, NodeStatus, resolve_range, to_bytes
+from raftreg.client.security import ClientSecurity, wants_tls
 from raftreg.client.watch import Watch
 from raftreg.store.commands import (
     DeleteRange,
@@ -80,7 +84,7 @@ LEASE_LEASES = "/etcdserverpb.Lease/LeaseLeases"
 MEMBER_LIST = "/etcdserverpb.Cluster/MemberList"
 STATUS = "/etcdserverpb.Maintenance/Status"
 
-ETCD_SCHEMES = ("etcd",)  # no TLS yet: there is deliberately no "etcds"
+ETCD_SCHEMES = ("etcd",)  # TLS: an https:// endpoint or a CA file (there is no "etcds")
 
 
 def split_etcd_endpoints(endpoints: Sequence[str] | str) -> tuple[str, ...]:
@@ -163,7 +167,8 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
 
     `endpoints`: "host:port", "http://host:port" or "etcd://a:1,b:2" (any mix). `timeout`
     bounds each attempt, `retry_budget` (default 2 x timeout) a whole call with retries,
-    `connect_timeout` the wait for a connection to one endpoint.
+    `connect_timeout` the wait for a connection to one endpoint. `tls`, `ca_file`,
+    `cert_file`, `key_file`: TLS, see the module docstring.
     """
 
     def __init__(
@@ -177,9 +182,17 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         backoff_max: float = 1.0,
         failure_penalty: float = 5.0,
         channel_options: Sequence[tuple[str, str | int]] = (),
+        tls: bool = False,
+        ca_file: str = "",
+        cert_file: str = "",
+        key_file: str = "",
     ) -> None:
         if timeout <= 0 or connect_timeout <= 0:
             raise E.InvalidArgument("timeouts must be positive")
+        security = ClientSecurity(
+            tls=tls or wants_tls(endpoints), ca_file=ca_file, cert_file=cert_file,
+            key_file=key_file,
+        )
         super().__init__(
             split_etcd_endpoints(endpoints),
             make_conn=EtcdConn,
@@ -191,6 +204,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
             backoff_max=backoff_max,
             failure_penalty=failure_penalty,
             channel_options=channel_options,
+            security=security,
         )
         self._names: dict[int, str] = {}
 
