@@ -56,6 +56,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from raftreg.client import RegistryClient, connect
 from raftreg.discovery import Instance, Registration
 from raftreg.errors import RegistryError
+from raftreg.logfmt import FORMATS as LOG_FORMATS
+from raftreg.logfmt import LogFormat, setup_logging
 from raftreg.resilience import (
     DEFAULT_AUTH_EXEMPT,
     ClientAuthInterceptor,
@@ -105,6 +107,7 @@ class ServiceSettings:
     register_timeout: float = 15.0
     grace: float = 1.0
     log_level: str = "INFO"
+    log_format: LogFormat = "text"  # raftreg.logfmt: the same fields as the nodes' logs
     # the gRPC server's interceptor chain (module docstring): accepted bearer tokens (none: no
     # auth), requests per second per method (None: unlimited) and the bucket size (None: max(1,
     # rate_limit)), the log level of calls that end OK
@@ -145,6 +148,8 @@ def service_parser(service: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=1.0,
                    help="seconds in-flight requests get to finish on shutdown")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="stderr log lines: text or JSON objects (the registry nodes' fields)")
     p.add_argument("--token", action="append", default=[], metavar="TOKEN",
                    help="require 'authorization: Bearer TOKEN' on this service's gRPC calls "
                         f"(repeatable: any of them; default: ${TOKEN_ENV}, comma-separated; "
@@ -188,6 +193,7 @@ def settings_from_args(
         register_timeout=ns.register_timeout,
         grace=ns.grace,
         log_level=ns.log_level,
+        log_format=ns.log_format,
         tokens=tokens_from(ns.token, os.environ if environ is None else environ),
         rate_limit=ns.rate_limit,
         rate_burst=ns.rate_burst,
@@ -221,34 +227,9 @@ def server_interceptors(settings: ServiceSettings) -> list[Any]:
             RateLimit(settings.rate_limit, burst),
             {name: None for name in DEFAULT_AUTH_EXEMPT},
         )
-        chain.append(AuthorizedRateLimitInterceptor(limiter, auth))
+        # after auth: a token is spent only by calls auth let through
+        chain.append(ServerRateLimitInterceptor(limiter))
     return chain
-
-
-class AuthorizedRateLimitInterceptor(ServerRateLimitInterceptor):
-    """`ServerRateLimitInterceptor` that spends no token on a call `auth` will refuse.
-
-    Every interceptor of the chain decides when the handler is looked up, the innermost
-    first, whatever the outer ones decide later; so a plain rate limit next to auth would
-    count unauthenticated calls too, and anyone without a token could use up the
-    authenticated clients' budget. Calls refused by auth pass through untouched (auth answers
-    them UNAUTHENTICATED)."""
-
-    def __init__(self, limiter: RateLimiter, auth: ServerAuthInterceptor | None) -> None:
-        super().__init__(limiter)
-        self._auth = auth
-
-    async def intercept_service(
-        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
-    ) -> Any:
-        auth = self._auth
-        if (
-            auth is not None
-            and not auth.is_exempt(handler_call_details.method)
-            and not auth.authorized(handler_call_details.invocation_metadata)
-        ):
-            return await continuation(handler_call_details)
-        return await super().intercept_service(continuation, handler_call_details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,11 +271,8 @@ def client_channel(address: str, settings: ChannelSettings) -> grpc.aio.Channel:
 
 
 def configure_logging(settings: ServiceSettings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s {settings.service}/{settings.id} %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(f"service={settings.service} id={settings.id}", settings.log_format,
+                  _level(settings.log_level))
 
 
 def parse_ready(line: str) -> dict[str, Any] | None:

@@ -174,6 +174,12 @@ def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
     return handler.unary_stream if handler.response_streaming else handler.unary_unary
 
 
+def is_async_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> bool:
+    """Whether the behaviour runs on the event loop (coroutine or async generator function)."""
+    behavior = _behavior(handler)
+    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+
+
 def wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
     *,

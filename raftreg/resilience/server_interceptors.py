@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from raftreg.resilience._handlers import Context, rejecting_handler, wrap_handler
+from raftreg.resilience._handlers import (
+    Context,
+    is_async_handler,
+    rejecting_handler,
+    wrap_handler,
+)
 from raftreg.resilience.clock import MONOTONIC, Clock
 from raftreg.resilience.deadline import (
     Deadline,
@@ -172,7 +177,13 @@ def _digest(token: str) -> bytes:
 
 class ServerRateLimitInterceptor(_ServerInterceptor):
     """Answers RESOURCE_EXHAUSTED to the calls above the limiter's rate for their (service,
-    method); the limiter is reconfigurable live (`RateLimiter.configure`)."""
+    method); the limiter is reconfigurable live (`RateLimiter.configure`).
+
+    A token is taken when the call runs, not when its handler is looked up, so a call refused
+    by an interceptor placed before this one (e.g. auth) never spends the budget of the calls
+    that are let through. (grpc.aio looks handlers up through every interceptor, innermost
+    first, before any behaviour runs.) Synchronous behaviours, which cannot be checked at run
+    time here, are decided at lookup."""
 
     def __init__(self, limiter: RateLimiter) -> None:
         self.limiter = limiter
@@ -181,9 +192,29 @@ class ServerRateLimitInterceptor(_ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or self.limiter.try_acquire(handler_call_details.method):
-            return handler
-        return rejecting_handler(handler, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded")
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if not is_async_handler(handler):
+            if self.limiter.try_acquire(method):
+                return handler
+            return rejecting_handler(
+                handler, grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded")
+
+        async def check(context: Context) -> None:
+            if not self.limiter.try_acquire(method):
+                context.set_trailing_metadata(NOT_EXECUTED_METADATA)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded")
+
+        return wrap_handler(handler, start=_no_start, finish=_no_finish, check=check)
+
+
+def _no_start(context: Context) -> None:
+    return None
+
+
+def _no_finish(token: Any, context: Context, code: grpc.StatusCode) -> None:
+    return None
 
 
 class ServerDeadlineInterceptor(_ServerInterceptor):

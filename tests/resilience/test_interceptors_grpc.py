@@ -321,6 +321,26 @@ async def test_breaker_opens_stops_calling_then_probes_close_it() -> None:
         assert transitions == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
 
 
+async def test_calls_refused_by_auth_never_spend_the_rate_limit_budget() -> None:
+    async def work(request: bytes, context: Any) -> bytes:
+        return b"done"
+
+    limiter = RateLimiter(RateLimit(rate_per_s=0.001, burst=3), clock=ManualClock())
+    chain = [ServerAuthInterceptor(["s3cret"]), ServerRateLimitInterceptor(limiter)]
+    async with serve({"t.Svc": {"Work": unary(work)}}, chain) as target, \
+            grpc.aio.insecure_channel(target) as ch:
+        call = ch.unary_unary("/t.Svc/Work")
+        for _ in range(10):  # strangers: refused by auth, the budget stays whole
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(b"", timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        md = (("authorization", "Bearer s3cret"),)
+        assert [await call(b"", metadata=md, timeout=5) for _ in range(3)] == [b"done"] * 3
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(b"", metadata=md, timeout=5)
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 async def test_client_rate_limit_refuses_or_waits() -> None:
     served = 0
 
