@@ -388,6 +388,7 @@ class ClusterServicer(_Base, pbg.ClusterServicer):
     def _members(self) -> list[pb.Member]:
         n = self.node
         st = n.raft_status()
+        scheme = "https" if n.cfg.settings.tls_cert_file else "http"
         out = []
         for m in n.members:
             is_self = m.id == n.member_id
@@ -396,7 +397,7 @@ class ClusterServicer(_Base, pbg.ClusterServicer):
                     ID=m.id,
                     name=m.name,
                     peerURLs=[f"tcp://{m.raft}"],
-                    clientURLs=[f"http://{m.client}"] if m.client else [],
+                    clientURLs=[f"{scheme}://{m.client}"] if m.client else [],
                     isLeader=st.leader == m.raft,
                     connected=is_self or m.raft in st.connected,
                 )

@@ -16,7 +16,8 @@ Contracts:
   no gap and no duplicate. Only `InvalidArgument`, `PermissionDenied` and `Unauthenticated`
   from the stream are final: they end every watch with that error.
 - A refused create (`created` + `canceled`) ends that watch: with a compacted batch when
-  `compact_revision > 0` (a start below the compaction point), else with `InvalidArgument`.
+  `compact_revision > 0` (a start below the compaction point), else with `InvalidArgument`
+  (`PermissionDenied` when the reason says "permission denied", as etcd's and raftreg's do).
   A later server cancel with `compact_revision > 0` ends the watch with a compacted batch; any
   other server cancel (e.g. a slow watcher) re-creates it at once on the same stream.
 - Progress responses for the whole stream (`watch_id == -1`) apply to every registered watch;
@@ -48,6 +49,13 @@ from raftreg.store.commands import Event
 C = TypeVar("C")
 
 _FATAL = (E.InvalidArgument, E.PermissionDenied, E.Unauthenticated)
+
+
+def _refusal(reason: str) -> E.RegistryError:
+    """The error of a refused watch create, from the server's cancel reason."""
+    if "permission denied" in reason.lower():
+        return E.PermissionDenied(reason)
+    return E.InvalidArgument(reason or "watch refused")
 
 WatchCall = BidiCall
 
@@ -166,7 +174,7 @@ class _Stream:
                 if a.compact_revision > 0:
                     w._on_compacted(a.compact_revision, rev)
                 else:
-                    w._on_failed(E.InvalidArgument(a.cancel_reason or "watch refused"))
+                    w._on_failed(_refusal(a.cancel_reason))
                 return
             if w.done:  # cancelled by the caller while the create was in flight
                 self.outgoing.put_nowait(self._wire.cancel_request(wid))

@@ -54,7 +54,7 @@ async def run_node(
     security = NodeSecurity.load(cfg)  # before anything starts: a bad file stops the node here
     node = RegistryNode(cfg, name, loop=loop, join=join)
     registry, rpc_metrics = metrics_registry(node)
-    auth = security.interceptor(lease_keys=_lease_keys(node), header=_header(node))
+    auth = security.interceptor(lease_keys=node.lease_keys, header=_header(node))
     server = grpc.aio.server(
         interceptors=[rpc_metrics] + ([auth] if auth is not None else []),
         options=[
@@ -128,19 +128,6 @@ async def _stop_when_removed(node: RegistryNode, stop: asyncio.Event) -> None:
     await node.removed.wait()
     log.warning("this member (%s) was removed from the cluster; stopping", node.me.name)
     stop.set()
-
-
-def _lease_keys(node: RegistryNode) -> Callable[[int], frozenset[bytes] | None]:
-    """The keys attached to a lease on this replica (None: no such lease), for the auth
-    rules of LeaseRevoke / LeaseTimeToLive. Copied under the node's store lock (the raft thread
-    applies commands under it)."""
-
-    def keys(lease_id: int) -> frozenset[bytes] | None:
-        with node._lock:
-            info = node.store.lease(lease_id)
-            return None if info is None else frozenset(info.keys)
-
-    return keys
 
 
 def _header(node: RegistryNode) -> Callable[[], pb.ResponseHeader]:

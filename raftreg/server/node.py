@@ -371,6 +371,13 @@ class RegistryNode:
         m = self.leader_member()
         return None if m is None else m.client
 
+    def lease_keys(self, lease_id: int) -> frozenset[bytes] | None:
+        """The keys attached to a lease on this replica (None: no such lease), copied under
+        the store lock."""
+        with self._lock:
+            info = self.store.lease(lease_id)
+            return None if info is None else frozenset(info.keys)
+
     def lease_ids(self) -> list[int]:
         with self._lock:
             return [lease.id for lease in self.store.leases()]
