@@ -255,3 +255,123 @@ async def send_user_traffic(
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, n)))))
     out.seconds = time.monotonic() - t0
     return out
+
+
+class SteadyTraffic:
+    """GET /user?id=.. through the gateway at `gateway_url` without end, from `start()` (or
+    `async with`) until `stop()`: `concurrency` workers, each sending its next request
+    `pause` seconds after its previous one answered, cycling over `user_ids`.
+
+    Outcomes are counted per phase: `phase(name)` starts a new phase (a request counts in the
+    phase that was current when it was sent); `phases` maps each name to its `Traffic`,
+    `total()` adds them up. `errors` keeps the first `keep_errors` failures as
+    (phase, HTTP status (0 = no answer), body or exception text)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        gateway_url: str,
+        *,
+        concurrency: int = 4,
+        pause: float = 0.005,
+        user_ids: Sequence[int] = (1, 2, 3, 4, 5),
+        keep_errors: int = 50,
+    ) -> None:
+        self._session = session
+        self._url = gateway_url
+        self._concurrency = max(1, concurrency)
+        self._pause = pause
+        self._user_ids = tuple(user_ids)
+        self._keep_errors = keep_errors
+        self.phases: dict[str, Traffic] = {}
+        self.errors: list[tuple[str, int, str]] = []
+        self._current = ""
+        self._started_at = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.phase("start")
+
+    @property
+    def current(self) -> str:
+        return self._current
+
+    def phase(self, name: str) -> Traffic:
+        """Count the following requests under `name` (a new, empty phase); returns it."""
+        if name in self.phases:
+            raise ValueError(f"phase {name!r} exists already")
+        now = time.monotonic()
+        if self._current:
+            self.phases[self._current].seconds = now - self._started_at
+        self._current, self._started_at = name, now
+        self.phases[name] = Traffic()
+        return self.phases[name]
+
+    def total(self) -> Traffic:
+        out = Traffic()
+        for t in self.phases.values():
+            out.served.update(t.served)
+            out.failed.update(t.failed)
+            out.seconds += t.seconds
+        return out
+
+    def start(self) -> None:
+        if self._tasks:
+            raise RuntimeError("SteadyTraffic runs once")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._worker(i)) for i in range(self._concurrency)]
+
+    async def stop(self) -> Traffic:
+        """Stop sending (requests in flight are abandoned, not counted); returns `total()`."""
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.phases[self._current].seconds = time.monotonic() - self._started_at
+        return self.total()
+
+    async def wait_served(self, n: int, timeout: float = 15.0) -> Traffic:
+        """Until the current phase has `n` successful answers; `TimeoutError` after `timeout`."""
+        deadline = time.monotonic() + timeout
+        t = self.phases[self._current]
+        while t.ok < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"phase {self._current!r}: {t.ok} < {n} served: {t}")
+            if self._tasks and all(x.done() for x in self._tasks):
+                raise RuntimeError("the traffic workers died")
+            await asyncio.sleep(0.02)
+        return t
+
+    async def __aenter__(self) -> SteadyTraffic:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _failed(self, phase: str, status: int, text: str) -> None:
+        self.phases[phase].failed[status] += 1
+        if len(self.errors) < self._keep_errors:
+            self.errors.append((phase, status, text[:300]))
+
+    async def _worker(self, k: int) -> None:
+        i = k
+        while True:
+            uid = self._user_ids[i % len(self._user_ids)]
+            i += self._concurrency
+            phase = self._current
+            try:
+                async with self._session.get(f"{self._url}/user?id={uid}") as r:
+                    body = await r.text()
+                    status = r.status
+            except (aiohttp.ClientError, TimeoutError) as e:
+                self._failed(phase, 0, repr(e))
+            else:
+                if status == 200:
+                    self.phases[phase].served[str(json.loads(body)["served_by"])] += 1
+                else:
+                    self._failed(phase, status, body)
+            await asyncio.sleep(self._pause)
+
+
+def log_lines(group: ProcessGroup, name: str, *needles: str) -> list[str]:
+    """The lines of `name`'s log that contain every one of `needles`."""
+    return [ln for ln in group.log_text(name).splitlines() if all(n in ln for n in needles)]
