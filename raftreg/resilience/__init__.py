@@ -2,28 +2,30 @@
 propagation, retries with exponential backoff, endpoint health, circuit breakers, rate limits,
 and grpc.aio server and client interceptors built from them.
 
-This package owns: `Deadline` and the current-deadline context variable (`deadline`),
-`Backoff` (`backoff`), `RetryPolicy`/`retry_call` (`retry`), the "not executed" rule and
-failure classification that retry and breaker share (`rpc`), `EndpointHealth`
-(`endpoint_health`), `CircuitBreaker`/`BreakerGroup` (`breaker`), `TokenBucket`/`RateLimiter`
-(`ratelimit`), the server interceptors (`server_interceptors`) and client interceptors
-(`client_interceptors`). Clocks are `raftreg.client.clock`'s plus `MonotonicClock` (`clock`);
-every time-dependent part takes a `Clock`, so tests drive it with `ManualClock`. Every
-threshold is a constructor argument and can be changed live (`configure`), because the gateway
-reloads them from the config center. Everything is single-event-loop (not thread-safe).
+This package owns: `Deadline` and the current-deadline context variable (`deadline`), `Backoff`
+(`backoff`), `RetryPolicy`/`retry_call` (`retry`), the "not executed" rule and failure
+classification that retry and breaker share (`rpc`), `EndpointHealth` (`endpoint_health`),
+`CircuitBreaker`/`BreakerGroup` (`breaker`), `TokenBucket`/`RateLimiter` (`ratelimit`), the
+server interceptors (`server_interceptors`), `wrap_handler` which any server interceptor (e.g.
+the node's metrics) uses to observe a call of any of the four kinds (`_handlers`), and client
+interceptors (`client_interceptors`). Clocks are `raftreg.client.clock`'s plus `MonotonicClock`
+(`clock`); every time-dependent part takes a `Clock`, so tests drive it with `ManualClock`.
+Every threshold is a constructor argument and can be changed live (`configure`), because the
+gateway reloads them from the config center. Everything is single-event-loop (not thread-safe).
 
 Libraries: own code rather than tenacity (retries), aiolimiter (rate limits) or
 pybreaker/purgatory/aiobreaker (breakers). Our needs are specific: retry decisions by gRPC
 status plus a proven-not-executed rule for non-idempotent calls, bounded by a propagated
 deadline; a breaker on a bucketed sliding time window with a minimum call count, bounded
 concurrent half-open probes and live reconfiguration; limiters keyed by gRPC method and
-reconfigurable live; and one injectable clock for all of them so tests are fast and exact.
-None of those libraries covers more than a part of this, and adapting them would cost more than
-the few hundred lines here.
+reconfigurable live; and one injectable clock for all of them so tests are fast and exact. None
+of those libraries covers more than a part of this, and adapting them would cost more than the
+few hundred lines here.
 """
 
 from __future__ import annotations
 
+from raftreg.resilience._handlers import wrap_handler
 from raftreg.resilience.backoff import Backoff, Jitter
 from raftreg.resilience.breaker import (
     FAILURE_CODES,
@@ -134,4 +136,5 @@ __all__ = [
     "outgoing_timeout",
     "parse_timeout",
     "retry_call",
+    "wrap_handler",
 ]

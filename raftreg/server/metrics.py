@@ -16,7 +16,7 @@ as in tests — never share counters.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeAlias
 
 import grpc
@@ -32,6 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from raftreg.resilience import wrap_handler
 from raftreg.server.node import RegistryNode
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -92,21 +93,6 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                                   "Client RPC duration.", ["method"], buckets=_BUCKETS,
                                   registry=registry)
 
-    def _done(self, method: str, t0: float, code: grpc.StatusCode) -> None:
-        self.requests.labels(method, code.name).inc()
-        self.duration.labels(method).observe(time.perf_counter() - t0)
-
-    @staticmethod
-    def _code(context: grpc.aio.ServicerContext[Any, Any], err: BaseException | None) -> (
-        grpc.StatusCode
-    ):
-        if err is not None and not isinstance(err, grpc.aio.AbortError):
-            return grpc.StatusCode.UNKNOWN
-        code = context.code()
-        if isinstance(code, grpc.StatusCode):
-            return code
-        return grpc.StatusCode.OK if err is None else grpc.StatusCode.UNKNOWN
-
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
@@ -116,44 +102,15 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method = details.method
-        done, code_of = self._done, self._code
 
-        def unary(fn: Any) -> Any:
-            async def wrapped(request: Any, context: Any) -> Any:
-                t0 = time.perf_counter()
-                err: BaseException | None = None
-                try:
-                    return await fn(request, context)
-                except BaseException as e:
-                    err = e
-                    raise
-                finally:
-                    done(method, t0, code_of(context, err))
-            return wrapped
+        def start(context: Any) -> float:
+            return time.perf_counter()
 
-        def streaming(fn: Any) -> Any:
-            async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
-                t0 = time.perf_counter()
-                err: BaseException | None = None
-                try:
-                    async for item in fn(request, context):
-                        yield item
-                except BaseException as e:
-                    err = e
-                    raise
-                finally:
-                    done(method, t0, code_of(context, err))
-            return wrapped
+        def finish(t0: float, context: Any, code: grpc.StatusCode) -> None:
+            self.requests.labels(method, code.name).inc()
+            self.duration.labels(method).observe(time.perf_counter() - t0)
 
-        kinds = {
-            "unary_unary": unary, "stream_unary": unary,
-            "unary_stream": streaming, "stream_stream": streaming,
-        }
-        for attr, wrap in kinds.items():
-            fn = getattr(handler, attr)
-            if fn is not None:
-                return handler._replace(**{attr: wrap(fn)})  # type: ignore[attr-defined, no-any-return]
-        return handler
+        return wrap_handler(handler, start=start, finish=finish)
 
 
 def metrics_registry(node: RegistryNode) -> tuple[CollectorRegistry, RpcMetrics]:
