@@ -7,7 +7,7 @@ PY="$(scripts/bootstrap.sh)"
 BIN="$(dirname "$PY")"
 echo "== ruff"
 "$BIN/ruff" check .
-echo "== mypy (strict, raftreg/)"
+echo "== mypy (strict: raftreg/ and services/)"
 "$BIN/mypy"
 echo "== pytest"
 "$PY" -m pytest -q -p no:cacheprovider "$@"

@@ -108,6 +108,7 @@ class ServiceSettings:
     grace: float = 1.0
     log_level: str = "INFO"
     log_format: LogFormat = "text"  # raftreg.logfmt: the same fields as the nodes' logs
+    uvloop: bool = True  # run on uvloop when installed (as the registry nodes do)
     # the gRPC server's interceptor chain (module docstring): accepted bearer tokens (none: no
     # auth), requests per second per method (None: unlimited) and the bucket size (None: max(1,
     # rate_limit)), the log level of calls that end OK
@@ -148,6 +149,8 @@ def service_parser(service: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=1.0,
                    help="seconds in-flight requests get to finish on shutdown")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--no-uvloop", dest="uvloop", action="store_false",
+                   help="run on the standard asyncio event loop instead of uvloop")
     p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                    help="stderr log lines: text or JSON objects (the registry nodes' fields)")
     p.add_argument("--token", action="append", default=[], metavar="TOKEN",
@@ -194,6 +197,7 @@ def settings_from_args(
         grace=ns.grace,
         log_level=ns.log_level,
         log_format=ns.log_format,
+        uvloop=ns.uvloop,
         tokens=tokens_from(ns.token, os.environ if environ is None else environ),
         rate_limit=ns.rate_limit,
         rate_burst=ns.rate_burst,
@@ -483,4 +487,9 @@ def run_service(
         return await runtime.run()
 
     configure_logging(settings)
+    if settings.uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            return uvloop.run(main())
     return asyncio.run(main())
