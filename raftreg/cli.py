@@ -657,11 +657,22 @@ def cmd_snapshot_restore(ns: argparse.Namespace, ctx: _Ctx) -> int:
     return 0
 
 
+def human_bytes(n: int) -> str:
+    """Sizes as etcdctl prints them (SI units: "0 B", "25 kB", "1.2 MB")."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" or size >= 10 else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
 STATUS_HEADERS = (
     "ENDPOINT",
     "ID",
     "NAME",
     "VERSION",
+    "DB SIZE",
     "IS LEADER",
     "RAFT TERM",
     "RAFT INDEX",
@@ -694,6 +705,7 @@ async def cmd_endpoint_status(client: RegistryClient, ns: argparse.Namespace, ct
                 f"{st.member_id:x}",
                 st.name,
                 st.version,
+                human_bytes(st.db_size),
                 str(st.is_leader).lower(),
                 st.raft_term,
                 st.raft_index,

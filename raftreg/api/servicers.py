@@ -488,6 +488,7 @@ class MaintenanceServicer(_Base, pbg.MaintenanceServicer):
         return pb.StatusResponse(
             header=self.header(),
             version=__version__,
+            dbSize=n.disk_usage(),
             leader=0 if leader is None else leader.id,
             raftIndex=st.commit_index,
             raftTerm=st.term,

@@ -422,6 +422,23 @@ class RaftNode:
             raise InvalidArgument(f"unknown membership operation {op!r}")
         await fut
 
+    async def wait_replicated(self, peer: str, index: int, timeout: float) -> bool:
+        """On the leader: wait until `peer` holds the log up to `index` and the commit index
+        covers it, then a few heartbeats more (they carry the commit index, so the peer then
+        applies the entry). False if that did not happen within `timeout` (e.g. the peer is
+        down)."""
+        loop = self._loop
+        deadline = loop.time() + timeout
+        node = TCPNode(peer)
+        while loop.time() < deadline:
+            f = self._fsm
+            match = dict(f._SyncObj__raftMatchIndex).get(node, 0)
+            if match >= index and int(f.raftCommitIndex) >= index:
+                await asyncio.sleep(3 * self._s.heartbeat_interval)
+                return True
+            await asyncio.sleep(self._s.heartbeat_interval / 2)
+        return False
+
     async def transfer_leadership(self, timeout: float) -> None:
         """Hand the leadership to the most caught-up connected follower (Raft TimeoutNow) and
         return once this node is no longer the leader; `Unavailable` after `timeout`.

@@ -8,6 +8,7 @@ waits for the event loop: applied events are handed over with `call_soon_threads
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -342,6 +343,13 @@ class RegistryNode:
             name = m.name or m.raft
             client = m.client or m.raft
             await self.write(MemberUpdate(m.id, name, m.raft, client, removed=True))
+            # The removed node learns of its removal only by applying that record, and the
+            # record commits on a majority that need not include it: let it catch up before
+            # the raft change cuts it off (a node that is down just misses it).
+            applied = self.raft.status().applied_index
+            if not await self.raft.wait_replicated(m.raft, applied, self._propose_timeout):
+                log.warning("member %s did not receive its removal record; removing it anyway",
+                            name)
             try:
                 await self.raft.change_membership("remove", m.raft)
             except Exception:
@@ -370,6 +378,15 @@ class RegistryNode:
     def leader_client_addr(self) -> str | None:
         m = self.leader_member()
         return None if m is None else m.client
+
+    def disk_usage(self) -> int:
+        """Bytes of this node's data dir (raft journal and dump): etcd's "db size"."""
+        total = 0
+        for p in self.cfg.data_dir(self.me).iterdir():
+            with contextlib.suppress(OSError):  # a dump being replaced
+                if p.is_file():
+                    total += p.stat().st_size
+        return total
 
     def lease_keys(self, lease_id: int) -> frozenset[bytes] | None:
         """The keys attached to a lease on this replica (None: no such lease), copied under

@@ -382,7 +382,7 @@ def test_compaction_and_member_list(cli: Harness) -> None:
 def test_endpoint_status_and_health(cli: Harness) -> None:
     code, out, err = cli("--endpoints", "127.0.0.1:2379,127.0.0.1:9", "endpoint", "status")
     assert code == 1
-    assert out.startswith("127.0.0.1:2379, 1, n1, 0.1.0, true,")
+    assert out.startswith("127.0.0.1:2379, 1, n1, 0.1.0, 0 B, true,")
     assert err == (
         "Error: failed to get the status of endpoint 127.0.0.1:9: cannot connect to 127.0.0.1:9\n"
     )

@@ -41,6 +41,7 @@ async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster)
     async with GrpcRegistryClient(c.endpoints) as client:
         await asyncio.gather(*(client.put(f"metrics/k{i}", "v") for i in range(200)))
         g = await client.lease_grant(30)
+        assert (await client.status(c.client[leader])).db_size > 0  # the data dir's bytes
         await client.get("metrics/", prefix=True)
         w = await client.watch("metrics/", prefix=True)  # returns once the server confirmed it
         watchers = sum(value(scrape(c.http[n]), "raftreg_watchers") for n in c.names)
