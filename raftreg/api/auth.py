@@ -64,6 +64,7 @@ Node-internal calls through the client API:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import inspect
@@ -478,10 +479,16 @@ def _behavior(handler: Handler) -> Any:
 
 def _refusing(handler: Handler, err: RegistryError) -> Handler:
     """`handler` answering `err` without running; of the same kind (an async generator for an
-    async-generator behaviour: outer interceptors, e.g. the metrics', iterate it)."""
+    async-generator behaviour: outer interceptors, e.g. the metrics', iterate it). A refused
+    client stream has its first message read before the refusal: ending a call whose client
+    is still sending made the client see INTERNAL ("Internal error from Core") instead of the
+    refusal about 5 % of the time."""
     if inspect.isasyncgenfunction(_behavior(handler)):
 
         async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if handler.request_streaming:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(anext(aiter(request)), 1.0)
             await _abort(context, err)
             yield  # pragma: no cover  (makes this an async generator; abort raises)
 

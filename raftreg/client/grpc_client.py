@@ -28,6 +28,7 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import secrets
@@ -366,7 +367,9 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         async def call(c: _Conn, t: float) -> int:
             stream = c.lease.LeaseKeepAlive(None, timeout=t)
             try:
-                await stream.write(pb.LeaseKeepAliveRequest(ID=id))
+                # a call the server already ended: read() below raises its status
+                with contextlib.suppress(asyncio.InvalidStateError):
+                    await stream.write(pb.LeaseKeepAliveRequest(ID=id))
                 resp = await stream.read()
                 if not isinstance(resp, pb.LeaseKeepAliveResponse):
                     raise _RetryableFailure("keepalive stream ended without an answer")

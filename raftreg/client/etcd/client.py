@@ -34,6 +34,7 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -326,7 +327,9 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         async def call(c: EtcdConn, t: float) -> int:
             stream = c.lease_keepalive(None, timeout=t, metadata=REQUIRE_LEADER)
             try:
-                await stream.write(pb.LeaseKeepAliveRequest(ID=id))
+                # a call the server already ended: read() below raises its status
+                with contextlib.suppress(asyncio.InvalidStateError):
+                    await stream.write(pb.LeaseKeepAliveRequest(ID=id))
                 resp = await stream.read()
                 if not isinstance(resp, pb.LeaseKeepAliveResponse):
                     raise E.Unavailable("keepalive stream ended without an answer")
