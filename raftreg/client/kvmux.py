@@ -6,9 +6,10 @@ call when nothing else is in flight on that endpoint (lowest latency for a lone 
 through the endpoint's Batch stream otherwise, so concurrent callers share messages.
 
 Contract of `KVMux.submit`: returns the operation's response message, raises the operation's
-own `RegistryError` (built by the shared status table), or raises `StreamFailure` when the
-stream broke or no answer came in time — the operation may then have been applied, and the
-caller retries it with the same request id.
+own `RegistryError` (built by the shared status table), the stream's `Unauthenticated` /
+`PermissionDenied` when the server refused the whole stream (nothing ran), or raises
+`StreamFailure` when the stream broke or no answer came in time — the operation may then have
+been applied, and the caller retries it with the same request id.
 """
 
 from __future__ import annotations
@@ -67,17 +68,21 @@ class KVMux:
                     fut = self._waiting.pop(r.tag, None)
                     if fut is not None and not fut.done():
                         fut.set_result(r)
-        except grpc.aio.AioRpcError:
-            pass
+        except grpc.aio.AioRpcError as e:
+            md: Any = e.trailing_metadata() or ()
+            err = error_from_status(e.code(), e.details() or "", tuple(md))
+            # A stream refused as a whole (credentials) ran no operation: say so, not "broken".
+            if isinstance(err, E.Unauthenticated | E.PermissionDenied):
+                self._fail(err)
         finally:
-            self._fail()
+            self._fail(StreamFailure("the batch stream ended before an answer"))
 
-    def _fail(self) -> None:
+    def _fail(self, exc: Exception) -> None:
         self.broken = True
         waiting, self._waiting = self._waiting, {}
         for fut in waiting.values():
             if not fut.done():
-                fut.set_exception(StreamFailure("the batch stream ended before an answer"))
+                fut.set_exception(exc)
 
     async def submit(self, op: pb.TaggedRequest, timeout: float) -> Message:
         if self.broken:

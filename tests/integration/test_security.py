@@ -211,6 +211,11 @@ async def test_no_token_is_unauthenticated_and_changes_nothing(
                                   **mtls(ca)) as bad:
         with pytest.raises(Unauthenticated, match="invalid token"):
             await bad.put("/services/anon", "x")
+        # concurrent calls (the endpoint's Batch stream) each report the refusal, never an
+        # unknown outcome
+        results = await asyncio.gather(*(bad.put(f"/services/anon{i}", "x") for i in range(8)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, Unauthenticated) for r in results), results
 
 
 async def test_read_only_user_cannot_write(
