@@ -106,6 +106,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import math
@@ -835,8 +836,10 @@ class Gateway:
             stub = chat_pb2_grpc.ChatServiceStub(channel)
             stream = stub.SyncStream(None)  # the deadline interceptor bounds it
             try:
-                await stream.write(chat_pb2.Message(content=content, timestamp=now_ms()))
-                await stream.done_writing()
+                # a call that already ended (instance gone): read() below raises its status
+                with contextlib.suppress(asyncio.InvalidStateError):
+                    await stream.write(chat_pb2.Message(content=content, timestamp=now_ms()))
+                    await stream.done_writing()
                 reply = await stream.read()
                 if not isinstance(reply, chat_pb2.Message):
                     raise EmptyStream("the chat stream ended without an answer")

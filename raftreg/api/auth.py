@@ -64,7 +64,6 @@ Node-internal calls through the client API:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import inspect
@@ -86,6 +85,7 @@ from raftreg.api.status import ERROR_KEY, status_for
 from raftreg.config import ClusterConfig
 from raftreg.errors import InvalidArgument, PermissionDenied, RegistryError, Unauthenticated
 from raftreg.pb import raftreg_pb2 as pb
+from raftreg.resilience import refusing_handler
 
 if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
@@ -478,26 +478,12 @@ def _behavior(handler: Handler) -> Any:
 
 
 def _refusing(handler: Handler, err: RegistryError) -> Handler:
-    """`handler` answering `err` without running; of the same kind (an async generator for an
-    async-generator behaviour: outer interceptors, e.g. the metrics', iterate it). A refused
-    client stream has its first message read before the refusal: ending a call whose client
-    is still sending made the client see INTERNAL ("Internal error from Core") instead of the
-    refusal about 5 % of the time."""
-    if inspect.isasyncgenfunction(_behavior(handler)):
+    """`handler` answering `err` without running (see `refusing_handler`)."""
 
-        async def refuse_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            if handler.request_streaming:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(anext(aiter(request)), 1.0)
-            await _abort(context, err)
-            yield  # pragma: no cover  (makes this an async generator; abort raises)
-
-        return _rebuild(handler, refuse_stream)
-
-    async def refuse(request: Any, context: Any) -> None:
+    async def refuse(context: Any) -> None:
         await _abort(context, err)
 
-    return _rebuild(handler, refuse)
+    return refusing_handler(handler, refuse)
 
 
 def _guarded(behavior: Any, before: Callable[[Any, Any], Awaitable[None]],

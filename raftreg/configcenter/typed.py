@@ -211,8 +211,10 @@ def _build(
             if f.name in entries:
                 problems.append(f"{full!r} is a section: set {full}.<name> instead")
             section_base = getattr(base, f.name) if base is not None else f.default
-            if callable(section_base) and not dataclasses.is_dataclass(section_base):
-                section_base = section_base()  # a default_factory
+            if callable(section_base) and (
+                isinstance(section_base, type) or not dataclasses.is_dataclass(section_base)
+            ):
+                section_base = section_base()  # a default_factory (e.g. the section class)
             if not sub:
                 if base is not None:
                     kwargs[f.name] = section_base

@@ -142,6 +142,7 @@ class ConfigWatcher(Generic[T]):
             await self._notify(value, None)
         except BaseException:
             watch.cancel()
+            self._started = False  # not running: a later start() may try again
             raise
         self._task = asyncio.get_running_loop().create_task(self._run(watch))
         self._signal()

@@ -224,7 +224,12 @@ class ServiceChannels:
 
     def _close_later(self, ch: grpc.aio.Channel) -> None:
         async def close() -> None:
-            await ch.close(self._close_grace)
+            # in-flight calls get the grace period; cancelled (by `close()`), the channel
+            # closes at once — never left half-closed
+            try:
+                await asyncio.sleep(self._close_grace)
+            finally:
+                await ch.close(None)
 
         t = asyncio.get_running_loop().create_task(close())
         self._closing.add(t)

@@ -88,7 +88,11 @@ class Registration:
             self._run(), name=f"register {self.instance.service}/{self.instance.id}"
         )
         if wait:
-            await self.wait_registered(timeout)
+            try:
+                await self.wait_registered(timeout)
+            except Unavailable:
+                await self.stop()  # no registration left behind by a start that failed
+                raise
 
     async def wait_registered(self, timeout: float | None = None) -> None:
         """Until the instance is registered; `Unavailable` after `timeout` seconds."""
@@ -166,6 +170,9 @@ class Registration:
         while True:
             try:
                 await self._register_once()
+            except FailedPrecondition as e:  # the client was closed: nothing more to do
+                log.warning("registering %s stopped: %s", self.key, e)
+                return
             except RegistryError as e:
                 delay = min(self._retry_max, self._retry_base * 2**attempt)
                 delay *= self._rng.uniform(0.5, 1.0)

@@ -115,6 +115,7 @@ class Resolver:
             try:
                 await asyncio.wait_for(self._synced.wait(), timeout)
             except TimeoutError:
+                await self.stop()
                 raise Unavailable(
                     f"could not list {self._prefix} within {timeout}s"
                 ) from None
@@ -213,6 +214,9 @@ class Resolver:
                 snap, watch = await self._client.list_then_watch(
                     self._prefix, progress_notify=True
                 )
+            except FailedPrecondition as e:  # the client was closed: nothing more to follow
+                log.warning("resolving %s stopped: %s", self.service, e)
+                return
             except RegistryError as e:
                 delay = min(self._retry_max, self._retry_base * 2**attempt)
                 delay *= self._rng.uniform(0.5, 1.0)
@@ -243,5 +247,7 @@ class Resolver:
     async def _ask_progress(self) -> None:
         while not self._closed:
             await asyncio.sleep(self._progress_interval)
+            if self.stale_for() < self._progress_interval:
+                continue  # heard recently (events, or another resolver's progress request)
             with contextlib.suppress(RegistryError, TimeoutError):
                 await asyncio.wait_for(self._client.request_progress(), self._progress_interval)

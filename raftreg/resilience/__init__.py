@@ -6,8 +6,9 @@ This package owns: `Deadline` and the current-deadline context variable (`deadli
 (`backoff`), `RetryPolicy`/`retry_call` (`retry`), the "not executed" rule and failure
 classification that retry and breaker share (`rpc`), `EndpointHealth` (`endpoint_health`),
 `CircuitBreaker`/`BreakerGroup` (`breaker`), `TokenBucket`/`RateLimiter` (`ratelimit`), the
-server interceptors (`server_interceptors`), `wrap_handler` which any server interceptor (e.g.
-the node's metrics) uses to observe a call of any of the four kinds (`_handlers`), and client
+server interceptors (`server_interceptors`), `wrap_handler` / `refusing_handler` which any server
+interceptor (e.g. the node's metrics and auth) uses to observe or refuse a call of any of the four
+kinds (`_handlers`), and client
 interceptors (`client_interceptors`). Clocks are `raftreg.client.clock`'s plus `MonotonicClock`
 (`clock`); every time-dependent part takes a `Clock`, so tests drive it with `ManualClock`.
 Every threshold is a constructor argument and can be changed live (`configure`), because the
@@ -25,7 +26,7 @@ few hundred lines here.
 
 from __future__ import annotations
 
-from raftreg.resilience._handlers import wrap_handler
+from raftreg.resilience._handlers import refusing_handler, wrap_handler
 from raftreg.resilience.backoff import Backoff, Jitter
 from raftreg.resilience.breaker import (
     FAILURE_CODES,
@@ -135,6 +136,7 @@ __all__ = [
     "local_error",
     "outgoing_timeout",
     "parse_timeout",
+    "refusing_handler",
     "retry_call",
     "wrap_handler",
 ]

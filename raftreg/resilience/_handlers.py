@@ -15,6 +15,7 @@ A synchronous behaviour gets a thin proxy of its context that remembers the code
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -199,15 +200,47 @@ def wrap_handler(
     return result
 
 
+def refusing_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], refuse: Callable[[Context], Awaitable[None]]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of `handler`'s kind (an async generator for an async-generator behaviour, so
+    outer wrappers iterate it) that runs `refuse(context)` — which aborts — instead of the
+    behaviour. A refused client stream has its first message read first: ending a call whose
+    client is still sending made the client see INTERNAL ("Internal error from Core") instead
+    of the refusal in about 5 % of calls."""
+    streaming_request = handler.request_streaming
+
+    async def drain_first(request: Any) -> None:
+        if streaming_request:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(anext(aiter(request)), 1.0)
+
+    if inspect.isasyncgenfunction(_behavior(handler)):
+
+        async def refuse_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            await drain_first(request)
+            await refuse(context)
+            yield  # pragma: no cover  (makes this an async generator; refuse aborts)
+
+        stream_result: grpc.RpcMethodHandler[Any, Any] = _rebuild(handler, refuse_stream)
+        return stream_result
+
+    async def refuse_call(request: Any, context: Context) -> None:
+        await drain_first(request)
+        await refuse(context)
+
+    result: grpc.RpcMethodHandler[Any, Any] = _rebuild(handler, refuse_call)
+    return result
+
+
 def rejecting_handler(
     handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, details: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of `handler`'s kind that answers `code` without running the behaviour, with
     the not-executed marker in its trailing metadata."""
 
-    async def reject(request: Any, context: Context) -> None:
+    async def reject(context: Context) -> None:
         context.set_trailing_metadata(NOT_EXECUTED_METADATA)
         await context.abort(code, details)
 
-    result: grpc.RpcMethodHandler[Any, Any] = _rebuild(handler, reject)
-    return result
+    return refusing_handler(handler, reject)

@@ -442,8 +442,10 @@ class ClientBreakerInterceptor(ClientInterceptor):
         def done(outcome: Outcome) -> None:
             if outcome.code is grpc.StatusCode.OK:
                 permit.record(True)
-            elif outcome.code is grpc.StatusCode.CANCELLED:
-                permit.release()
+            elif outcome.code is grpc.StatusCode.CANCELLED or failure_of_status(
+                outcome.code, outcome.trailing_metadata
+            ).not_executed:
+                permit.release()  # the server never answered this call: no evidence either way
             else:
                 permit.record(not breaker.is_failure(outcome.error()))
 

@@ -15,7 +15,14 @@ import pytest
 
 from raftreg.client import RegistryClient
 from raftreg.discovery import Resolver, instance_key
-from services.testing import ServiceGroup, instance_ids, send_user_traffic, wait_stats
+from services.testing import (
+    ServiceGroup,
+    SteadyTraffic,
+    instance_ids,
+    log_lines,
+    send_user_traffic,
+    wait_stats,
+)
 from tests.contract.conftest import Backend
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -47,18 +54,22 @@ async def test_register_balance_and_survive_a_killed_instance(
         t = await send_user_traffic(http, gw, 300, concurrency=1)
         assert t.failures == 0 and t.served == {"a": 50, "b": 100, "c": 150}, t
 
-        async with Resolver(registry, svc) as res:
+        async with Resolver(registry, svc) as res, SteadyTraffic(http, gw) as traffic:
             await res.wait_for(lambda i: len(i) == 3, 5)
-            traffic = asyncio.create_task(send_user_traffic(http, gw, 400, concurrency=4))
-            await asyncio.sleep(0.2)  # the kill lands while requests are in flight
+            await traffic.wait_served(50)  # the kill lands while requests are in flight
             killed = time.monotonic()
             g.kill("c")
+            traffic.phase("after the kill")
             await res.wait_for(lambda i: {x.id for x in i} == {"a", "b"}, TTL + 3)
             dropped = time.monotonic() - killed
             await wait_stats(http, gw, lambda s: instance_ids(s) == {"a", "b"}, timeout=TTL + 3)
-            t = await traffic
+            after = await traffic.wait_served(100)
         assert dropped <= TTL + 1.0, f"dropped after {dropped:.2f}s (TTL {TTL}s)"
-        assert t.failures == 0, t  # calls to the dead instance were retried elsewhere
+        t = traffic.total()
+        assert t.failures == 0, (t, traffic.errors)  # calls to c were retried elsewhere
+        assert set(after.served) == {"a", "b"}, after
+        # the kill was seen: some calls went to the dead instance and were retried
+        assert log_lines(g, "gw", f"UNAVAILABLE on {svc}/c"), g.log_tail("gw")
 
         t0 = time.monotonic()
         assert await asyncio.to_thread(g.terminate, "b") == 0

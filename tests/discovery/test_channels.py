@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import grpc.aio
@@ -50,10 +50,13 @@ class Server:
         return f"127.0.0.1:{self.port}"
 
 
-def dead_address() -> str:
+@pytest.fixture
+def dead_address() -> Iterator[str]:
+    """An address that refuses connections for the whole test: bound, never listening (so no
+    server started meanwhile can take the port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens once closed
+        yield f"127.0.0.1:{s.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -110,13 +113,13 @@ async def test_weighted_spread_over_real_channels_is_exact(
 
 
 async def test_a_dead_instance_is_retried_elsewhere_and_ejected(
-    mem: MemoryRegistryClient, servers: Callable[[str], Server]
+    mem: MemoryRegistryClient, servers: Callable[[str], Server], dead_address: str
 ) -> None:
     a, b = servers("a"), servers("b")
     for s in (a, b):
         await s.server.start()
         await register(mem, s.name, s.address)
-    await register(mem, "dead", dead_address())
+    await register(mem, "dead", dead_address)
     od = OutlierDetector(consecutive_failures=3, base_ejection_s=30)
     async with channels(mem, policy="round_robin", outlier=od) as sc:
         got = collections.Counter([await sc.call(who) for _ in range(60)])
@@ -126,9 +129,9 @@ async def test_a_dead_instance_is_retried_elsewhere_and_ejected(
 
 
 async def test_without_retries_the_failure_surfaces(
-    mem: MemoryRegistryClient,
+    mem: MemoryRegistryClient, dead_address: str
 ) -> None:
-    await register(mem, "dead", dead_address())
+    await register(mem, "dead", dead_address)
     async with channels(mem, policy="round_robin") as sc:
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await sc.call(who, attempts=1)
