@@ -61,9 +61,12 @@ _NO_OP = b"\x01"  # PySyncObj's _COMMAND_TYPE.NO_OP entry
 
 def seed_data_dir(data_dir: Path, state: bytes, members: Sequence[str]) -> None:
     """Prepare an EMPTY data dir so that the node starts from `state` (a store snapshot): a
-    raft dump whose log holds two no-op entries (index 1 and 2, term 0) marked applied. Every
+    raft dump whose log holds two no-op entries (index 2 and 3, term 0) marked applied. Every
     member of the new cluster must be seeded with the same state, so their logs agree; new
-    entries then start at index 3. `FailedPrecondition` if the dir holds raft files already."""
+    entries then start at index 4. The log must not start at index 1: a member that joins
+    later (or loses its data dir) starts with PySyncObj's own no-op at index 1, and the leader
+    sends the snapshot only to a follower behind its first log entry — from index 1 it would
+    send entries and never the restored state."""
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     existing = [p.name for p in data_dir.iterdir() if p.name.startswith("raft.")]
@@ -76,7 +79,7 @@ def seed_data_dir(data_dir: Path, state: bytes, members: Sequence[str]) -> None:
         "magic": _DUMP_MAGIC,
         "format": _DUMP_FORMAT,
         "state": state,
-        "entries": [[_NO_OP, 2, 0], [_NO_OP, 1, 0]],
+        "entries": [[_NO_OP, 3, 0], [_NO_OP, 2, 0]],
         "cluster": sorted(members),
     })
     tmp = data_dir / "raft.dump.tmp"
@@ -147,12 +150,25 @@ class _Fsm(SyncObj):  # type: ignore[misc]
         self._faults = faults
         self._joining = join
         self._join_hold = conf.raftMaxTimeout
+        self._transfer: Callable[[Any, int], None] | None = None
         if faults is None:
             super().__init__(self_addr, peers, conf)
         else:
             super().__init__(self_addr, peers, conf, transportClass=FaultyTransport)
 
+    def _SyncObj__changeCluster(self, request: Any) -> bool:  # tick thread, leader
+        """PySyncObj 0.3.17 checks `__changeClusterIDx` ("a change is not committed yet")
+        but never sets it; set it to the index the accepted change is appended at, so a
+        second change is refused until the first one is applied."""
+        accepted = bool(super()._SyncObj__changeCluster(request))
+        if accepted:
+            self._SyncObj__changeClusterIDx = self._SyncObj__getCurrentLogIndex() + 1
+        return accepted
+
     def _onTick(self, timeToWait: float = 0.0) -> None:  # tick thread
+        transfer, self._transfer = self._transfer, None
+        if transfer is not None:  # requested from the event loop; runs where sends are safe
+            self.transferLeadership(None, callback=transfer)
         if self._joining:
             if self._getLeader() is not None:
                 self._joining = False
@@ -478,7 +494,8 @@ class RaftNode:
         def done(result: Any, err: int) -> None:  # tick thread
             self._loop.call_soon_threadsafe(settle, err)
 
-        self._fsm.transferLeadership(None, callback=done)
+        # PySyncObj's transport is not thread-safe: the tick thread sends the TimeoutNow
+        self._fsm._transfer = done
         return bool(await fut == FAIL_REASON.SUCCESS)
 
     def status(self) -> RaftStatus:

@@ -124,10 +124,23 @@ async def run_node(
 
 
 async def _stop_when_removed(node: RegistryNode, stop: asyncio.Event) -> None:
-    """A member removed from the cluster stops serving (as etcd's does)."""
-    await node.removed.wait()
-    log.warning("this member (%s) was removed from the cluster; stopping", node.me.name)
-    stop.set()
+    """A member removed from the cluster stops serving (as etcd's does). A removal record is
+    acted on once this node has applied what it knows to be committed and the latest record
+    for it still says removed: a member removed and added again replays its old removal."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await node.removed.wait()
+        settle = loop.time() + 2.0
+        while loop.time() < settle:
+            st = node.raft_status()
+            if st.applied_index >= st.commit_index:
+                break
+            await asyncio.sleep(0.05)
+        if node.removed_for_good():
+            log.warning("this member (%s) was removed from the cluster; stopping", node.me.name)
+            stop.set()
+            return
+        node.removed.clear()
 
 
 def _header(node: RegistryNode) -> Callable[[], pb.ResponseHeader]:

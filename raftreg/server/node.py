@@ -321,9 +321,12 @@ class RegistryNode:
                 if m.name == name or m.raft == peer or (client and m.client == client):
                     raise AlreadyExists(f"member {m.name or m.raft} already uses that name "
                                         "or address")
-            await self.raft.change_membership("add", peer)
+            # The record first: a record whose raft change never happens names no member (the
+            # member list follows the raft configuration), while a raft member without its
+            # record would stay nameless.
             member = Member(stable_id(name), name, peer, client)
             await self.write(MemberUpdate(member.id, name, peer, client))
+            await self.raft.change_membership("add", peer)
             log.info("member %s added (raft %s, client %s)", name, peer, client)
             return member
 
@@ -378,6 +381,13 @@ class RegistryNode:
     def leader_client_addr(self) -> str | None:
         m = self.leader_member()
         return None if m is None else m.client
+
+    def removed_for_good(self) -> bool:
+        """Whether the latest member record for this node says it was removed (a node that
+        was removed and added again under its name replays the old removal first)."""
+        with self._lock:
+            rec = next((m for m in self.store.members() if m.id == self.member_id), None)
+        return rec is not None and rec.removed
 
     def disk_usage(self) -> int:
         """Bytes of this node's data dir (raft journal and dump): etcd's "db size"."""

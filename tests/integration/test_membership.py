@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -105,3 +106,22 @@ async def test_grow_to_four_and_remove_the_leader_under_load(tmp_path: Path) -> 
             c.wait_leader()
             assert sorted(m.name for m in await client.member_list()) == sorted(c.names)
         c.wait_converged(timeout=30)
+
+        # replace a member under its own name: removed, data dir wiped, added again; it
+        # replays its old removal record but must stay (the latest record says it is a member)
+        async with GrpcRegistryClient(c.endpoints, timeout=10.0) as client:
+            leader = c.wait_leader()
+            victim = next(n for n in c.names if n != leader)
+            await client.member_remove(stable_id(victim))
+            await wait_until(lambda: not c.alive(victim), 20, "removed member kept running")
+            shutil.rmtree(c.root / "data" / victim)
+            await client.member_add(victim, c.raft[victim], c.client[victim])
+            c.start(victim, join=True)
+            await wait_until(
+                lambda: c.status(victim) is not None and c.status(victim).header.revision > 1,
+                20, "re-added member did not catch up")
+            c.wait_converged(timeout=30)
+            assert c.alive(victim), c.log_text(victim)[-2000:]
+            listed = await client.member_list()
+            assert sorted(m.name for m in listed) == sorted(c.names)
+            assert all(m.connected for m in listed)

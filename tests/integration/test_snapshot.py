@@ -51,15 +51,19 @@ async def test_a_snapshot_under_load_restores_exactly(tmp_path: Path) -> None:
                     await asyncio.gather(*(client.put(f"load/{i % 97}", f"{i}-{j}")
                                            for j in range(8)))
 
+            async def revision_passes(target: int) -> None:
+                async with asyncio.timeout(20):
+                    while (await client.get("x", count_only=True)).revision <= target:
+                        await asyncio.sleep(0.02)
+
             writers = [asyncio.create_task(load()) for _ in range(4)]
-            await asyncio.sleep(0.5)  # let the load run before the snapshot is taken
-            blob = await client.snapshot()
-            await asyncio.sleep(0.3)
+            await revision_passes(base_rev := (await client.get("x")).revision + 200)
+            blob = await client.snapshot()  # taken while the load runs
+            rev = decode_backup(blob).revision
+            assert rev > base_rev
+            await revision_passes(rev + 200)  # the load went on after it
             stop.set()
             await asyncio.gather(*writers)
-            backup = decode_backup(blob)
-            rev = backup.revision
-            assert (await client.get("x")).revision > rev  # the load went on after it
             expected = await client.get(b"\0", range_end=b"\0", revision=rev)
             assert expected.count > 50
         # the CLI's save goes through the same RPC, into a file, verified
@@ -89,8 +93,16 @@ async def test_a_snapshot_under_load_restores_exactly(tmp_path: Path) -> None:
             assert len(ttl.keys) == 10 and ttl.ttl > 500
             r = await client.put("after", "restore")
             assert r.revision == rev + 1
+            # a member added later starts empty and must receive the restored state too
+            n4 = b.add_node()
+            await client.member_add(n4, b.raft[n4], b.client[n4])
+            b.start(n4, join=True)
         st = b.wait_converged()
         assert st.header.revision == rev + 1
+        async with GrpcRegistryClient([b.client[n4]]) as only_n4:
+            got = await only_n4.get(b"\0", range_end=b"\0", serializable=True)
+            assert got.revision == rev + 1
+            assert [kv for kv in view(got.kvs) if kv[0] != b"after"] == view(expected.kvs)
 
 
 def test_a_corrupt_backup_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
