@@ -586,7 +586,10 @@ class AuthInterceptor(_ServerInterceptor):
     generators for KV.Batch and Watch.Watch.
 
     `lease_keys(id)` gives the keys attached to a lease on this node's replica (None: no
-    such lease); `header()` the response header for refused watch creates."""
+    such lease); `header()` the response header for refused watch creates; `barrier()`, when
+    given, is awaited before a lease's keys are read for LeaseRevoke / LeaseTimeToLive, so a
+    lagging replica never checks them against an older key set (a Put racing the revoke on
+    the leader can still attach a key between the check and the revoke)."""
 
     def __init__(
         self,
@@ -594,10 +597,12 @@ class AuthInterceptor(_ServerInterceptor):
         *,
         lease_keys: Callable[[int], Collection[bytes] | None],
         header: Callable[[], pb.ResponseHeader],
+        barrier: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.policy = policy
         self._lease_keys = lease_keys
         self._header = header
+        self._barrier = barrier
         self._unary: dict[str, Check] = {
             RANGE: check_range,
             PUT: check_put,
@@ -643,8 +648,14 @@ class AuthInterceptor(_ServerInterceptor):
                 f"permission denied: the cluster-internal credential may not call {method}"))
         if not handler.request_streaming:
             check = self._unary.get(method) or _root(method)
+            needs_keys = method in (LEASE_REVOKE, LEASE_TTL)
 
             async def before(request: Any, context: Any) -> None:
+                if needs_keys and self._barrier is not None:
+                    try:
+                        await self._barrier()
+                    except RegistryError as e:
+                        await _abort(context, e)
                 err = _verdict(check, principal, request)
                 if err is not None:
                     await _abort(context, err)
@@ -849,10 +860,12 @@ class NodeSecurity:
         *,
         lease_keys: Callable[[int], Collection[bytes] | None],
         header: Callable[[], pb.ResponseHeader],
+        barrier: Callable[[], Awaitable[None]] | None = None,
     ) -> AuthInterceptor | None:
         if self.policy is None:
             return None
-        return AuthInterceptor(self.policy, lease_keys=lease_keys, header=header)
+        return AuthInterceptor(self.policy, lease_keys=lease_keys, header=header,
+                               barrier=barrier)
 
     def _channel(self, target: str, options: Sequence[tuple[str, Any]],
                  interceptors: Sequence[ClientInterceptor] | None) -> grpc.aio.Channel:

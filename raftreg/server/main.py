@@ -54,7 +54,8 @@ async def run_node(
     security = NodeSecurity.load(cfg)  # before anything starts: a bad file stops the node here
     node = RegistryNode(cfg, name, loop=loop, join=join)
     registry, rpc_metrics = metrics_registry(node)
-    auth = security.interceptor(lease_keys=node.lease_keys, header=_header(node))
+    auth = security.interceptor(lease_keys=node.lease_keys, header=_header(node),
+                                barrier=node.barrier)
     server = grpc.aio.server(
         interceptors=[rpc_metrics] + ([auth] if auth is not None else []),
         options=[
