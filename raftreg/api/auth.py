@@ -85,7 +85,7 @@ from raftreg.api.status import ERROR_KEY, status_for
 from raftreg.config import ClusterConfig
 from raftreg.errors import InvalidArgument, PermissionDenied, RegistryError, Unauthenticated
 from raftreg.pb import raftreg_pb2 as pb
-from raftreg.resilience import refusing_handler
+from raftreg.resilience import handler_behavior, rebuild_handler, refusing_handler
 
 if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
@@ -453,30 +453,6 @@ async def _abort(context: Any, err: RegistryError) -> None:
     await context.abort(code, details)
 
 
-def _rebuild(handler: Handler, behavior: Any) -> Handler:
-    make: Callable[..., Any]
-    if handler.request_streaming and handler.response_streaming:
-        make = grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        make = grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        make = grpc.unary_stream_rpc_method_handler
-    else:
-        make = grpc.unary_unary_rpc_method_handler
-    result: Handler = make(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-    return result
-
-
-def _behavior(handler: Handler) -> Any:
-    if handler.request_streaming:
-        return handler.stream_stream if handler.response_streaming else handler.stream_unary
-    return handler.unary_stream if handler.response_streaming else handler.unary_unary
-
-
 def _refusing(handler: Handler, err: RegistryError) -> Handler:
     """`handler` answering `err` without running (see `refusing_handler`)."""
 
@@ -640,7 +616,7 @@ class AuthInterceptor(_ServerInterceptor):
             principal, auth_value = self.policy.authenticate(details.invocation_metadata)
         except Unauthenticated as e:
             return _refusing(handler, e)
-        behavior = _behavior(handler)
+        behavior = handler_behavior(handler)
         if behavior is None:
             return handler
         if principal.internal and method != LEASE_KEEPALIVE:
@@ -660,7 +636,7 @@ class AuthInterceptor(_ServerInterceptor):
                 if err is not None:
                     await _abort(context, err)
 
-            return _rebuild(handler, _guarded(behavior, before, auth_value))
+            return rebuild_handler(handler, _guarded(behavior, before, auth_value))
         if method == LEASE_KEEPALIVE:
             err = None if principal.internal else _verdict(_writer, principal, None)
         elif method in (BATCH, WATCH) and inspect.isasyncgenfunction(behavior):
@@ -671,7 +647,7 @@ class AuthInterceptor(_ServerInterceptor):
                 async for item in gate.run(behavior, request_iterator, context):
                     yield item
 
-            return _rebuild(handler, gated)
+            return rebuild_handler(handler, gated)
         else:
             err = _verdict(_root(method), principal, None)
         if err is not None:
@@ -680,7 +656,7 @@ class AuthInterceptor(_ServerInterceptor):
         async def nothing(request: Any, context: Any) -> None:
             return None
 
-        return _rebuild(handler, _guarded(behavior, nothing, auth_value))
+        return rebuild_handler(handler, _guarded(behavior, nothing, auth_value))
 
     def _batch_gate(self, p: Principal) -> _Gate:
         async def admit(req: pb.BatchRequest) -> tuple[Any, Any]:

@@ -26,7 +26,12 @@ few hundred lines here.
 
 from __future__ import annotations
 
-from raftreg.resilience._handlers import refusing_handler, wrap_handler
+from raftreg.resilience._handlers import (
+    handler_behavior,
+    rebuild_handler,
+    refusing_handler,
+    wrap_handler,
+)
 from raftreg.resilience.backoff import Backoff, Jitter
 from raftreg.resilience.breaker import (
     FAILURE_CODES,
@@ -133,9 +138,11 @@ __all__ = [
     "deadline_scope",
     "default_is_failure",
     "earliest",
+    "handler_behavior",
     "local_error",
     "outgoing_timeout",
     "parse_timeout",
+    "rebuild_handler",
     "refusing_handler",
     "retry_call",
     "wrap_handler",

@@ -152,7 +152,10 @@ def _wrap_stream_response(behavior: Any, start: Start, finish: Finish, check: Ch
     return wrapped_gen
 
 
-def _rebuild(handler: grpc.RpcMethodHandler[Any, Any], behavior: Any) -> Any:
+def rebuild_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], behavior: Any
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of `handler`'s kind and (de)serializers running `behavior`."""
     make: Callable[..., Any]
     if handler.request_streaming and handler.response_streaming:
         make = grpc.stream_stream_rpc_method_handler
@@ -162,14 +165,16 @@ def _rebuild(handler: grpc.RpcMethodHandler[Any, Any], behavior: Any) -> Any:
         make = grpc.unary_stream_rpc_method_handler
     else:
         make = grpc.unary_unary_rpc_method_handler
-    return make(
+    result: grpc.RpcMethodHandler[Any, Any] = make(
         behavior,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+    return result
 
 
-def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
+def handler_behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
+    """The behaviour of `handler` (whichever of its four kinds is set)."""
     if handler.request_streaming:
         return handler.stream_stream if handler.response_streaming else handler.stream_unary
     return handler.unary_stream if handler.response_streaming else handler.unary_unary
@@ -177,7 +182,7 @@ def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
 
 def is_async_handler(handler: grpc.RpcMethodHandler[Any, Any]) -> bool:
     """Whether the behaviour runs on the event loop (coroutine or async generator function)."""
-    behavior = _behavior(handler)
+    behavior = handler_behavior(handler)
     return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
 
 
@@ -189,14 +194,14 @@ def wrap_handler(
     check: Check | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """`handler` with its behaviour wrapped by the hooks (see the module docstring)."""
-    behavior = _behavior(handler)
+    behavior = handler_behavior(handler)
     if behavior is None:
         return handler
     if handler.response_streaming:
         wrapped = _wrap_stream_response(behavior, start, finish, check)
     else:
         wrapped = _wrap_unary_response(behavior, start, finish, check)
-    result: grpc.RpcMethodHandler[Any, Any] = _rebuild(handler, wrapped)
+    result: grpc.RpcMethodHandler[Any, Any] = rebuild_handler(handler, wrapped)
     return result
 
 
@@ -215,21 +220,21 @@ def refusing_handler(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(anext(aiter(request)), 1.0)
 
-    if inspect.isasyncgenfunction(_behavior(handler)):
+    if inspect.isasyncgenfunction(handler_behavior(handler)):
 
         async def refuse_stream(request: Any, context: Context) -> AsyncIterator[Any]:
             await drain_first(request)
             await refuse(context)
             yield  # pragma: no cover  (makes this an async generator; refuse aborts)
 
-        stream_result: grpc.RpcMethodHandler[Any, Any] = _rebuild(handler, refuse_stream)
+        stream_result: grpc.RpcMethodHandler[Any, Any] = rebuild_handler(handler, refuse_stream)
         return stream_result
 
     async def refuse_call(request: Any, context: Context) -> None:
         await drain_first(request)
         await refuse(context)
 
-    result: grpc.RpcMethodHandler[Any, Any] = _rebuild(handler, refuse_call)
+    result: grpc.RpcMethodHandler[Any, Any] = rebuild_handler(handler, refuse_call)
     return result
 
 
