@@ -92,6 +92,9 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self.duration = Histogram("raftreg_grpc_request_duration_seconds",
                                   "Client RPC duration.", ["method"], buckets=_BUCKETS,
                                   registry=registry)
+        # labelled children, looked up once per method (and code), not on every call
+        self._counts: dict[tuple[str, str], Counter] = {}
+        self._timers: dict[str, Histogram] = {}
 
     async def intercept_service(
         self,
@@ -102,13 +105,20 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method = details.method
+        timer = self._timers.get(method)
+        if timer is None:
+            timer = self._timers[method] = self.duration.labels(method)
 
         def start(context: Any) -> float:
             return time.perf_counter()
 
         def finish(t0: float, context: Any, code: grpc.StatusCode) -> None:
-            self.requests.labels(method, code.name).inc()
-            self.duration.labels(method).observe(time.perf_counter() - t0)
+            timer.observe(time.perf_counter() - t0)
+            key = (method, code.name)
+            count = self._counts.get(key)
+            if count is None:
+                count = self._counts[key] = self.requests.labels(*key)
+            count.inc()
 
         return wrap_handler(handler, start=start, finish=finish)
 
