@@ -43,7 +43,7 @@ from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import Member, RegistryClient, prefix_range_end
 from raftreg.client.security import ClientSecurity, endpoints_want_tls
 from raftreg.client.watch import WatchBatch
-from raftreg.config import dev_config, load_config, split_hostport
+from raftreg.config import dev_config, load_config, split_hostport, write_secret_file
 from raftreg.configcenter import (
     DELETE,
     BadValue,
@@ -1266,6 +1266,16 @@ def cmd_dev(ns: argparse.Namespace, ctx: _Ctx) -> int:
     return serve(cfg, "dev")
 
 
+def cmd_secret(ns: argparse.Namespace, ctx: _Ctx) -> int:
+    path = Path(ns.file)
+    if write_secret_file(path):
+        ctx.out.write(f"wrote a new cluster secret to {path} (mode 0600); name it as "
+                      "secret_file in [cluster] and keep it out of version control\n")
+        return 0
+    ctx.out.write(f"{path} exists; left as it is\n")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -1431,6 +1441,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = leaf(sub, "dev", "run a single-node development registry", cmd_dev)
     dev.add_argument("--data-dir", default="default.raftreg", help="data directory")
     dev.add_argument("--listen", default="127.0.0.1:2379", help="client address host:port")
+    secret = leaf(sub, "secret", "create a cluster secret file (mode 0600) if it is missing",
+                  cmd_secret)
+    secret.add_argument("file", help="the file to create, e.g. cluster.secret")
     return parser
 
 
@@ -1443,7 +1456,7 @@ def _lease_arg(text: str) -> int:
 
 # --- entry points ----------------------------------------------------------------------------
 
-_SERVER_COMMANDS = frozenset({"node", "dev"})
+_SERVER_COMMANDS = frozenset({"node", "dev", "secret"})
 _LOCAL_SUBCOMMANDS = frozenset({("snapshot", "status"), ("snapshot", "restore")})
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import grpc
 
-from raftreg.config import ClusterConfig, NodeConfig, load_config
+from raftreg.config import ClusterConfig, NodeConfig, load_config, write_secret_file
+from raftreg.errors import InvalidArgument
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 
@@ -41,6 +42,11 @@ def _status(addr: str) -> pb.StatusResponse | None:
 
 
 def start(cfg: ClusterConfig, timeout: float) -> int:
+    if cfg.settings.secret_file:
+        path = cfg.file(cfg.settings.secret_file)
+        if write_secret_file(path):
+            print(f"created a random cluster secret in {path} (mode 0600, not in git)")
+    cfg.cluster_secret()  # refuse a missing, short or example secret before starting anything
     for node in cfg.nodes:
         d = cfg.data_dir(node)
         d.mkdir(parents=True, exist_ok=True)
@@ -90,8 +96,12 @@ def main() -> int:
     p.add_argument("--config", default="cluster.toml")
     p.add_argument("--timeout", type=float, default=30.0)
     a = p.parse_args()
-    cfg = load_config(a.config)
-    return start(cfg, a.timeout) if a.action == "start" else stop(cfg, a.timeout)
+    try:
+        cfg = load_config(a.config)
+        return start(cfg, a.timeout) if a.action == "start" else stop(cfg, a.timeout)
+    except InvalidArgument as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -822,7 +822,7 @@ class NodeSecurity:
         policy = None
         internal = ""
         if s.auth_file:
-            internal = internal_token(s.secret)
+            internal = internal_token(cfg.cluster_secret())
             policy = load_auth_file(cfg.file(s.auth_file), internal=internal)
         return cls(server_creds, channel_creds, policy, internal, bool(s.tls_client_ca_file))
 

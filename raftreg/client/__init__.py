@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from raftreg.client.clock import Clock, LoopClock, ManualClock
+from raftreg.client.clock import Clock, LoopClock, ManualClock, SteppingClock
 from raftreg.client.endpoints import DEFAULT_ENDPOINT, default_endpoints, normalize_endpoint
 from raftreg.client.grpc_client import GrpcRegistryClient, rpc_error
 from raftreg.client.keepalive import KeepAliveSource, KeepAliveStream, LeaseKeeper
@@ -102,6 +102,7 @@ __all__ = [
     "MemoryRegistryClient",
     "NodeStatus",
     "RegistryClient",
+    "SteppingClock",
     "SyncRegistryClient",
     "Watch",
     "WatchBatch",

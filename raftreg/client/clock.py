@@ -2,7 +2,9 @@
 
 `LoopClock` is the real one (the running loop's monotonic clock). `ManualClock` only moves when a
 test calls `advance()`; sleepers whose deadline has been reached are woken by that call, so
-time-dependent behaviour can be tested fast and deterministically.
+time-dependent behaviour can be tested fast and deterministically. `SteppingClock` moves only
+when something sleeps on it, by exactly the time slept: a retry loop's budget is then spent by
+its pauses alone, whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -70,3 +72,21 @@ class ManualClock:
     def sleepers(self) -> int:
         """How many sleeps are pending (cancelled ones included until their deadline)."""
         return sum(1 for _, _, f in self._sleepers if not f.done())
+
+
+class SteppingClock:
+    """A clock that moves only when something sleeps on it: `sleep(d)` advances it by `d` at
+    once and yields. For code whose only waits are its own pauses (a retry loop): its budget is
+    then spent by those pauses alone, exactly and instantly. Use it on one loop."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self._now += max(seconds, 0.0)
+        await asyncio.sleep(0)

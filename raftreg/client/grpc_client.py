@@ -43,6 +43,7 @@ from raftreg import errors as E
 from raftreg.api import convert
 from raftreg.api.status import ERROR_KEY, error_from_status
 from raftreg.client.bidi import KeepAliveCall
+from raftreg.client.clock import Clock
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
 from raftreg.client.grpc_watch import WIRE as WATCH_WIRE
 from raftreg.client.kvmux import KVMux, StreamFailure
@@ -186,6 +187,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
     including retries; `connect_timeout` bounds waiting for a connection to one endpoint.
     `client_id` (default random, 63 bits, non-zero) identifies this client's writes.
     `tls`, `ca_file`, `cert_file`, `key_file`, `token`: see the module docstring.
+    `clock` measures budgets and retry pauses (default: the loop's; see `PooledClient`).
     """
 
     def __init__(
@@ -206,6 +208,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         cert_file: str = "",
         key_file: str = "",
         token: str = "",
+        clock: Clock | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
@@ -231,6 +234,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             failure_penalty=failure_penalty,
             channel_options=channel_options,
             security=security,
+            clock=clock,
         )
         self._rediscover_interval = rediscover_interval
         self._client_id = client_id or (secrets.randbits(63) or 1)
@@ -385,8 +389,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         the stream marks its endpoint failed when it breaks, so the next one goes elsewhere."""
         if self._closed:
             raise E.FailedPrecondition("client is closed")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._budget
+        deadline = self._call_deadline()
         ep = await self._leader_endpoint(deadline) or self._pool.ordered()[0]
         try:
             await self._pool.connect(ep, self._connect_timeout)
@@ -505,20 +508,20 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         """The leader's endpoint if known (discovering it at most once per
         `rediscover_interval` unless a failure happened); None when unknown, not one of our
         endpoints, or recently unreachable."""
-        loop = asyncio.get_running_loop()
+        now = self._clock.now
         if self._leader is not None and not self._pool.recently_failed(self._leader):
             return self._leader
-        if loop.time() - self._leader_checked_at < self._rediscover_interval:
+        if now() - self._leader_checked_at < self._rediscover_interval:
             return None
         if self._discovery_lock is None:
             self._discovery_lock = asyncio.Lock()
         async with self._discovery_lock:
             if self._leader is not None and not self._pool.recently_failed(self._leader):
                 return self._leader
-            if loop.time() - self._leader_checked_at < self._rediscover_interval:
+            if now() - self._leader_checked_at < self._rediscover_interval:
                 return None
             self._leader = await self._discover(deadline)
-            self._leader_checked_at = loop.time()
+            self._leader_checked_at = now()
             if self._leader is not None and self._pool.recently_failed(self._leader):
                 # The cluster still names a leader we just failed to reach: prefer a healthy
                 # endpoint (it forwards) until the leader answers again or the penalty ends.
@@ -528,10 +531,9 @@ class GrpcRegistryClient(PooledClient[_Conn]):
     async def _discover(self, deadline: float) -> str | None:
         """Ask endpoints (best first) for the leader id until one knows it; map it to one of
         our endpoints through the Status answers seen and the member list's clientURLs."""
-        loop = asyncio.get_running_loop()
         pool = self._pool
         for ep in pool.ordered():
-            remaining = deadline - loop.time()
+            remaining = deadline - self._clock.now()
             if remaining <= 0:
                 return None
             c = pool.conn(ep)
@@ -598,8 +600,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         attempt may have been applied, running out of budget raises `OutcomeUnknown`."""
         if self._closed:
             raise E.FailedPrecondition("client is closed")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._budget
+        deadline = self._call_deadline()
         maybe_applied = False
         attempts = 0
         last: E.RegistryError | None = None
@@ -612,9 +613,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
                     self._pool.ordered()[0]
                 )
             try:
-                await self._pool.connect(
-                    ep, min(self._connect_timeout, max(deadline - loop.time(), 0))
-                )
+                await self._pool.connect(ep, self._connect_limit(deadline))
                 result = await fn(self._pool.conn(ep), self._attempt_timeout(deadline))
             except NotConnected as f:  # nothing was sent
                 last = E.Unavailable(str(f))
@@ -638,12 +637,8 @@ class GrpcRegistryClient(PooledClient[_Conn]):
                 self._pool.mark_ok(ep)
                 return result
             self._mark_failed(ep)
-            if endpoint is not None:
+            if endpoint is not None or not await self._pause_before_retry(attempts, deadline):
                 break
-            delay = self._pool.backoff(attempts)
-            if loop.time() + delay >= deadline:
-                break
-            await asyncio.sleep(delay)
         assert last is not None
         tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
         if write and maybe_applied:

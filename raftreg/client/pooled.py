@@ -13,6 +13,11 @@ Contracts:
 - A failed keepalive stream marks its endpoint failed unless the client is closed, so the
   keeper's next stream goes elsewhere.
 - After `close()` every call raises `FailedPrecondition`; watches end and the keeper stops.
+- Time is `clock` (default: the loop's): every call's budget, per-attempt deadline and retry
+  pause are measured on it, so tests drive retries with a `SteppingClock` instead of racing
+  real budgets. A retry starts only if, after its pause, at least `min(timeout, budget / 10)`
+  of the budget is left: an attempt with a sliver of a deadline cannot succeed, and for a
+  write it would turn a clean refusal into an unknown outcome.
 - `security` (`raftreg.client.security.ClientSecurity`) decides every channel's TLS and the
   metadata of every call (the bearer token); its files are read when the client is made, so
   a bad path fails the constructor with `InvalidArgument`. Failed connections are explained by
@@ -21,7 +26,6 @@ Contracts:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Generic, Self, TypeVar
@@ -31,6 +35,7 @@ from google.protobuf.message import Message
 
 from raftreg import errors as E
 from raftreg.client.bidi import BidiCall, KeepAliveCall
+from raftreg.client.clock import Clock, LoopClock
 from raftreg.client.keepalive import KeepAliveStream, LeaseKeeper
 from raftreg.client.pool import EndpointPool
 from raftreg.client.protocol import KeyLike, resolve_range
@@ -61,8 +66,10 @@ class PooledClient(Generic[C]):
         failure_penalty: float,
         channel_options: Sequence[tuple[str, str | int]],
         security: ClientSecurity | None = None,
+        clock: Clock | None = None,
     ) -> None:
         sec = security or ClientSecurity()
+        self._clock: Clock = clock or LoopClock()
         self._security = sec
         self._endpoints = endpoints
         self._timeout = timeout
@@ -213,9 +220,27 @@ class PooledClient(Generic[C]):
         """Report `endpoint` failed (see the module docstring)."""
         self._pool.mark_failed(endpoint)
 
+    def _call_deadline(self) -> float:
+        """When a call that starts now must end (on `clock`)."""
+        return self._clock.now() + self._budget
+
     def _attempt_timeout(self, deadline: float) -> float:
         """The per-attempt deadline: `timeout`, cut to what is left of the budget."""
-        left = deadline - asyncio.get_running_loop().time()
+        left = deadline - self._clock.now()
         return max(min(self._timeout, left), 0.001)
+
+    def _connect_limit(self, deadline: float) -> float:
+        """How long an attempt may wait for its connection."""
+        return min(self._connect_timeout, max(deadline - self._clock.now(), 0))
+
+    async def _pause_before_retry(self, attempts: int, deadline: float) -> bool:
+        """Sleep the backoff after `attempts` failed attempts and return True, or return False
+        at once when the next attempt would not have `min(timeout, budget / 10)` left."""
+        delay = self._pool.backoff(attempts)
+        floor = min(self._timeout, self._budget / 10)
+        if self._clock.now() + delay + floor > deadline:
+            return False
+        await self._clock.sleep(delay)
+        return True
 
 

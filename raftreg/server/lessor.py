@@ -29,6 +29,8 @@ from raftreg.store.commands import Command, LeaderEpoch, LeaseExpire, LeaseInfo
 log = logging.getLogger("raftreg.lessor")
 
 EXPIRE_BATCH = 1000
+# How often the leader's loop looks for expired leases (`run` ticks every TICK_S seconds).
+TICK_S = 0.05
 
 
 class Lessor:
@@ -42,7 +44,7 @@ class Lessor:
         barrier: Callable[[], Awaitable[None]],
         propose: Callable[[Command], Awaitable[object]],
         epoch: Callable[[], int],
-        tick_s: float = 0.05,
+        tick_s: float = TICK_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._is_leader = is_leader
@@ -59,6 +61,7 @@ class Lessor:
         self._expiring: set[int] = set()
         self._led_term: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._next_scan = 0.0  # when `tick` next syncs the deadlines with the store
 
     # ------------------------------------------------------------------ leader view
 
@@ -130,41 +133,47 @@ class Lessor:
     # ------------------------------------------------------------------ expiry loop
 
     async def run(self) -> None:
-        next_scan = 0.0
         while True:
             await asyncio.sleep(self._tick)
-            if not self._ensure_current():
-                next_scan = 0.0
-                continue
-            term = self._led_term
-            assert term is not None
-            if self._epoch() < term:
-                if self._announcing is None or self._announcing.done():
-                    self._announcing = asyncio.create_task(self._announce(term))
-                continue  # no expiry before this leader's epoch is applied
-            now = self._clock()
-            if now >= next_scan:
-                self._scan()
-                # The full scan copies every lease: keep it to ~10% of the loop however many
-                # leases there are (a lease nobody renews starts its TTL when a scan sees it).
-                done = self._clock()
-                next_scan = done + 9 * (done - now)
-                now = done
-            due = []
-            for lid in sorted(
-                lid for lid, d in self._deadlines.items()
-                if d <= now and lid not in self._expiring
-            ):
-                if self._lease(lid) is None:  # revoked since the last scan
-                    del self._deadlines[lid]
-                else:
-                    due.append(lid)
-            for i in range(0, len(due), EXPIRE_BATCH):
-                batch = tuple(due[i : i + EXPIRE_BATCH])
-                self._expiring.update(batch)
-                task = asyncio.create_task(self._propose_expiry(batch, term))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self.tick()
+
+    def tick(self) -> None:
+        """One pass of the expiry loop (`run` calls it every `tick_s`): follow leadership,
+        announce this leader's epoch, and propose expiry of the leases past their deadline.
+        Never blocks: proposals run as tasks (so it needs a running event loop). Tests drive
+        it directly with a manual clock."""
+        if not self._ensure_current():
+            self._next_scan = 0.0
+            return
+        term = self._led_term
+        assert term is not None
+        if self._epoch() < term:
+            if self._announcing is None or self._announcing.done():
+                self._announcing = asyncio.create_task(self._announce(term))
+            return  # no expiry before this leader's epoch is applied
+        now = self._clock()
+        if now >= self._next_scan:
+            self._scan()
+            # The full scan copies every lease: keep it to ~10% of the loop however many
+            # leases there are (a lease nobody renews starts its TTL when a scan sees it).
+            done = self._clock()
+            self._next_scan = done + 9 * (done - now)
+            now = done
+        due = []
+        for lid in sorted(
+            lid for lid, d in self._deadlines.items()
+            if d <= now and lid not in self._expiring
+        ):
+            if self._lease(lid) is None:  # revoked since the last scan
+                del self._deadlines[lid]
+            else:
+                due.append(lid)
+        for i in range(0, len(due), EXPIRE_BATCH):
+            batch = tuple(due[i : i + EXPIRE_BATCH])
+            self._expiring.update(batch)
+            task = asyncio.create_task(self._propose_expiry(batch, term))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _scan(self) -> None:
         """Sync the deadlines with the store: forget gone leases, start the TTL of new ones."""

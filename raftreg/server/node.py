@@ -121,7 +121,7 @@ class RegistryNode:
             RaftSettings(
                 self_addr=self.me.raft,
                 peers=tuple(n.raft for n in cfg.nodes if n.name != name),
-                secret=s.secret,
+                secret=cfg.cluster_secret(),
                 data_dir=cfg.data_dir(self.me),
                 heartbeat_interval=s.heartbeat_interval,
                 election_timeout_min=s.election_timeout_min,

@@ -39,8 +39,13 @@ moment on the healthy cluster, stops it, and checks (`run_schedule`):
   with; a write reported failed is not in it; no write is applied twice (values are unique);
 - the register history is linearizable (`lincheck.KVModel`, per key);
 - every watch stream is ordered, gapless, duplicate-free, whole per revision, resumed
-  correctly, complete, with correct prev_kv (`watchcheck`);
+  correctly, complete, with correct prev_kv (`watchcheck`); a watch that has not caught up
+  `WATCH_CATCH_UP_S` after the history was read is reported as "watch lagging" (a liveness
+  failure, not a gap);
 - no lease expired before its TTL (checked live by the lease clients).
+
+A linearizability check that does not finish within `LINCHECK_TIMEOUT_S` is a violation
+("linearizability undecided"): a schedule never passes on a history nobody checked.
 
 `random_schedule(rng, seed, backend=...)` draws schedules without hypothesis (the soak
 script); the fault tests draw them with the hypothesis strategy in tests/fault/. Schedules
@@ -113,6 +118,12 @@ DROP_RATES = (0.05, 0.2, 0.5)
 DELAYS_MS = (5.0, 30.0, 120.0)
 HOLDS = (0.5, 1.0, 1.5, 2.5)
 SENTINEL = "/zz/fault-sentinel"
+# After healing, how long the watches get to deliver the last committed revision before the
+# ones still behind are reported as lagging (a liveness failure, reported as such).
+WATCH_CATCH_UP_S = 60.0
+# The linearizability check's limit. A schedule's history takes well under a second to check;
+# an undecided check is reported as a violation, never passed silently.
+LINCHECK_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -427,14 +438,24 @@ def _check_writes(h: History, committed: Sequence[Event]) -> list[str]:
     return out
 
 
-async def _wait_watches(wl: Workload, committed: Sequence[Event], timeout: float) -> None:
+async def _wait_watches(
+    wl: Workload, committed: Sequence[Event], timeout: float
+) -> dict[str, str]:
+    """Wait (up to `timeout` seconds) until every live watch has delivered the last committed
+    revision on the workload's range. Returns, by watch name, a "watch lagging" violation for
+    each one that has not: a liveness failure, reported as such. (`check_watch` judges what
+    was delivered: order, gaps, whole revisions; the caller checks a lagging watch without
+    the completeness check, so a lag is never reported as a gap.)"""
     want = max((e.kv.mod_revision for e in committed if e.kv.key.startswith(PREFIX.encode())),
                default=0)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(w.last_revision >= want or w.end_error for w in wl.watches):
-            return
+    while True:
+        lagging = [w for w in wl.watches if w.last_revision < want and not w.end_error]
+        if not lagging or time.monotonic() >= deadline:
+            break
         await asyncio.sleep(0.1)
+    return {w.name: f"watch lagging: {w.name} had delivered up to revision {w.last_revision} "
+                    f"of {want} {timeout:g}s after the history was read" for w in lagging}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,20 +665,28 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
         res.violations += check_committed(committed)
         res.violations += await target.state_violations(end_rev, committed)
         res.violations += _check_writes(h, committed)
-        await _wait_watches(wl, committed, 15.0)
+        lagging = await _wait_watches(wl, committed, WATCH_CATCH_UP_S)
         stop_watches.set()
         await asyncio.gather(*watches, return_exceptions=True)
+        res.violations += lagging.values()
         fcommitted = [e for e in committed if e.kv.key.startswith(PREFIX.encode())]
         for w in wl.watches:
-            res.violations += check_watch(w, fcommitted, complete=True, until=end_rev)
+            res.violations += check_watch(w, fcommitted, complete=w.name not in lagging,
+                                          until=end_rev)
         res.violations += h.violations
         res.violations += [f"client raised outside the error tree: {u}" for u in h.unexpected]
-        lin = await to_thread(L.check, L.KVModel(), h.lincheck_ops(), 120.0)
+        checked = h.lincheck_ops()
+        lin = await to_thread(L.check, L.KVModel(), checked, LINCHECK_TIMEOUT_S)
         res.lincheck = lin.explain()
         if lin.ok is False:
             res.violations.append("register history is not linearizable:\n" + lin.explain())
-        elif lin.ok is None:
+        elif lin.ok is None:  # an unchecked history proves nothing: never a silent pass
             res.lincheck = "undecided (timeout) " + res.lincheck
+            res.violations.append(
+                f"linearizability undecided: the checker did not finish within "
+                f"{LINCHECK_TIMEOUT_S:g}s ({len(checked)} operations); nothing was proven about "
+                f"this history. Replay the schedule with a longer limit or fewer operations "
+                f"(LINCHECK_TIMEOUT_S in raftreg/testing/faults.py)")
     finally:
         stop_ops.set()
         stop_watches.set()

@@ -14,11 +14,12 @@ import grpc
 import grpc.aio
 import pytest
 from grpc_health.v1 import health, health_pb2_grpc
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from raftreg.api import auth as A
 from raftreg.api.status import ERROR_KEY
+from raftreg.client import security
 from raftreg.client.protocol import prefix_range_end
 from raftreg.client.security import ClientSecurity, endpoints_want_tls, wants_tls
 from raftreg.config import ClusterSettings, parse_config
@@ -46,11 +47,13 @@ def in_range(x: bytes, key: bytes, end: bytes) -> bool:
 # --- prefix coverage ---------------------------------------------------------------------------
 
 
+@settings(deadline=None)  # no per-example time limit: a loaded machine is no failure
 @given(keys)
 def test_prefix_end_is_the_clients(prefix: bytes) -> None:
     assert A.prefix_end(prefix) == prefix_range_end(prefix)
 
 
+@settings(deadline=None)
 @given(keys, keys, range_ends)
 def test_a_covered_range_holds_only_keys_with_the_prefix(
     prefix: bytes, key: bytes, end: bytes
@@ -59,6 +62,7 @@ def test_a_covered_range_holds_only_keys_with_the_prefix(
         assert all(x.startswith(prefix) for x in UNIVERSE if in_range(x, key, end))
 
 
+@settings(deadline=None)
 @given(keys, keys, range_ends)
 def test_an_uncovered_nonempty_range_holds_a_key_outside_the_prefix(
     prefix: bytes, key: bytes, end: bytes
@@ -491,17 +495,29 @@ async def _tls_server(files: CertFiles, mutual: bool) -> tuple[grpc.aio.Server, 
     return server, f"127.0.0.1:{port}"
 
 
-async def test_diagnose_explains_tls_mismatches(pki: tuple[CertFiles, CertFiles]) -> None:
+async def test_diagnose_explains_tls_mismatches(
+    pki: tuple[CertFiles, CertFiles], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A TLS 1.3 server refuses a missing client certificate after the handshake, on the first
+    # read; the probe waits for that refusal only so long (0.3 s) and its whole run only 1 s.
+    # Both are budgets of a background hint, not what is tested here: where a diagnosis is
+    # expected they are generous, so a loaded machine cannot turn it into "no diagnosis".
+    # (Where none is expected the defaults stay: a probe that finds nothing to say waits them
+    # out, the good TLS connection being silent until the client speaks HTTP/2.)
+    monkeypatch.setattr(security, "_LATE_REFUSAL_WAIT_S", 3.0)
     a, b = pki
     tls, ep = await _tls_server(a, mutual=False)
     mtls, mep = await _tls_server(a, mutual=True)
+
+    async def explain(s: ClientSecurity, endpoint: str) -> str:
+        return await s.diagnose(endpoint, timeout=10.0) or ""
+
     try:
-        assert "requires TLS" in (await ClientSecurity().diagnose(ep) or "")
-        untrusted = await ClientSecurity(ca_file=str(b.ca)).diagnose(ep) or ""
+        assert "requires TLS" in await explain(ClientSecurity(), ep)
+        untrusted = await explain(ClientSecurity(ca_file=str(b.ca)), ep)
         assert "not trusted" in untrusted and "--cacert" in untrusted
         assert await ClientSecurity(ca_file=str(a.ca)).diagnose(ep) is None
-        assert "client certificate" in (await ClientSecurity(ca_file=str(a.ca)).diagnose(mep)
-                                         or "")
+        assert "client certificate" in await explain(ClientSecurity(ca_file=str(a.ca)), mep)
         good = ClientSecurity(ca_file=str(a.ca), cert_file=str(a.client_cert),
                               key_file=str(a.client_key))
         assert await good.diagnose(mep) is None

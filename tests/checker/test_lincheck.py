@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,19 +81,28 @@ def test_agrees_with_jepsen_etcd_verdict(n: int, linearizable: bool) -> None:
     assert result.ok is linearizable, f"{log.name}: expected {linearizable}\n{result.explain()}"
 
 
-def test_all_jepsen_verdicts_fast_with_either_failed_cas_reading() -> None:
+# Configurations the search explores over all 102 histories (deterministic; measured when the
+# memoized search was written: observe 239,829, drop 139,422). Twice that fails: the search
+# has lost its memoization or its pruning, whatever the machine's speed.
+EXPLORED_BOUND = {"observe": 2 * 239_829, "drop": 2 * 139_422}
+
+
+def test_all_jepsen_verdicts_agree_with_either_failed_cas_reading_in_a_small_search() -> None:
     """Dropping failed cas (Jepsen's generic :fail) instead of observing them (etcd's meaning:
-    compare failed) is weaker but must give the same verdicts here; and the whole set is quick."""
+    compare failed) is weaker but must give the same verdicts here; and the search stays small
+    (counted in configurations explored, not in seconds)."""
     d = _data_dir()
     expected = read_expected(d / "expected.txt")
-    start = time.monotonic()
     for policy in ("observe", "drop"):
         agree = 0
+        explored = 0
         for n, verdict in expected.items():
             ops = parse_jepsen_log(d / f"etcd_{n:03d}.log", failed_cas=policy)
-            agree += check(RegisterModel(), ops, timeout=PER_HISTORY_TIMEOUT).ok is verdict
+            result = check(RegisterModel(), ops, timeout=PER_HISTORY_TIMEOUT)
+            agree += result.ok is verdict
+            explored += sum(p.explored for p in result.partitions)
         assert agree == len(expected), policy
-    assert time.monotonic() - start < 30
+        assert 0 < explored <= EXPLORED_BOUND[policy], (policy, explored)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import grpc.aio
 import pytest
 
 from raftreg.client import GrpcRegistryClient, LeaseKeeper, MemoryRegistryClient
+from raftreg.client.clock import ManualClock
 from raftreg.client.keepalive import KeepAliveSource
 from raftreg.errors import InvalidArgument
 from raftreg.pb import raftreg_pb2 as pb
@@ -239,43 +240,70 @@ async def serving(*fakes: FakeLeaseServer) -> AsyncIterator[list[str]]:
             await s.stop(None)
 
 
+# The fake servers answer TTL; the keeper's timers run on a ManualClock, so renewals go out
+# when the test moves time, and no lease can run out while a failover takes however long it
+# takes on this machine. RENEW moves past the renewal interval (TTL/3, jittered by +-10%).
+TTL = 3
+RENEW = TTL / 3 * 1.1 + 0.01
+
+
 async def test_grpc_keeper_uses_one_stream_and_fails_over() -> None:
-    a = FakeLeaseServer(ttl=1, drop_after=4)
-    b = FakeLeaseServer(ttl=1)
+    a = FakeLeaseServer(ttl=TTL, drop_after=4)
+    b = FakeLeaseServer(ttl=TTL)
+    clock = ManualClock()
     async with serving(a, b) as eps:
         client = GrpcRegistryClient(eps, timeout=2.0, backoff_base=0.01)
-        keeper = client.keepalive_manager()
+        keeper = LeaseKeeper(client, clock=clock, backoff_base=0.01)
         lost: list[int] = []
         renewed: list[int] = []
         for lid in (11, 12):
-            keeper.keep(lid, 1, lost.append, on_renew=lambda i, _t: renewed.append(i))
+            keeper.keep(lid, TTL, lost.append, on_renew=lambda i, _t: renewed.append(i))
         # Both renewed at once on one stream to the first endpoint.
         await eventually(lambda: sorted(renewed) == [11, 12])
         assert a.streams == 1 and keeper.endpoint == eps[0]
-        # The second round exhausts `a`; the keeper reopens on `b` and renews both at once.
-        await eventually(lambda: b.streams == 1 and {11, 12} <= set(b.requests))
-        assert keeper.endpoint == eps[1]
+        clock.advance(RENEW)  # the second round: `a` answers it, its last two answers
+        await eventually(lambda: len(renewed) == 4)
+        # The third round exhausts `a`; the keeper reopens on `b` and renews both at once.
+        clock.advance(RENEW)
+        await eventually(lambda: b.streams == 1 and len(renewed) == 6)
+        assert keeper.endpoint == eps[1] and sorted(b.requests) == [11, 12]
+        clock.advance(RENEW)
         await eventually(lambda: renewed.count(11) >= 4 and renewed.count(12) >= 4)
         assert lost == []
         assert b.streams == 1  # still one stream for both leases
-        await client.close()
+        await keeper.close()
         assert keeper.kept() == frozenset()
+        # The client's own keeper (same machinery, loop clock) is closed with the client.
+        own = client.keepalive_manager()
+        own.keep(13, TTL)
+        await eventually(lambda: 13 in b.requests)
+        await client.close()
+        assert own.kept() == frozenset()
 
 
 async def test_grpc_keeper_reports_loss_once_no_endpoint_answers() -> None:
-    a = FakeLeaseServer(ttl=1)
+    a = FakeLeaseServer(ttl=TTL)
+    clock = ManualClock()
     lost = asyncio.Event()
     acked: list[float] = []
     async with serving(a) as eps:
         client = GrpcRegistryClient(eps, timeout=1.0, connect_timeout=0.2, backoff_base=0.01)
-        keeper = client.keepalive_manager()
-        loop = asyncio.get_running_loop()
-        keeper.keep(7, 1, lambda _i: lost.set(), on_renew=lambda _i, _t: acked.append(loop.time()))
-        await eventually(lambda: len(acked) >= 2)
+        keeper = LeaseKeeper(client, clock=clock, backoff_base=0.01)
+        keeper.keep(7, TTL, lambda _i: lost.set(),
+                    on_renew=lambda _i, _t: acked.append(clock.now()))
+        await eventually(lambda: len(acked) == 1)
+        clock.advance(RENEW)
+        await eventually(lambda: len(acked) == 2)
+        # Sent and acknowledged at the same clock time: alive until then + the TTL.
+        until = keeper.alive_until(7)
+        assert until == pytest.approx(acked[-1] + TTL)
     # The only server is gone: no renewal can be acknowledged any more.
-    await asyncio.wait_for(lost.wait(), 5)
-    deadline = keeper.alive_until(7)
-    assert deadline is None and 7 not in keeper.kept()
-    # Never later than one TTL (+ scheduling slack) after the last acknowledgement.
-    assert loop.time() - acked[-1] < 1.0 + 0.5
+    await eventually(lambda: keeper.endpoint is None)
+    clock.advance(until - clock.now() - 0.01)
+    await settle()
+    assert not lost.is_set() and 7 in keeper.kept()  # not before the TTL has run out ...
+    clock.advance(0.02)
+    await eventually(lost.is_set)  # ... and as soon as it has
+    assert keeper.alive_until(7) is None and 7 not in keeper.kept()
+    await keeper.close()
     await client.close()

@@ -1,7 +1,10 @@
 """Retry, failover, routing and error mapping of GrpcRegistryClient against tiny fake servers.
 
 Each test runs real grpc.aio servers on 127.0.0.1 (port 0) with scripted fake servicers; it is a
-unit test of the client's behaviour, not of the registry.
+unit test of the client's behaviour, not of the registry. The client's budget runs on a
+`SteppingClock`: only its own retry pauses spend it, so how many attempts a call makes does not
+depend on the machine's speed. Per-attempt deadlines are real (gRPC enforces them) and, where a
+test's outcome depends on one not expiring, at least a second.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import grpc.aio
 import pytest
 
 from raftreg.api.status import COMPACT_KEY, ERROR_KEY, status_for
-from raftreg.client import GrpcRegistryClient, SyncRegistryClient, rpc_error
+from raftreg.client import GrpcRegistryClient, SteppingClock, SyncRegistryClient, rpc_error
 from raftreg.errors import (
     Compacted,
     DeadlineExceeded,
@@ -212,6 +215,7 @@ def client(endpoints: list[str], **kw: Any) -> GrpcRegistryClient:
         "connect_timeout": 1.0,
         "backoff_base": 0.01,
         "backoff_max": 0.05,
+        "clock": SteppingClock(),
     }
     opts.update(kw)
     return GrpcRegistryClient(endpoints, **opts)
@@ -305,11 +309,15 @@ async def test_write_that_may_have_applied_raises_outcome_unknown_when_budget_en
     fake.script["Put"] = Script(
         always=abort(grpc.StatusCode.UNAVAILABLE, "leader changed", "OutcomeUnknown")
     )
-    async with serving(fake) as eps, client(eps, timeout=0.2, retry_budget=0.4) as c:
+    clock = SteppingClock()
+    opts = {"timeout": 2.0, "retry_budget": 4.0, "backoff_base": 0.5, "backoff_max": 1.0}
+    async with serving(fake) as eps, client(eps, clock=clock, **opts) as c:
         with pytest.raises(OutcomeUnknown, match="outcome unknown"):
             await c.put("k", "v")
     puts = {(cid, seq) for m, cid, seq in fake.calls if m == "Put"}
-    assert fake.methods().count("Put") >= 2 and len(puts) == 1
+    assert fake.methods().count("Put") == len(clock.slept) + 1 >= 2 and len(puts) == 1
+    # retried until no further attempt fit: a pause (<= 1 s) plus a floor (0.4 s) was missing
+    assert 4.0 - 1.0 - 0.4 < clock.now() <= 4.0, clock.slept
 
 
 async def test_write_refused_by_the_server_every_time_is_unavailable_not_unknown() -> None:
@@ -317,12 +325,15 @@ async def test_write_refused_by_the_server_every_time_is_unavailable_not_unknown
     fake.script["Put"] = Script(
         always=abort(grpc.StatusCode.UNAVAILABLE, "no leader", "Unavailable")
     )
-    # Attempts have a generous deadline: the fake refuses at once, and an attempt that timed out
-    # under load would (rightly) make the outcome unknown, which is not what this test is about.
-    async with serving(fake) as eps, client(eps, timeout=3.0, retry_budget=2.0) as c:
+    # Every attempt gets a real deadline of at least 1 s (a tenth of the budget): the fake
+    # refuses at once, and an attempt that timed out would (rightly) make the outcome unknown,
+    # which is not what this test is about.
+    opts = {"timeout": 3.0, "retry_budget": 10.0, "backoff_base": 1.0, "backoff_max": 2.0}
+    async with serving(fake) as eps, client(eps, **opts) as c:
         with pytest.raises(Unavailable) as info:
             await c.put("k", "v")
     assert type(info.value) is Unavailable and "no leader" in str(info.value)
+    assert fake.methods().count("Put") >= 3
 
 
 async def test_one_ambiguous_attempt_makes_the_final_failure_outcome_unknown() -> None:
@@ -330,18 +341,37 @@ async def test_one_ambiguous_attempt_makes_the_final_failure_outcome_unknown() -
     fake.script["Put"] = Script(
         [hang] + [abort(grpc.StatusCode.UNAVAILABLE, "no leader", "Unavailable")] * 100
     )
-    async with serving(fake) as eps, client(eps, timeout=0.2, retry_budget=0.5) as c:
+    opts = {"timeout": 0.3, "retry_budget": 3.0, "backoff_base": 0.5, "backoff_max": 1.0}
+    async with serving(fake) as eps, client(eps, **opts) as c:
         with pytest.raises(OutcomeUnknown):
             await c.put("k", "v")
+    assert fake.methods().count("Put") >= 2
 
 
 async def test_read_deadline_is_retried_then_raised() -> None:
     fake = FakeServer()
     fake.script["Range"] = Script(always=hang)
-    async with serving(fake) as eps, client(eps, timeout=0.15, retry_budget=0.4) as c:
+    opts = {"timeout": 0.15, "retry_budget": 0.6, "backoff_base": 0.1, "backoff_max": 0.2}
+    async with serving(fake) as eps, client(eps, **opts) as c:
         with pytest.raises(DeadlineExceeded):
             await c.get("k")
     assert fake.methods().count("Range") >= 2
+
+
+async def test_a_retry_starts_only_with_a_tenth_of_the_budget_left() -> None:
+    fake = FakeServer()
+    fake.script["Range"] = Script(
+        always=abort(grpc.StatusCode.UNAVAILABLE, "no quorum", "Unavailable")
+    )
+    clock = SteppingClock()
+    opts = {"timeout": 5.0, "retry_budget": 1.0, "backoff_base": 0.4, "backoff_max": 0.4}
+    async with serving(fake) as eps, client(eps, clock=clock, **opts) as c:
+        with pytest.raises(Unavailable):
+            await c.get("k")
+    # pauses are 0.2-0.4 s; each retry needs its pause plus 0.1 s of budget still left
+    assert all(0.2 <= d <= 0.4 for d in clock.slept) and clock.now() + 0.1 <= 1.0
+    assert fake.methods().count("Range") == len(clock.slept) + 1
+    assert clock.now() + 0.4 + 0.1 > 1.0  # and it went on while one more could fit
 
 
 async def test_unreachable_endpoint_raises_unavailable_for_writes() -> None:

@@ -300,7 +300,10 @@ async def test_progress_is_surfaced_only_when_asked_and_moves_the_resume_point()
 
 async def test_a_refused_create_raises_and_an_unanswered_one_times_out() -> None:
     a = FakeWatchServer()
-    async with serving(a) as eps, client_for(eps, retry_budget=0.5) as c:
+    # The refusal must arrive within the client's budget: the default one (2 x timeout). The
+    # unanswered create then runs out of a short budget on a second client.
+    async with serving(a) as eps, client_for(eps) as c, \
+            client_for(eps, retry_budget=0.5) as impatient:
         creating = asyncio.ensure_future(c.watch("k"))
         st = await a.next_stream()
         await st.next_create()
@@ -313,7 +316,7 @@ async def test_a_refused_create_raises_and_an_unanswered_one_times_out() -> None
         with pytest.raises(InvalidArgument, match="key is not provided"):
             await asyncio.wait_for(creating, WAIT)
         with pytest.raises(Unavailable):
-            await c.watch("k")  # the server never confirms it
+            await impatient.watch("k")  # the server never confirms it
 
 
 async def test_close_ends_every_watch() -> None:

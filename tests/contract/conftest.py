@@ -13,14 +13,17 @@ backend's documented behaviour. Nothing is skipped.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 import pytest
 
 from raftreg.client import RegistryClient, connect
+from raftreg.errors import Unavailable
 from raftreg.testing import ProcessCluster
 from raftreg.testing.etcd import EtcdCluster
 
@@ -81,6 +84,45 @@ async def registry(backend: Backend) -> AsyncIterator[RegistryClient]:
         yield client
     finally:
         await client.close()
+
+
+# How long a test waits for something the cluster does "at once" (a watch event, a removal, a
+# leader everyone agrees on) before it fails: far above what any of it takes, so only a real
+# failure runs into it, not a slow machine.
+WAIT = 10.0
+
+
+async def settled(
+    snapshot: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str,
+    timeout: float = WAIT,
+) -> T:
+    """`snapshot()` retaken (as a whole) until `ok(snapshot)` holds, then returned; a check
+    that spans several calls (every endpoint naming the same leader) must not fail because an
+    election happened between two of them. `AssertionError` naming `what` and the last
+    snapshot after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last: T | Unavailable
+        try:
+            last = await snapshot()
+        except Unavailable as e:  # e.g. no leader for a moment
+            last = e
+        else:
+            if ok(last):
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s; last: {last!r}")
+        await asyncio.sleep(0.05)
+
+
+async def eventually(cond: Callable[[], Awaitable[bool]], what: str,
+                     timeout: float = WAIT) -> None:
+    """Until `await cond()` is true; `AssertionError` naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        await asyncio.sleep(0.05)
 
 
 _seq = itertools.count(1)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from raftreg.client import RegistryClient
 from raftreg.errors import Compacted, FutureRevision, InvalidArgument
 from raftreg.store.commands import SortOrder, SortTarget
-from tests.contract.conftest import Backend, backend_differs
+from tests.contract.conftest import Backend, backend_differs, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -111,13 +109,12 @@ async def test_serializable_get_converges_to_the_write(
     registry: RegistryClient, prefix: str
 ) -> None:
     w = await registry.put(prefix + "k", "v")
-    for _ in range(200):
+
+    async def caught_up() -> bool:
         r = await registry.get(prefix + "k", serializable=True)
-        if r.kvs and r.kvs[0].mod_revision == w.revision:
-            break
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("serializable read never caught up")
+        return bool(r.kvs) and r.kvs[0].mod_revision == w.revision
+
+    await eventually(caught_up, "a serializable read sees the write")
 
 
 async def test_str_and_bytes_keys_are_the_same_key(registry: RegistryClient, prefix: str) -> None:

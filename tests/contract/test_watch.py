@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from raftreg.client import RegistryClient, Watch, WatchBatch, WatchFilter
 from raftreg.store.commands import Event, EventType
-from tests.contract.conftest import Backend, backend_differs
+from tests.contract.conftest import WAIT, Backend, backend_differs
 
 pytestmark = pytest.mark.slow
 
 
-async def events(w: Watch, n: int, timeout: float = 10.0) -> list[Event]:
+async def watches_caught_up(registry: RegistryClient, key: str) -> None:
+    """Until the member serving `registry`'s watches (one stream for all of them) has applied
+    everything written before the call: a write to `key`, then a watch from its revision sees
+    it only once that member has applied it, and so everything before it too. (A watch is
+    served by one member, which may lag behind the one that acknowledged a write.)"""
+    r = await registry.put(key, "sync")
+    async with await registry.watch(key, start_revision=r.revision) as w:
+        await asyncio.wait_for(w.__anext__(), WAIT)
+
+
+async def events(w: Watch, n: int, timeout: float = WAIT) -> list[Event]:
     got: list[Event] = []
     while len(got) < n:
         b = await asyncio.wait_for(w.__anext__(), timeout)
@@ -91,6 +102,7 @@ async def test_a_compacted_start_yields_one_compacted_batch_then_ends(
     r1 = await registry.put(prefix + "k", "1")
     r2 = await registry.put(prefix + "k", "2")
     await registry.compact(r2.revision)
+    await watches_caught_up(registry, prefix + "sync")  # the compaction included
     w = await registry.watch(prefix + "k", start_revision=r1.revision)
     batches: list[WatchBatch] = [b async for b in w]
     (b,) = batches
@@ -108,10 +120,18 @@ async def test_request_progress_reports_the_current_revision(
 ) -> None:
     w = await registry.watch(prefix, prefix=True, progress_notify=True)
     r = await registry.put("contract/elsewhere/" + prefix, "x")  # not on the watched range
-    await registry.request_progress()
-    b = await asyncio.wait_for(w.__anext__(), 10)
-    assert b.progress and b.events == () and b.revision >= r.revision
-    assert w.resume_revision == b.revision + 1
+    # The revision reported is the serving member's, which may not have applied the put yet:
+    # asked again (bounded) until it has.
+    deadline = time.monotonic() + WAIT
+    while True:
+        await registry.request_progress()
+        b = await asyncio.wait_for(w.__anext__(), WAIT)
+        assert b.progress and b.events == ()
+        assert w.resume_revision == b.revision + 1
+        if b.revision >= r.revision:
+            break
+        assert time.monotonic() < deadline, f"progress stuck at {b.revision} < {r.revision}"
+        await asyncio.sleep(0.05)
     w.cancel()
 
 

@@ -65,14 +65,22 @@ async def test_a_lost_lease_is_replaced_by_a_new_registration(
         assert reg.registrations == 2
 
 
-async def test_registration_outlives_a_registry_outage(mem: MemoryRegistryClient) -> None:
+async def test_registration_outlives_a_registry_outage(
+    mem: MemoryRegistryClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "raftreg.discovery")
+
+    def refused() -> int:
+        return sum("registering /services/user/u1 failed" in r.getMessage()
+                   for r in caplog.records)
+
     async with Registration(mem, user("u1"), ttl=5, retry_base=0.01, retry_max=0.05) as reg:
         mem.set_unavailable()
         mem.advance(6)  # no renewal for longer than the TTL: the lease is lost, the key gone
         await until(lambda: not reg.registered)
         assert reg.lease_id == 0
-        await asyncio.sleep(0.1)  # retries fail while the registry is away
-        assert not reg.registered
+        await until(lambda: refused() >= 3)  # retries are made, and fail, while it is away
+        assert not reg.registered and reg.registrations == 1
         mem.set_unavailable(False)
         await reg.wait_registered(5)
         assert (await mem.get("/services/user/u1")).kvs

@@ -4,8 +4,8 @@ etcd is taken to be correct here: these schedules must pass every check the raft
 pass (convergence, one committed history on every member, durability of acknowledged writes,
 linearizability, watch integrity, no early lease expiry). A checker or a workload recording
 that flags etcd is suspect, and this test is where that shows. The one exception found is a
-real, known etcd 3.5.1 bug (KNOWN_BUG below; docs/fault-tests.md has the diagnosis): it has
-its own test, which tolerates exactly that violation and nothing else.
+real, known etcd 3.5.1 bug (KNOWN_BUG below; docs/fault-tests.md has the diagnosis): its
+schedule has its own test, which tolerates exactly that violation and nothing else.
 
 Only the faults that apply to a cluster whose transport we do not control: kill -9 of a member
 (leader or follower), kill -9 of every member then a restart, SIGSTOP / SIGCONT, restart. No
@@ -103,19 +103,20 @@ def test_etcd_passes_every_checker(schedule: Schedule, tmp_path: Path) -> None:
     assert res.lincheck.startswith("linearizable"), res.lincheck
 
 
-def test_known_etcd_lease_bug_is_caught_and_nothing_else(tmp_path: Path) -> None:
-    """The one thing the checkers flag in etcd 3.5.1: leases revoked early by a stalled old
-    leader (see KNOWN_BUG). Only that violation is tolerated (xfail while it shows); any
-    other is a failure. It shows in about a third of the runs of this schedule (a race in
-    etcd between the old leader's lessor and its raft loop learning of the new term)."""
+def test_a_stalled_etcd_leader_breaks_nothing_but_lease_expiry(tmp_path: Path) -> None:
+    """The leader-stall schedule that exposes etcd 3.5.1's early lease revocation (KNOWN_BUG;
+    it shows in about a third of the runs, a race inside etcd that no process-level fault makes
+    certain) flags nothing else: the history stays linearizable, acknowledged writes survive,
+    watches stay whole and the members converge. An early expiry, when it shows, is etcd's bug
+    and is tolerated here; that the check catches such an expiry at all is asserted on a backend
+    built to lose leases (tests/fault/test_lease_check.py)."""
     res = run_schedule(KNOWN_BUG, tmp_path / "etcd")
     print(res.summary().splitlines()[0])
     other = [v for v in res.violations if not _early_expiry(v)]
     assert not other, res.summary()
     assert res.lincheck.startswith("linearizable"), res.lincheck
-    if res.violations:
-        pytest.xfail("etcd 3.5.1 revoked renewed leases after a leader stall "
-                     f"(etcd-io/etcd#15247): {res.violations[0]}")
+    assert len(res.applied) == len(KNOWN_BUG.steps), res.applied
+    assert res.counts.get("lease_grant:ok", 0) >= 1, res.counts
 
 
 def test_etcd_schedules_have_process_faults_only(tmp_path: Path) -> None:

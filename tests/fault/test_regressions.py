@@ -2,9 +2,9 @@
 here, and the deliberately broken node keeps one that must keep failing.
 
 Each tests/fault/regressions/*.json holds {"schedule": {...}, "expect": ..., "why": "..."}; the
-schedule is replayed on a fresh cluster. "expect" is "ok" (a fixed bug: must pass),
-"violation" (the deliberately broken node: must fail) or "known-bug" (an open bug outside the
-fault-test files: xfail while it still shows, so the seed stays at hand until it is fixed).
+schedule is replayed on a fresh cluster. "expect" is "ok" (a fixed bug: must pass) or
+"violation" (the deliberately broken node: must fail). Every case can fail: an open bug is
+fixed before its seed lands here, not parked as an expected failure.
 """
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ def test_replay(path: Path, tmp_path: Path) -> None:
     schedule = Schedule.from_json(doc["schedule"])
     res = run_schedule(schedule, tmp_path / "cluster")
     expect = doc.get("expect", "ok")
+    assert expect in ("ok", "violation"), f"{path.name}: unknown expect {expect!r}"
     if expect == "violation":
         assert not res.ok, f"{path.name}: expected a violation ({doc.get('why')})"
-    elif expect == "known-bug":
-        if not res.ok:
-            pytest.xfail(f"open bug still shows: {res.violations[0][:300]}")
     else:
         assert res.ok, f"{path.name} ({doc.get('why')}):\n{res.summary()}"

@@ -19,13 +19,16 @@ def test_isolated_leader_is_replaced_and_heal_converges(fcluster: ProcessCluster
     c.isolate(old)
     new = c.wait_leader(among=rest)
     assert new != old
+    # The old leader steps down once it misses the majority (within about an election
+    # timeout). A status call that times out (None) says nothing either way: ask again.
     deadline = time.monotonic() + 10
-    while (st := c.status(old)) is not None and st.leader != 0 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the old leader steps down once it misses the majority
-    assert st is not None and st.leader == 0
+    while (st := c.status(old, timeout=5.0)) is None or st.leader != 0:
+        assert time.monotonic() < deadline, f"{old} still names a leader: {st}"
+        time.sleep(0.05)
     with SyncRegistryClient([c.client[n] for n in rest], timeout=2.0) as cl:
         rev = cl.put("/t/k", "v").revision
-    assert c.status(old).header.revision < rev  # type: ignore[union-attr]
+    st = c.status(old, timeout=5.0)
+    assert st is not None and st.header.revision < rev
     c.heal()
     st = c.wait_converged()
     assert st.header.revision >= rev

@@ -15,6 +15,8 @@ from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.store.commands import Compare, CompareResult, CompareTarget, Put, Txn
 from raftreg.testing import ProcessCluster
 
+pytestmark = pytest.mark.slow
+
 
 async def test_concurrent_client_operations_are_multiplexed_and_answered_each(
     shared_cluster: ProcessCluster,

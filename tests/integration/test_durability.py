@@ -12,6 +12,8 @@ from raftreg.client import GrpcRegistryClient
 from raftreg.errors import RegistryError
 from raftreg.testing import ProcessCluster
 
+pytestmark = pytest.mark.slow
+
 
 async def _write_load(
     client: GrpcRegistryClient, prefix: str, acked: dict[str, str], stop: asyncio.Event,
@@ -54,11 +56,11 @@ async def test_leader_kill_under_load_loses_no_acknowledged_write(
         before_kill = len(acked)
         cluster.kill(leader)
         t_kill = time.monotonic()
-        # Writes resume through the client's failover, without anyone telling it where to go.
+        # Writes resume through the client's failover, without anyone telling it where to go
+        # (an election takes under a second; 20 s only bounds the wait).
         while len(acked) < before_kill + 200:
             assert time.monotonic() - t_kill < 20, "writes did not resume after the leader died"
             await asyncio.sleep(0.01)
-        resumed_after = time.monotonic() - t_kill
         stop.set()
         await load
         survivors = [n for n in cluster.names if n != leader]
@@ -68,7 +70,6 @@ async def test_leader_kill_under_load_loses_no_acknowledged_write(
     cluster.start(leader)
     cluster.wait_leader()
     cluster.wait_converged(timeout=30)
-    assert resumed_after < 20
 
 
 async def test_whole_cluster_kill_and_restart_keeps_every_acknowledged_write(

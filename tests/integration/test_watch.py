@@ -15,11 +15,12 @@ from typing import Any
 import grpc
 import pytest
 
+from raftreg.config import ClusterSettings, load_config
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.testing import ProcessCluster
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 PROGRESS_INTERVAL = 0.3
 BUFFER_EVENTS = 300
@@ -57,10 +58,16 @@ class Watcher:
     def send(self, req: pb.WatchRequest | None) -> None:
         self._requests.put_nowait(req)
 
-    async def recv(self, timeout: float = 10.0) -> pb.WatchResponse:
+    async def recv(self, timeout: float = 10.0, expected: str = "") -> pb.WatchResponse:
+        """The next response; fails with `expected` (what did not happen) after `timeout`."""
         if self._stash:
             return self._stash.pop(0)
-        resp = await asyncio.wait_for(self.call.read(), timeout)
+        if timeout <= 0:
+            pytest.fail(expected or "no watch response in time")
+        try:
+            resp = await asyncio.wait_for(self.call.read(), timeout)
+        except TimeoutError:
+            pytest.fail(expected or f"no watch response within {timeout:.1f}s")
         assert resp is not grpc.aio.EOF, "the watch stream ended"  # type: ignore[attr-defined]
         assert isinstance(resp, pb.WatchResponse)
         return resp
@@ -125,8 +132,8 @@ class KV:
         self.kv: Any = pbg.KVStub(self.channel)
         self.maint: Any = pbg.MaintenanceStub(self.channel)
 
-    async def put(self, key: bytes, value: bytes = b"v", **kw: Any) -> int:
-        r = await self.kv.Put(pb.PutRequest(key=key, value=value, **kw), timeout=10)
+    async def put(self, key: bytes, value: bytes = b"v", timeout: float = 10, **kw: Any) -> int:
+        r = await self.kv.Put(pb.PutRequest(key=key, value=value, **kw), timeout=timeout)
         return int(r.header.revision)
 
     async def delete(self, key: bytes, range_end: bytes = b"") -> int:
@@ -144,6 +151,11 @@ class KV:
 
 def flat(resps: list[pb.WatchResponse]) -> list[tuple[int, bytes, int]]:
     return [(e.type, e.kv.key, e.kv.mod_revision) for r in resps for e in r.events]
+
+
+def wcluster_settings(c: ProcessCluster) -> ClusterSettings:
+    """The settings the cluster's nodes run with (its cluster.toml)."""
+    return load_config(c.config_path).settings
 
 
 def roles(c: ProcessCluster) -> tuple[str, list[str]]:
@@ -284,24 +296,33 @@ async def test_progress_on_request_and_periodic(wcluster: ProcessCluster) -> Non
         got, rev = await w.until_progress()
         assert rev >= last
         assert not [r for r in got if r.events]
-        # Periodic: only the watch that asked, with no events and an up-to-date revision.
+        # Periodic: only the watch that asked, with no events and an up-to-date revision. Two
+        # notifications are due within two intervals; allow five times that.
+        wait = 10 * PROGRESS_INTERVAL
         t0 = time.monotonic()
         seen: list[pb.WatchResponse] = []
         while len([r for r in seen if r.watch_id == quiet]) < 2:
-            assert time.monotonic() - t0 < 10 * PROGRESS_INTERVAL, "no periodic progress"
-            seen.append(await w.recv(timeout=10 * PROGRESS_INTERVAL))
+            left = t0 + wait - time.monotonic()
+            msg = (f"fewer than 2 periodic progress notifications within {wait:.1f}s "
+                   f"(interval {PROGRESS_INTERVAL}s)")
+            seen.append(await w.recv(timeout=left, expected=msg))
         assert all(not r.events and not r.canceled for r in seen)
         assert not [r for r in seen if r.watch_id == silent]
         assert all(r.header.revision >= last for r in seen if r.watch_id == quiet)
-        # Periodic progress tracks writes outside the watched key too.
+        # Periodic progress tracks writes outside the watched key too: due one interval after
+        # f1 applied the write (a healthy follower hears of a commit well within an election
+        # timeout); allow five times that.
         other = KV(wcluster.client[f2])
         last2 = await other.put(b"pg/other2")
         await other.close()
+        wait = 5 * (PROGRESS_INTERVAL + wcluster_settings(wcluster).election_timeout_max)
+        t1 = time.monotonic()
         while True:
-            r = await w.recv(timeout=10 * PROGRESS_INTERVAL)
+            left = t1 + wait - time.monotonic()
+            msg = f"no periodic progress at revision >= {last2} within {wait:.1f}s"
+            r = await w.recv(timeout=left, expected=msg)
             if r.watch_id == quiet and r.header.revision >= last2:
                 break
-            assert time.monotonic() - t0 < 20, "periodic progress never caught up"
     finally:
         await w.close()
         await kv.close()
@@ -392,6 +413,10 @@ async def test_every_node_sees_exactly_the_committed_sequence(wcluster: ProcessC
 async def test_slow_watcher_is_cancelled_without_slowing_anyone(
     wcluster: ProcessCluster,
 ) -> None:
+    """Behaviour on a real node: puts keep being acknowledged while a watcher that never reads
+    is backed up, the node cancels it (not the fast one), and no put waits anywhere near a
+    proposal timeout. That publishing never waits for a consumer is stated exactly by
+    tests/server/test_watch_hub.py; here no wall-clock comparison between runs is made."""
     _, (f1, _) = roles(wcluster)
     node = f1
     kv = KV(wcluster.client[node])
@@ -399,48 +424,58 @@ async def test_slow_watcher_is_cancelled_without_slowing_anyone(
     slow = Watcher(wcluster.client[node], options=[
         ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16 * 1024)])
     fast = Watcher(wcluster.client[node])
+    # A node whose apply was stalled by a watcher would answer "outcome unknown" after the
+    # proposal timeout: every put must be acknowledged well within twice that.
+    put_bound = 2 * wcluster_settings(wcluster).propose_timeout_s
     try:
         value = b"x" * 2048
 
-        async def put_latencies(n: int, prefix: bytes) -> list[float]:
-            out = []
+        async def put_all(n: int, prefix: bytes) -> tuple[list[int], list[float]]:
+            revs, lats = [], []
             for i in range(n):
                 t = time.perf_counter()
-                await kv.put(prefix + b"%d" % i, value)
-                out.append(time.perf_counter() - t)
-            return out
+                try:
+                    revs.append(await kv.put(prefix + b"%d" % i, value, timeout=put_bound))
+                except grpc.aio.AioRpcError as e:
+                    pytest.fail(f"put #{i} with a slow watcher was not acknowledged within "
+                                f"{put_bound:.0f}s (2 x propose_timeout_s): {e.code()} "
+                                f"{e.details()}")
+                lats.append(time.perf_counter() - t)
+            return revs, lats
 
-        baseline = await put_latencies(100, b"sl/warm/")
+        _, baseline = await put_all(100, b"sl/warm/")
         base_watchers = (await kv.status()).watchers
         slow_id = await slow.watch(b"sl/", prefix_end(b"sl/"))
         fast_id = await fast.watch(b"sl/", prefix_end(b"sl/"))
         assert (await kv.status()).watchers == base_watchers + 2
         n = 4 * BUFFER_EVENTS + 500
-        during = await put_latencies(n, b"sl/k/")
+        revs, during = await put_all(n, b"sl/k/")
         # The slow watcher was dropped by the server, the fast one was not.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + put_bound
         while (await kv.status()).watchers != base_watchers + 1:
-            assert time.monotonic() < deadline, "the slow watcher was never cancelled"
+            assert time.monotonic() < deadline, (
+                f"the slow watcher was not cancelled within {put_bound:.0f}s after {n} puts "
+                f"(buffer {BUFFER_EVENTS} events)")
             await asyncio.sleep(0.05)
-        resps = await fast.events_for(fast_id, lambda evs: len(evs) >= n)
-        assert len(flat(resps)) == n
-        # Writes kept their latency.
+        resps = await fast.events_for(fast_id, lambda evs: len(evs) >= n, timeout=put_bound)
+        assert [e.kv.mod_revision for r in resps for e in r.events] == revs
         b50, d50 = statistics.median(baseline), statistics.median(during)
-        d99 = sorted(during)[int(0.99 * len(during))]
         print(f"\nput latency p50 before {b50 * 1e3:.2f} ms, with a slow watcher "
-              f"{d50 * 1e3:.2f} ms (p99 {d99 * 1e3:.2f} ms)")
-        assert d50 < 3 * b50 + 0.010, (b50, d50)
+              f"{d50 * 1e3:.2f} ms (max {max(during) * 1e3:.2f} ms; bound {put_bound:.0f} s)")
         # When the slow client finally reads, it finds the cancel with a reason after what was
         # buffered, and never more than the buffer plus the transport's window of events.
         events = 0
         while True:
-            r = await slow.recv(timeout=10)
+            r = await slow.recv(timeout=put_bound)
             events += len(r.events)
             if r.canceled:
                 break
         assert r.watch_id == slow_id
         assert "slow" in r.cancel_reason, r.cancel_reason
         assert events < n
+        # It was cancelled in the middle of the puts: the ones up to the cancel's revision were
+        # applied and acknowledged while it existed, backed up, and the later ones after.
+        assert revs[0] < r.header.revision < revs[-1], (revs[0], r.header.revision, revs[-1])
         got, _ = await slow.until_progress()
         assert not [x for x in got if x.events], "events after the cancel"
     finally:
@@ -539,10 +574,13 @@ async def test_progress_revision_never_runs_ahead_of_events(wcluster: ProcessClu
 
         writers = [asyncio.create_task(writer(kvs[j % 2], j)) for j in range(6)]
         progress_rev = 0
-        checked = 0
-        t_end = time.monotonic() + 2.0
+        checked = rounds = 0
+        # Stop on what was checked, not on a clock: enough events interleaved with enough
+        # progress answers, however fast or slow the machine is.
         try:
-            while time.monotonic() < t_end:
+            while checked < 300 or rounds < 30:
+                rounds += 1
+                assert rounds < 5000, f"only {checked} events in {rounds} progress rounds"
                 w.send(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
                 while True:
                     r = await w.recv()
@@ -558,7 +596,6 @@ async def test_progress_revision_never_runs_ahead_of_events(wcluster: ProcessClu
         finally:
             stop.set()
             await asyncio.gather(*writers)
-        assert checked > 50
     finally:
         await w.close()
         for kv in kvs:

@@ -8,7 +8,10 @@
 - `group`: a `ServiceGroup` of the test's own (killed at the end of the test). Tests that
   kill, stop or reconfigure processes use it, with service names of their own
   (`--service user-<something>`) so they never disturb `fleet`.
-- `http`: an aiohttp session; `registry`: a `RegistryClient` of `registry_url`.
+- `http`: an aiohttp session (its timeout well above `GATEWAY_DEADLINE_MS`); `registry`: a
+  `RegistryClient` of `registry_url`.
+- `GENEROUS_DEADLINE`: the gateway arguments every test that is not about deadlines passes, so a
+  scheduling stall of the (shared, possibly busy) machine never turns an answer into a 504.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ from raftreg.testing import ProcessCluster
 from services.testing import ServiceGroup, ServiceProc
 
 USER_WEIGHTS = {"u1": 1, "u2": 2, "u3": 3}
+
+# The gateway's default deadline (1 s per request, retries included) is a production setting: a
+# test that counts failures must not depend on every request finishing within it.
+GATEWAY_DEADLINE_MS = 10_000
+GENEROUS_DEADLINE = ("--deadline-ms", str(GATEWAY_DEADLINE_MS))
+HTTP_TIMEOUT_S = 3 * GATEWAY_DEADLINE_MS / 1000
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, registry_url: str) -> Iterat
         specs: list[tuple[str, str, list[str]]] = [
             ("user", uid, ["--weight", str(w)]) for uid, w in USER_WEIGHTS.items()
         ]
-        specs += [("chat", "c1", []), ("gateway", "g1", ["--policy", "weighted_round_robin"])]
+        specs += [
+            ("chat", "c1", []),
+            ("gateway", "g1", ["--policy", "weighted_round_robin", *GENEROUS_DEADLINE]),
+        ]
         procs = {p.id: p for p in g.start_many(specs)}
         yield Fleet(
             group=g,
@@ -76,7 +88,7 @@ def group(tmp_path: Path, registry_url: str) -> Iterator[ServiceGroup]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as s:
         yield s
 
 

@@ -5,7 +5,9 @@ Every test gets a three-node raftreg cluster of its own (`own_registry`), so kil
 never disturbs another test, and runs `SteadyTraffic` (GET /user through the gateway's HTTP
 API, continuously) across the fault: the gateway must not fail a single request.
 Blocking process control (READY waits, leader waits) runs in threads so the traffic keeps
-flowing while it waits.
+flowing while it waits. Gateways run with `GENEROUS_DEADLINE`: "not a single failed request"
+must not hinge on every request finishing within the production default of 1 s. Time bounds
+are derived from the TTLs and the keepalive cadence, with room for a busy machine.
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ from services.testing import (
     log_lines,
     wait_stats,
 )
+from tests.services.conftest import GENEROUS_DEADLINE
 
 pytestmark = pytest.mark.slow
+
+# A fresh cluster's leader wait (30 s) and READY waits (30 s) plus the test's own waits can
+# legitimately exceed the suite's 120 s default on a busy machine.
+TIMEOUT = pytest.mark.timeout(240)
 
 
 def _url(cluster: ProcessCluster) -> str:
@@ -52,7 +59,8 @@ async def _listed(client: RegistryClient, service: str) -> dict[str, KeyValue]:
 
 def _gateway_args(service: str, user_service: str, *extra: str) -> list[str]:
     return ["--service", service, "--user-service", user_service,
-            "--chat-service", f"{user_service}-chat", "--policy", "round_robin", *extra]
+            "--chat-service", f"{user_service}-chat", "--policy", "round_robin",
+            *GENEROUS_DEADLINE, *extra]
 
 
 @pytest.fixture
@@ -90,18 +98,18 @@ def _no_failures(traffic: SteadyTraffic) -> str:
 # ---------------------------------------------------------------------- kill -9 an instance
 
 
-@pytest.mark.timeout(60)
+@TIMEOUT
 async def test_killed_instance_leaves_every_resolver_within_ttl_and_no_request_fails(
     own_group: ServiceGroup, own_client: RegistryClient, http: aiohttp.ClientSession
 ) -> None:
-    ttl, svc = 2, "user-k9"
+    ttl, svc = 4, "user-k9"
     await asyncio.to_thread(own_group.start_many, [
         ("user", f"k{i}", ["--service", svc, "--ttl", str(ttl)]) for i in (1, 2, 3)
     ] + [("gateway", "g-k9", _gateway_args("gateway-k9", svc))])
     gw = own_group.ready["g-k9"].http_url
     everyone = {"k1", "k2", "k3"}
     async with Resolver(own_client, svc) as resolver:
-        await resolver.wait_for(lambda i: _ids(i) == everyone, 10)
+        await resolver.wait_for(lambda i: _ids(i) == everyone, 30)
         await wait_stats(http, gw, lambda s: instance_ids(s) == everyone)
         async with SteadyTraffic(http, gw) as traffic:
             await traffic.wait_served(150)
@@ -124,7 +132,13 @@ async def test_killed_instance_leaves_every_resolver_within_ttl_and_no_request_f
     total = traffic.total()
     figures = f"kill -> gone from the gateway {in_gateway:.2f} s, from a resolver " \
               f"{in_resolver:.2f} s (TTL {ttl} s)"
-    assert max(in_gateway, in_resolver) <= ttl + 1.0, figures
+    print(figures)
+    # Gone by lease expiry: the last renewal reached the registry at most a renew interval
+    # (ttl/3 +10% jitter) before the kill, so the lease ran out 0.63-1.0 TTL after it; then an
+    # expiry commit and a watch event. Not earlier (that would be a drop on the failed calls,
+    # not the lease: ttl/2 leaves room for a late keepalive), and not later than twice that.
+    assert min(in_gateway, in_resolver) >= ttl / 2, figures
+    assert max(in_gateway, in_resolver) <= 2 * ttl + 1.0, figures
     assert total.failures == 0, _no_failures(traffic)
     assert total.ok >= 300, total
     assert set(traffic.phases["after"].served) == {"k1", "k3"}, traffic.phases["after"]
@@ -136,12 +150,14 @@ async def test_killed_instance_leaves_every_resolver_within_ttl_and_no_request_f
 # ---------------------------------------------------------------------- kill -9 the leader
 
 
-@pytest.mark.timeout(60)
+@TIMEOUT
 async def test_registry_leader_killed_under_traffic(
     own_registry: ProcessCluster, own_group: ServiceGroup, own_client: RegistryClient,
     http: aiohttp.ClientSession,
 ) -> None:
-    ttl, svc = 3, "user-lk"
+    # The failover (election, keepers reconnecting) must not cost anyone their registration;
+    # TTL 6 leaves it room on a busy machine.
+    ttl, svc = 6, "user-lk"
     await asyncio.to_thread(own_group.start_many, [
         ("user", f"l{i}", ["--service", svc, "--ttl", str(ttl)]) for i in (1, 2)
     ] + [("gateway", "g-lk", _gateway_args("gateway-lk", svc))])
@@ -158,7 +174,7 @@ async def test_registry_leader_killed_under_traffic(
             leader = await asyncio.to_thread(own_registry.wait_leader)
             traffic.phase("failover")
             own_registry.kill(leader)
-            new_leader = await asyncio.to_thread(own_registry.wait_leader, 20.0)
+            new_leader = await asyncio.to_thread(own_registry.wait_leader, 30.0)
             assert new_leader != leader
             # the same keys, never deleted in between (same create revision)
             after = await _listed(own_client, svc)
@@ -172,8 +188,8 @@ async def test_registry_leader_killed_under_traffic(
                 own_group.start_service, "user", "l3", "--service", svc, "--ttl", str(ttl)
             )
             await wait_stats(http, gw, lambda s: instance_ids(s) == {"l1", "l2", "l3"})
-            await resolver.wait_for(lambda i: _ids(i) == {"l1", "l2", "l3"}, 10)
-            deadline = time.monotonic() + 10
+            await resolver.wait_for(lambda i: _ids(i) == {"l1", "l2", "l3"}, 30)
+            deadline = time.monotonic() + 30
             while traffic.phases["new-instance"].served["l3"] < 20:
                 assert time.monotonic() < deadline, traffic.phases["new-instance"]
                 await asyncio.sleep(0.05)
@@ -184,7 +200,7 @@ async def test_registry_leader_killed_under_traffic(
     assert total.ok >= 300, total
     # the killed node comes back and catches up; the cluster is whole again
     own_registry.start(leader)
-    await asyncio.to_thread(own_registry.wait_converged)
+    await asyncio.to_thread(own_registry.wait_converged, 30.0)
     assert (await _listed(own_client, svc)).keys() == {"l1", "l2", "l3"}
 
 
@@ -200,7 +216,7 @@ def _last_lease(group: ServiceGroup, name: str) -> tuple[int, int]:
     return len(found), int(found[-1][1], 16) if found else 0
 
 
-@pytest.mark.timeout(75)
+@TIMEOUT
 async def test_whole_registry_down_gateway_serves_from_cache_and_services_reregister(
     own_registry: ProcessCluster, own_group: ServiceGroup, http: aiohttp.ClientSession
 ) -> None:
@@ -234,10 +250,10 @@ async def test_whole_registry_down_gateway_serves_from_cache_and_services_reregi
 
         traffic.phase("restart")
         own_registry.start()  # the same data directories
-        await asyncio.to_thread(own_registry.wait_leader, 20.0)
+        await asyncio.to_thread(own_registry.wait_leader, 30.0)
         # every process registered again by itself, and the registry holds its key under the
-        # lease of that new registration
-        deadline = time.monotonic() + 20
+        # lease of that new registration (re-registration retries back off up to 5 s)
+        deadline = time.monotonic() + 40
         async with connect(_url(own_registry), timeout=3.0) as fresh:
             while True:
                 listed = {**await _listed(fresh, svc), **await _listed(fresh, gw_svc)}
@@ -249,7 +265,8 @@ async def test_whole_registry_down_gateway_serves_from_cache_and_services_reregi
                 assert time.monotonic() < deadline, (listed, regs)
                 await asyncio.sleep(0.1)
         back = await wait_stats(
-            http, gw, lambda s: instance_ids(s) == users and (s["stale_for"] or 99) < 2.0
+            http, gw, lambda s: instance_ids(s) == users and (s["stale_for"] or 99) < 2.0,
+            timeout=30,
         )
         traffic.phase("after")
         await traffic.wait_served(150)
@@ -266,7 +283,7 @@ async def test_whole_registry_down_gateway_serves_from_cache_and_services_reregi
 # ---------------------------------------------------------------------- bad registrations
 
 
-@pytest.mark.timeout(60)
+@TIMEOUT
 async def test_malformed_registrations_are_skipped_with_a_warning(
     own_group: ServiceGroup, own_client: RegistryClient, http: aiohttp.ClientSession
 ) -> None:
@@ -306,7 +323,9 @@ async def test_malformed_registrations_are_skipped_with_a_warning(
         revision = 0
         for k, v in late.items():
             revision = (await own_client.put(k, v)).revision
-            await asyncio.sleep(0.02)  # spread over the traffic, one watch batch each
+            # spread the writes over the traffic (usually one watch batch each; nothing below
+            # depends on how they are batched)
+            await asyncio.sleep(0.02)
         stats = await wait_stats(http, gw, lambda s: s["revision"] >= revision)
         await traffic.wait_served(150)
 

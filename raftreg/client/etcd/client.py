@@ -44,6 +44,7 @@ from google.protobuf.message import Message
 
 from raftreg import errors as E
 from raftreg.client.bidi import KeepAliveCall
+from raftreg.client.clock import Clock
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
 from raftreg.client.etcd import convert
 from raftreg.client.etcd.errors import not_applied, retryable, rpc_error
@@ -169,7 +170,8 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
     `endpoints`: "host:port", "http://host:port" or "etcd://a:1,b:2" (any mix). `timeout`
     bounds each attempt, `retry_budget` (default 2 x timeout) a whole call with retries,
     `connect_timeout` the wait for a connection to one endpoint. `tls`, `ca_file`,
-    `cert_file`, `key_file`: TLS, see the module docstring.
+    `cert_file`, `key_file`: TLS, see the module docstring. `clock` measures budgets and
+    retry pauses (default: the loop's; see `PooledClient`).
     """
 
     def __init__(
@@ -187,6 +189,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         ca_file: str = "",
         cert_file: str = "",
         key_file: str = "",
+        clock: Clock | None = None,
     ) -> None:
         if timeout <= 0 or connect_timeout <= 0:
             raise E.InvalidArgument("timeouts must be positive")
@@ -206,6 +209,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
             failure_penalty=failure_penalty,
             channel_options=channel_options,
             security=security,
+            clock=clock,
         )
         self._names: dict[int, str] = {}
 
@@ -430,8 +434,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         docstring). With `endpoint` given, exactly one attempt is made against it."""
         if self._closed:
             raise E.FailedPrecondition("client is closed")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._budget
+        deadline = self._call_deadline()
         attempts = 0
         last: E.RegistryError | None = None
         pool = self._pool
@@ -439,7 +442,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
             attempts += 1
             ep = endpoint or pool.ordered()[0]
             try:
-                await pool.connect(ep, min(self.connect_timeout, max(deadline - loop.time(), 0)))
+                await pool.connect(ep, self._connect_limit(deadline))
                 result = await fn(pool.conn(ep), self._attempt_timeout(deadline))
             except NotConnected as f:
                 last = E.Unavailable(str(f))
@@ -460,12 +463,8 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
                 pool.mark_ok(ep)
                 return result
             pool.mark_failed(ep)
-            if endpoint is not None:
+            if endpoint is not None or not await self._pause_before_retry(attempts, deadline):
                 break
-            delay = pool.backoff(attempts)
-            if loop.time() + delay >= deadline:
-                break
-            await asyncio.sleep(delay)
         assert last is not None
         tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
         raise type(last)(f"{what} failed after {tries}; last error: {last}")
