@@ -18,6 +18,15 @@ line `Error: <message>` to stderr and returns 1; bad usage returns 2 (argparse).
 commands (`watch`, `lease keep-alive`, `config watch`, `services watch`) run until Ctrl-C and
 then exit 0; `watch` and `config watch` exit 1 with an error line when the watch is compacted
 (`services watch` re-lists instead), `lease keep-alive` when the lease is lost.
+
+`lock NAME [CMD ...]` and `elect NAME [PROPOSAL]` are etcdctl's, on `raftreg.concurrency`
+(same key layout, so they exclude etcdctl's own on an etcd backend). `lock` prints its key once
+it holds the lock, then runs CMD (with RAFTREG_LOCK_KEY/RAFTREG_LOCK_REV, and etcdctl's
+ETCD_LOCK_KEY/ETCD_LOCK_REV, in its environment) and exits with CMD's status, or holds until
+Ctrl-C; the lock is released only after CMD has ended. If the session's lease is lost meanwhile
+it terminates CMD and exits 1. `elect NAME PROPOSAL` campaigns, prints the leader's key and
+value once elected and leads until Ctrl-C (exit 1 if the lease is lost); `elect NAME` prints
+the leader and every change of leader until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import Member, RegistryClient, prefix_range_end
 from raftreg.client.security import ClientSecurity, endpoints_want_tls
 from raftreg.client.watch import WatchBatch
+from raftreg.concurrency import Election, Lock, Session, observe
 from raftreg.config import dev_config, load_config, split_hostport, write_secret_file
 from raftreg.configcenter import (
     DELETE,
@@ -924,6 +934,98 @@ async def cmd_lease_keepalive(client: RegistryClient, ns: argparse.Namespace, ct
     return gone()
 
 
+# --- locks and elections (raftreg.concurrency) ------------------------------------------------
+
+
+def _show_kv(ctx: _Ctx, kv: KeyValue) -> None:
+    """etcdctl's output for `lock`/`elect`: the key, then the value (`elect` only), or the
+    key-value as JSON."""
+    if ctx.fmt == "json":
+        ctx.json(kv_json(kv))
+    else:
+        ctx.print(_text(kv.key), *([_text(kv.value)] if kv.value else []))
+    ctx.out.flush()
+
+
+async def _own_kv(client: RegistryClient, key: bytes) -> KeyValue:
+    r = await client.get(key)
+    if not r.kvs:
+        raise NotFound(f"{_text(key)} is gone (session lease lost?)")
+    return r.kvs[0]
+
+
+async def _run_holding(session: Session, lock: Lock, argv: Sequence[str], ctx: _Ctx) -> int:
+    """Run `argv` while holding `lock`; it never outlives the lock: on a lost session or
+    Ctrl-C it is terminated (killed after 5 s) before this returns."""
+    key = _text(lock.key)
+    env = dict(os.environ, RAFTREG_LOCK_KEY=key, RAFTREG_LOCK_REV=str(lock.revision),
+               ETCD_LOCK_KEY=key, ETCD_LOCK_REV=str(lock.revision))
+    proc = await asyncio.create_subprocess_exec(*argv, env=env)
+    ended = asyncio.ensure_future(proc.wait())
+    lost = asyncio.ensure_future(session.wait_lost())
+    try:
+        await asyncio.wait({ended, lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait({ended}, timeout=5.0)
+            if proc.returncode is None:
+                proc.kill()
+                await ended
+    rc = proc.returncode
+    assert rc is not None
+    if lost.done() and not lost.cancelled():
+        ctx.err.write(f"Error: the lock {key} was lost (session lease expired); "
+                      "the command was terminated\n")
+        return 1
+    return rc if rc >= 0 else 128 - rc
+
+
+async def cmd_lock(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    async with Session(client, ttl=ns.ttl) as session:
+        lock = Lock(session, ns.name)
+        try:
+            await lock.acquire()
+        except asyncio.CancelledError:  # Ctrl-C while waiting: the acquire left no key
+            return _interrupted()
+        try:
+            _show_kv(ctx, await _own_kv(client, lock.key))
+            if ns.cmd:
+                return await _run_holding(session, lock, ns.cmd, ctx)
+            await session.wait_lost()
+            ctx.err.write(f"Error: the lock {_text(lock.key)} was lost "
+                          "(session lease expired)\n")
+            return 1
+        except asyncio.CancelledError:
+            return _interrupted()
+        finally:
+            await lock.release()
+
+
+async def cmd_elect(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
+    if ns.proposal is None:
+        try:
+            async with observe(client, ns.name) as leaders:
+                async for kv in leaders:
+                    _show_kv(ctx, kv)
+        except asyncio.CancelledError:
+            return _interrupted()
+        return 0
+    async with Session(client, ttl=ns.ttl) as session:
+        election = Election(session, ns.name)
+        try:
+            await election.campaign(ns.proposal)
+            _show_kv(ctx, await _own_kv(client, election.key))
+            await session.wait_lost()
+            ctx.err.write("Error: no longer the leader (session lease expired)\n")
+            return 1
+        except asyncio.CancelledError:
+            return _interrupted()
+        finally:
+            await election.resign()
+
+
 # --- config center and services ----------------------------------------------------------------
 
 
@@ -1384,6 +1486,19 @@ def build_parser() -> argparse.ArgumentParser:
     ka = leaf(lease, "keep-alive", "keep a lease alive until Ctrl-C", cmd_lease_keepalive)
     ka.add_argument("id", type=_lease_arg)
     ka.add_argument("--once", action="store_true", help="renew once and exit")
+
+    lock = leaf(sub, "lock", "hold a distributed lock: run CMD while holding it, or hold until "
+                "Ctrl-C", cmd_lock)
+    lock.add_argument("name", help="the lock's name (keys NAME/<lease id hex>, as etcdctl)")
+    lock.add_argument("cmd", nargs="*", metavar="CMD",
+                      help="command to run while holding the lock (after --; options of "
+                      "`lock` go before NAME)")
+    lock.add_argument("--ttl", type=int, default=10, help="session lease TTL, seconds")
+    elect = leaf(sub, "elect", "campaign with PROPOSAL and lead until Ctrl-C; without "
+                 "PROPOSAL, print each new leader", cmd_elect)
+    elect.add_argument("name", help="the election's name (keys NAME/<lease id hex>)")
+    elect.add_argument("proposal", nargs="?", default=None)
+    elect.add_argument("--ttl", type=int, default=60, help="session lease TTL, seconds")
 
     config = sub.add_parser("config", help="service configuration").add_subparsers(
         dest="subcommand", metavar="SUBCOMMAND", required=True

@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 
 from raftreg import errors as E
 from raftreg.api.status import COMPACT_KEY, ERROR_KEY, error_from_status
+from raftreg.client import aio
 from raftreg.pb import raftreg_pb2 as pb
 
 
@@ -94,7 +95,7 @@ class KVMux:
         self._queue.append(op)
         self._wake.set()
         try:
-            r = await asyncio.wait_for(fut, timeout)
+            r = await aio.wait_for(fut, timeout)
         except TimeoutError:
             self._waiting.pop(tag, None)
             raise StreamFailure(f"no answer within {timeout:g}s") from None

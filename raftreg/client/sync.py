@@ -99,6 +99,12 @@ class SyncRegistryClient:
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
 
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on this facade's event loop (where `client` lives) and wait for its
+        result, from any thread but that loop's; how the blocking recipes
+        (`raftreg.concurrency.sync`) use the async client."""
+        return self._run(coro)
+
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
             coro.close()

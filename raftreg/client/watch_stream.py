@@ -41,6 +41,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from raftreg import errors as E
+from raftreg.client import aio
 from raftreg.client.bidi import BidiCall, write_all
 from raftreg.client.pool import EndpointPool, NotConnected
 from raftreg.client.watch import Watch, WatchOptions
@@ -252,7 +253,7 @@ class WatchMux(Generic[C]):
         w = Watch(options, self.cancel)
         self.add(w)
         try:
-            await asyncio.wait_for(w._wait_created(), limit)
+            await aio.wait_for(w._wait_created(), limit)
         except TimeoutError:
             w.cancel()
             raise E.Unavailable(
