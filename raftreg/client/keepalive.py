@@ -364,6 +364,12 @@ class LeaseKeeper:
         d = min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
         return d / 2 + self._rng.uniform(0, d / 2)
 
+    async def _sleep_until(self, t: float) -> None:
+        # The time left is read when the sleep starts, not when it was decided: the clock may
+        # have moved in between (a test's ManualClock.advance() can run before this task does,
+        # and a sleep measured from the older time would then outlast its deadline).
+        await self._clock.sleep(t - self._clock.now())
+
     async def _schedule(self) -> None:
         """Send due renewals, detect losses and unanswered renewals; sleep until the next
         deadline or until something changes."""
@@ -395,7 +401,7 @@ class LeaseKeeper:
                 await self._wake.wait()
                 continue
             waiter = asyncio.get_running_loop().create_task(self._wake.wait())
-            sleeper = asyncio.get_running_loop().create_task(self._clock.sleep(wake_at - now))
+            sleeper = asyncio.get_running_loop().create_task(self._sleep_until(wake_at))
             try:
                 await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
             finally:

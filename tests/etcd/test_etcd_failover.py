@@ -182,7 +182,10 @@ async def test_a_watch_resumes_without_gap_or_duplicate_when_its_member_dies(
 
 
 async def test_the_keeper_keeps_a_lease_alive_across_a_leader_kill(etcd: EtcdCluster) -> None:
-    ttl = 3
+    # The keeper renews every TTL/3 and declares the lease lost when no renewal is acknowledged
+    # within the TTL, so the failover (election + reconnect) must fit in 2/3 of it: with 6 s
+    # that is 4 s, four election timeouts, which a busy machine needs.
+    ttl = 6
     election = etcd.election_ms / 1000
     # etcd's new leader takes over every lease with TTL + election timeout to live: without
     # renewals from the keeper the lease is gone that long after the new leader's first entry.
