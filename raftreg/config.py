@@ -7,9 +7,10 @@ no file at all.
 
 from __future__ import annotations
 
+import os
 import secrets
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,13 @@ class NodeConfig:
 class ClusterSettings:
     name: str = "raftreg"
     # Secret for the raft port (PySyncObj `password`: Fernet-encrypted, authenticated peer
-    # messages). Required: a node refuses to start without one.
+    # messages). Required: a node refuses to start without one, with one shorter than
+    # MIN_SECRET_BYTES, or with an example secret printed in the docs. Give it inline
+    # (`secret`) or, better, in a file of its own kept out of version control (`secret_file`,
+    # relative to cluster.toml; `scripts/start-cluster.sh` creates it, mode 0600, on first
+    # use). Not both.
     secret: str = ""
+    secret_file: str = ""
     data_dir: str = "data"
     # Raft timing (seconds). Election timeout is drawn from [min, max].
     heartbeat_interval: float = 0.05
@@ -94,6 +100,8 @@ class ClusterSettings:
     def __post_init__(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InvalidArgument("[cluster]: tls_cert_file and tls_key_file go together")
+        if self.secret and self.secret_file:
+            raise InvalidArgument("[cluster]: give secret or secret_file, not both")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise InvalidArgument(
                 "[cluster]: tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file"
@@ -134,6 +142,63 @@ class ClusterConfig:
     @property
     def client_endpoints(self) -> list[str]:
         return [n.client for n in self.nodes]
+
+    def cluster_secret(self) -> str:
+        """The cluster secret a node runs with (from `secret` or `secret_file`); raises
+        `InvalidArgument` saying how to fix it when it is missing, short or an example."""
+        s = self.settings
+        where = "[cluster] secret"
+        value = s.secret
+        if s.secret_file:
+            path = self.file(s.secret_file)
+            where = f"the secret file {path}"
+            try:
+                value = path.read_text().strip()
+            except FileNotFoundError:
+                raise InvalidArgument(
+                    f"{where} does not exist; create it with `raftreg secret {path}` "
+                    "(scripts/start-cluster.sh does so on first use)"
+                ) from None
+        check_secret(value, where)
+        return value
+
+
+# Secrets that appear in this project's docs and history: never accepted.
+EXAMPLE_SECRETS = frozenset({"local-dev-secret-change-me", "test-secret", "demo-secret"})
+MIN_SECRET_BYTES = 16
+
+
+def check_secret(value: str, where: str = "the cluster secret") -> None:
+    """Refuse a missing, short (< MIN_SECRET_BYTES bytes) or published example secret."""
+    fix = ("generate one with `raftreg secret FILE` and name FILE as secret_file in [cluster] "
+           "(or let scripts/start-cluster.sh do it)")
+    if not value:
+        raise InvalidArgument(f"a cluster secret is required on the raft port: {fix}")
+    if value in EXAMPLE_SECRETS:
+        raise InvalidArgument(f"{where} is an example from the docs, known to anyone: {fix}")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise InvalidArgument(
+            f"{where} is shorter than {MIN_SECRET_BYTES} bytes: {fix}"
+        )
+
+
+def new_secret() -> str:
+    """A fresh random cluster secret (32 random bytes, URL-safe text)."""
+    return secrets.token_urlsafe(32)
+
+
+def write_secret_file(path: Path) -> bool:
+    """Create `path` (mode 0600) holding a new secret; False if it already exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(new_secret() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return True
 
 
 def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
@@ -176,14 +241,10 @@ def dev_config(
 ) -> ClusterConfig:
     """A one-node cluster for development: a fresh random secret, everything on loopback."""
     settings = ClusterSettings(
-        name="raftreg-dev", secret=secrets.token_urlsafe(24), data_dir=str(data_dir)
+        name="raftreg-dev", secret=new_secret(), data_dir=str(data_dir)
     )
     node = NodeConfig(name="dev", raft=raft, client=client, data_dir=str(Path(data_dir)))
     return ClusterConfig(settings=settings, nodes=(node,), path=None)
-
-
-def with_settings(cfg: ClusterConfig, **changes: Any) -> ClusterConfig:
-    return replace(cfg, settings=replace(cfg.settings, **changes))
 
 
 def split_hostport(addr: str) -> tuple[str, int]:

@@ -35,7 +35,7 @@ import aiohttp
 import grpc
 
 from raftreg.client.etcd.backend import ENV_ENDPOINTS, registry_table, select_backend
-from raftreg.config import load_config
+from raftreg.config import load_config, new_secret
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.testing.cluster import free_ports
@@ -84,7 +84,8 @@ def cmd_fresh_config(a: argparse.Namespace) -> int:
     root = Path(a.dir)
     root.mkdir(parents=True, exist_ok=True)
     ports = free_ports(6)
-    lines = ['[cluster]', 'name = "raftreg-demo"', 'secret = "demo-secret"', 'data_dir = "data"']
+    lines = ['[cluster]', 'name = "raftreg-demo"', f'secret = "{new_secret()}"',
+             'data_dir = "data"']
     for i in range(3):
         lines += ["", "[[node]]", f'name = "n{i + 1}"', f'raft = "127.0.0.1:{ports[2 * i]}"',
                   f'client = "127.0.0.1:{ports[2 * i + 1]}"']

@@ -41,6 +41,7 @@ import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 
+from raftreg.config import check_secret
 from raftreg.consensus.faults import FaultRules, FaultyTransport
 from raftreg.errors import (
     FailedPrecondition,
@@ -206,6 +207,11 @@ class _Fsm(SyncObj):  # type: ignore[misc]
         return [self._apply_one(item) if item else None for item in items]
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class RaftNode:
     """One member of the raft group; construct it on the thread that runs the event loop."""
 
@@ -218,8 +224,7 @@ class RaftNode:
         *,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        if not settings.secret:
-            raise InvalidArgument("a cluster secret is required on the raft port")
+        check_secret(settings.secret)
         self._s = settings
         self._loop = loop
         self._snapshot = snapshot
@@ -281,7 +286,11 @@ class RaftNode:
         if self._faults is not None and self._faults.unsafe_local_reads:
             return  # TEST ONLY, deliberately broken: see FaultRules
         if self._barrier is None:
-            self._barrier = self._loop.create_future()
+            barrier: asyncio.Future[Any] = self._loop.create_future()
+            # Every reader may have given up (cancelled) before it settles: its outcome is
+            # then nobody's, and must not be logged as "never retrieved".
+            barrier.add_done_callback(_retrieve)
+            self._barrier = barrier
             self._enqueue(b"", None)
         await asyncio.shield(self._barrier)
 

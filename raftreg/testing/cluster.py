@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from raftreg.config import new_secret
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.testing.procs import ProcessGroup
@@ -58,7 +59,7 @@ class ProcessCluster(ProcessGroup):
         self.client = {n: f"127.0.0.1:{ports[3 * i + 1]}" for i, n in enumerate(self.names)}
         self.http = {n: f"127.0.0.1:{ports[3 * i + 2]}" for i, n in enumerate(self.names)}
         self.config_path = self.root / "cluster.toml"
-        cluster = {"name": "raftreg-test", "secret": "test-secret", "data_dir": "data"}
+        cluster = {"name": "raftreg-test", "secret": new_secret(), "data_dir": "data"}
         self.fault_path: Path | None = None
         self._blocked: set[tuple[str, str]] = set()  # (from, to): raft messages dropped
         self._rules: dict[str, dict[str, Any]] = {n: {} for n in self.names}
