@@ -94,7 +94,7 @@ def fatal(message: str) -> NoReturn:
     os._exit(74)  # EX_IOERR
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -293,7 +293,7 @@ class DurableJournal:
     def _fsync_path(self, directory: Path) -> None:
         if self._unsafe_no_sync is not None and self._unsafe_no_sync():
             return
-        _fsync_dir(directory)
+        fsync_dir(directory)
         self.fsyncs += 1
 
     def _write_state(self) -> None:
@@ -353,6 +353,20 @@ class DurableJournal:
                 self._state_dirty = False
         except OSError as e:
             self._fatal(f"syncing the raft log in {self.dir} failed: {e}")
+
+    def fsync_file(self, fd: int, what: str) -> None:
+        """fsync a file of the data dir written by someone else (the dump); fail-stop."""
+        try:
+            self._fsync(fd)
+        except OSError as e:
+            self._fatal(f"fsync of {what} failed: {e}")
+
+    def fsync_data_dir(self) -> None:
+        """fsync the data dir (renames into it become durable); fail-stop."""
+        try:
+            self._fsync_dir()
+        except OSError as e:
+            self._fatal(f"fsync of {self.dir} failed: {e}")
 
     @property
     def dirty(self) -> bool:
