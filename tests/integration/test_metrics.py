@@ -55,6 +55,10 @@ async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster)
     assert value(after, "raftreg_store_revision") >= value(b, "raftreg_store_revision") + 200
     assert value(after, "raftreg_store_keys") >= value(b, "raftreg_store_keys") + 200
     assert value(after, "raftreg_raft_applied_index") > value(b, "raftreg_raft_applied_index")
+    # group commit: the 200 concurrent puts took at least one fdatasync, fewer than one each
+    syncs = (value(after, "raftreg_raft_wal_fdatasyncs_total")
+             - value(b, "raftreg_raft_wal_fdatasyncs_total"))
+    assert 1 <= syncs < 200
     assert leases >= 1
     # requests by method and status; the client reached the leader over KV.Batch or unary Put
     reqs = {k: v for k, v in after.items() if k[0] == "raftreg_grpc_requests_total"}
