@@ -23,6 +23,9 @@ drop           every raft message dropped with probability `value`
 delay          every raft message delayed by `value` ms (FIFO per link)
 kill           kill -9 `a`; it stays down until a heal
 kill_all       kill -9 every node, hold, start them all again
+power_cut      kill -9 `a`, drop every write it had not synced, start it at once (value 1: torn,
+               i.e. unsynced tails may survive in part; see raftreg/testing/powercut.py)
+power_cut_all  kill -9 every node, drop every unsynced write on every node, hold, start them all
 pause          SIGSTOP `a`; SIGCONT at the next heal
 restart        kill -9 `a` and start it at once
 heal           everything back: network healed, paused nodes resumed, dead nodes started
@@ -40,7 +43,12 @@ moment on the healthy cluster, stops it, and checks (`run_schedule`):
 - the register history is linearizable (`lincheck.KVModel`, per key);
 - every watch stream is ordered, gapless, duplicate-free, whole per revision, resumed
   correctly, complete, with correct prev_kv (`watchcheck`);
-- no lease expired before its TTL (checked live by the lease clients).
+- no lease expired before its TTL (checked live by the lease clients);
+- no two nodes said they were leader in the same term (each node's Status, polled all along).
+
+Power cuts run each node on the power-cut file system (only for schedules that have them, or a
+node with syncing switched off: `Schedule.no_sync`, TEST ONLY, a node that must be caught
+losing acknowledged writes).
 
 `random_schedule(rng, seed, backend=...)` draws schedules without hypothesis (the soak
 script); the fault tests draw them with the hypothesis strategy in tests/fault/. Schedules
@@ -82,6 +90,7 @@ from raftreg.testing.history import (
     Workload,
     WorkloadConfig,
 )
+from raftreg.testing.powercut import unmount_stale
 from raftreg.testing.watchcheck import check_committed, check_watch, final_state
 
 KINDS: dict[str, int] = {  # kind -> weight when drawing
@@ -94,6 +103,8 @@ KINDS: dict[str, int] = {  # kind -> weight when drawing
     "kill_all": 1,
     "pause": 2,
     "restart": 2,
+    "power_cut": 2,
+    "power_cut_all": 1,
     "heal": 2,
     "none": 1,
 }
@@ -109,6 +120,12 @@ ETCD_KINDS: dict[str, int] = {
 }
 ETCD_TARGETS = ("leader", "follower", "e1", "e2", "e3")
 NETWORK_KINDS = frozenset({"partition", "one_way", "isolate", "drop", "delay"})
+POWER_KINDS = frozenset({"power_cut", "power_cut_all"})  # raftreg only: needs FUSE
+# Every fsync on the power-cut disks takes this much longer than the real one (~2 ms here), so
+# that a cut often comes while a sync is under way: there is then an unsynced tail to drop or
+# tear, as there would be under a heavier load.
+POWER_CUT_SYNC_DELAY_MS = 5.0
+STATUS_POLL_S = 0.1
 DROP_RATES = (0.05, 0.2, 0.5)
 DELAYS_MS = (5.0, 30.0, 120.0)
 HOLDS = (0.5, 1.0, 1.5, 2.5)
@@ -127,6 +144,8 @@ class Step:
         args = [x for x in (self.a, self.b) if x]
         if self.kind in ("drop", "delay"):
             args.append(f"{self.value:g}")
+        if self.kind in POWER_KINDS and self.value:
+            args.append("torn")
         return f"{self.kind}({', '.join(args)}) for {self.hold:g}s"
 
 
@@ -137,15 +156,19 @@ class Schedule:
     broken: str = ""  # TEST ONLY: a node made deliberately broken (reads without barrier)
     note: str = ""
     backend: str = "raftreg"  # or "etcd": a real etcd cluster (ETCD_KINDS only)
+    no_sync: str = ""  # TEST ONLY: nodes whose journal never syncs ("n1,n2" or "all")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "seed": self.seed,
             "steps": [asdict(s) for s in self.steps],
             "broken": self.broken,
             "note": self.note,
             "backend": self.backend,
         }
+        if self.no_sync:
+            d["no_sync"] = self.no_sync
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Schedule:
@@ -155,10 +178,18 @@ class Schedule:
             d.get("broken", ""),
             d.get("note", ""),
             d.get("backend", "raftreg"),
+            d.get("no_sync", ""),
         )
+
+    @property
+    def power_cuts(self) -> bool:
+        """Runs on the power-cut file system (it cuts the power, or a node does not sync)."""
+        return bool(self.no_sync) or any(s.kind in POWER_KINDS for s in self.steps)
 
     def __str__(self) -> str:
         head = "etcd " if self.backend == "etcd" else ""
+        if self.no_sync:
+            head += f"no_sync={self.no_sync} "
         return f"{head}seed={self.seed} [" + "; ".join(str(s) for s in self.steps) + "]"
 
 
@@ -170,6 +201,10 @@ def make_step(kind: str, a: str, b: str, value_index: int, hold: float) -> Step:
         return Step(kind, a, b, hold=hold)
     if kind in ("isolate", "kill", "pause", "restart"):
         return Step(kind, a, hold=hold)
+    if kind == "power_cut":  # one draw in three tears the unsynced tails instead of dropping
+        return Step(kind, a, value=float(value_index == 1), hold=hold)
+    if kind == "power_cut_all":
+        return Step(kind, value=float(value_index == 1), hold=hold)
     if kind == "drop":
         return Step(kind, value=DROP_RATES[value_index % len(DROP_RATES)], hold=hold)
     if kind == "delay":
@@ -206,6 +241,7 @@ class ScheduleResult:
     violations: list[str] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)  # steps as resolved (targets named)
     counts: dict[str, int] = field(default_factory=dict)
+    leaders: dict[int, list[str]] = field(default_factory=dict)  # term -> nodes that led it
     lincheck: str = ""
     elapsed: float = 0.0
     root: str = ""
@@ -228,6 +264,7 @@ class ScheduleResult:
             "violations": self.violations,
             "applied": self.applied,
             "counts": self.counts,
+            "leaders": {str(t): ns for t, ns in sorted(self.leaders.items())},
             "lincheck": self.lincheck,
             "elapsed": round(self.elapsed, 2),
             "root": self.root,
@@ -282,6 +319,22 @@ class _Driver:
                              f"they do not apply to {type(self.c).__name__}")
         return self.c
 
+    def _power(self, step: Step, *names: str) -> str:
+        c = self.c
+        if not isinstance(c, ProcessCluster) or c.disks is None:
+            raise ValueError(f"{step.kind}: needs a raftreg cluster on the power-cut file system")
+        reports = c.power_cut(*names, torn=bool(step.value), seed=self.rng.getrandbits(32))
+        lost = []  # "n1/raft.wal 230->200B": its size when the power went -> after the cut
+        for n, r in sorted(reports.items()):
+            for path, f in sorted(r["files"].items()):
+                if f["size"] != f["kept"] or f["blocks_restored"]:
+                    torn = f["kept"] - f["durable_size"]
+                    lost.append(f"{n}{path} {f['size']}->{f['kept']}B"
+                                + (f" ({torn}B of it a torn tail)" if torn else ""))
+            lost += [f"{n}{p} gone" for p in r["lost"]]
+        what = "torn " if step.value else ""
+        return f"{step.kind}({what}{', '.join(names) or 'all'}: {'; '.join(lost) or 'all synced'})"
+
     def _up(self) -> list[str]:
         return [n for n in self.c.names if self.c.alive(n) and n not in self.c.paused]
 
@@ -334,13 +387,20 @@ class _Driver:
             a = self.resolve(step.a)
             c.restart(a)
             return f"restart({a})"
+        if k == "power_cut":
+            a = self.resolve(step.a)
+            applied = self._power(step, a)
+            c.start(a)
+            return applied
+        if k == "power_cut_all":
+            return self._power(step)
         if k == "heal":
             c.heal()
             return "heal"
         return "none"
 
     def after_hold(self, step: Step) -> None:
-        if step.kind == "kill_all":
+        if step.kind in ("kill_all", "power_cut_all"):
             self.c.start()
 
 
@@ -480,20 +540,68 @@ async def _etcd_all_keys(endpoint: str, revision: int) -> dict[bytes, KeyValue]:
 # The two kinds of cluster the runner drives
 
 
+class _LeaderPoller:
+    """Polls every node's Status all along: which nodes said they led which term.
+
+    A node's Status reads its term, then its leader, then its term again (the header): a claim
+    counts only when both terms agree, so a term change in between cannot fake one."""
+
+    def __init__(self, c: ProcessCluster) -> None:
+        self.c = c
+        self.claims: dict[int, set[str]] = {}
+        self.polls = 0
+        self.failed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        channels = {n: grpc.aio.insecure_channel(self.c.client[n], options=CHANNEL_OPTIONS)
+                    for n in self.c.names}
+        try:
+            while not stop.is_set():
+                up = [n for n in self.c.names if self.c.alive(n) and n not in self.c.paused]
+                await asyncio.gather(*(self._poll(n, channels[n]) for n in up if n in channels))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), STATUS_POLL_S)
+        finally:
+            for ch in channels.values():
+                await ch.close(None)
+
+    async def _poll(self, name: str, ch: grpc.aio.Channel) -> None:
+        try:
+            st = await pbg.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=0.5)
+        except grpc.aio.AioRpcError:
+            self.failed += 1
+            return
+        self.polls += 1
+        if st.leader and st.leader == st.header.member_id and st.raftTerm == st.header.raft_term:
+            self.claims.setdefault(st.raftTerm, set()).add(name)
+
+    def violations(self) -> list[str]:
+        return [f"two leaders in term {t}: {', '.join(sorted(ns))} (each said it led)"
+                for t, ns in sorted(self.claims.items()) if len(ns) > 1]
+
+
 class _RaftregTarget:
     """raftreg's ProcessCluster with the fault transport; after-heal reads with raw stubs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, schedule: Schedule) -> None:
         self.c = ProcessCluster(
-            root, faults=True, auto_compact_retain=0, watch_progress_interval_s=1.0,
-            propose_timeout_s=3.0,
+            root, faults=True, power_cuts=schedule.power_cuts,
+            sync_delay_ms=POWER_CUT_SYNC_DELAY_MS, auto_compact_retain=0,
+            watch_progress_interval_s=1.0, propose_timeout_s=3.0,
         )
         self.cluster: FaultCluster = self.c
+        self.poller: _LeaderPoller | None = _LeaderPoller(self.c)
 
     def setup(self, schedule: Schedule, res: ScheduleResult) -> None:
         if schedule.broken:
             self.c.unsafe_local_reads(schedule.broken)
             res.applied.append(f"BROKEN({schedule.broken})")
+        if schedule.no_sync:
+            names = (self.c.names if schedule.no_sync == "all"
+                     else [n.strip() for n in schedule.no_sync.split(",")])
+            for n in names:
+                self.c.unsafe_no_sync(n)
+            res.applied.append(f"NO_SYNC({', '.join(names)})")
 
     async def sentinel(self, seed: int) -> tuple[int, int]:
         """Converge, write the sentinel, converge again: (sentinel revision, converged one)."""
@@ -522,11 +630,12 @@ class _EtcdTarget:
     def __init__(self, root: Path, schedule: Schedule) -> None:
         if schedule.broken:
             raise ValueError("a deliberately broken node exists only for raftreg")
-        bad = [st.kind for st in schedule.steps if st.kind in NETWORK_KINDS]
-        if bad:
-            raise ValueError(f"etcd schedules have no message-level faults: {bad}")
+        bad = [st.kind for st in schedule.steps if st.kind in NETWORK_KINDS | POWER_KINDS]
+        if bad or schedule.no_sync:
+            raise ValueError(f"etcd schedules have no message-level faults or power cuts: {bad}")
         self.c = EtcdCluster(root)
         self.cluster: FaultCluster = self.c
+        self.poller: _LeaderPoller | None = None
 
     def setup(self, schedule: Schedule, res: ScheduleResult) -> None:
         pass
@@ -584,18 +693,21 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
     rng = random.Random(schedule.seed)
     t0 = time.monotonic()
     target: _Target = (_EtcdTarget(root, schedule) if schedule.backend == "etcd"
-                       else _RaftregTarget(root))
+                       else _RaftregTarget(root, schedule))
     cluster = target.cluster
     to_thread = asyncio.to_thread
     h = History()
     wl = Workload(target.c.endpoints, h, random.Random(rng.getrandbits(64)), wcfg,
                   backend=schedule.backend)
     driver = _Driver(cluster, random.Random(rng.getrandbits(64)))
-    stop_ops, stop_watches = asyncio.Event(), asyncio.Event()
+    stop_ops, stop_watches, stop_polls = asyncio.Event(), asyncio.Event(), asyncio.Event()
     ops: list[asyncio.Future[None]] = []
     watches: list[asyncio.Future[None]] = []
+    polls: list[asyncio.Future[None]] = []
     try:
         await to_thread(cluster.start)
+        if target.poller is not None:
+            polls.append(asyncio.ensure_future(target.poller.run(stop_polls)))
         await to_thread(cluster.wait_leader, 30.0)
         target.setup(schedule, res)
         ops, watches = wl.start(stop_ops, stop_watches)
@@ -618,6 +730,13 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
         stop_ops.set()
         await asyncio.gather(*ops, return_exceptions=True)
         res.counts = h.counts()
+        stop_polls.set()
+        await asyncio.gather(*polls, return_exceptions=True)
+        if target.poller is not None:
+            res.leaders = {t: sorted(ns) for t, ns in target.poller.claims.items()}
+            res.counts["status_polls"] = target.poller.polls
+            res.counts["status_polls:fail"] = target.poller.failed
+            res.violations += target.poller.violations()
         try:
             end_rev, converged_rev = await target.sentinel(schedule.seed)
         except (TimeoutError, E.RegistryError) as e:
@@ -661,9 +780,10 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
     finally:
         stop_ops.set()
         stop_watches.set()
-        for t in ops + watches:
+        stop_polls.set()
+        for t in ops + watches + polls:
             t.cancel()
-        await asyncio.gather(*ops, *watches, return_exceptions=True)
+        await asyncio.gather(*ops, *watches, *polls, return_exceptions=True)
         await wl.close()
         await to_thread(cluster.close)
         res.elapsed = time.monotonic() - t0
@@ -687,6 +807,7 @@ def run_schedule(
     schedule failed (then `root/history.json` holds the recorded operations) or `keep` is
     set."""
     if (root / "cluster.toml").exists() or any(root.glob("*.etcd")):  # a previous run's
+        unmount_stale(root)
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     res = asyncio.run(_run(schedule, root, workload or WorkloadConfig(), settle_s))

@@ -86,15 +86,18 @@ class DiskModel:
     the FUSE adapter (`PowerCutOps`) and the unit tests call these directly.
     """
 
-    def __init__(self, store: Path, *, real_sync: bool = True) -> None:
+    def __init__(self, store: Path, *, real_sync: bool = True, sync_delay_s: float = 0.0) -> None:
         self.store = Path(store)
         self.root = self.store / "data"
         self.orphans = self.store / "orphans"
         self.real_sync = real_sync
+        self.sync_delay_s = sync_delay_s
+        self.syncing: dict[int, threading.Event] = {}  # inode -> set when its sync is over
         self.root.mkdir(parents=True, exist_ok=True)
         self.orphans.mkdir(exist_ok=True)
-        self.lock = threading.RLock()
-        self.cut_done = False
+        self.lock = threading.Lock()  # never taken twice: public methods call only _helpers
+        self.cut_done = False  # the power is off: every operation fails
+        self.rebuilt = False  # the backing directory holds the durable state only
         self.unsynced: dict[int, _Unsynced] = {}  # inode -> unsynced data changes
         self.durable: dict[int, dict[str, int]] = {}  # dir inode -> durable entries
         self.durable_at: dict[int, tuple[int, str]] = {}  # inode -> its durable entry
@@ -128,6 +131,10 @@ class DiskModel:
     def _check(self) -> None:
         if self.cut_done:
             raise OSError(errno.EIO, "the power is off")
+
+    def metadata_change(self) -> None:
+        """Mode, owner and times pass through unmodelled; only refused once the power is off."""
+        self._check()
 
     def _ino(self, rel: str) -> int:
         return os.lstat(self.path(rel)).st_ino
@@ -210,7 +217,7 @@ class DiskModel:
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
-                return self.open(rel, flags)
+                return self._open(rel, flags)
             ino = os.fstat(fd).st_ino
             self.unsynced[ino] = _Unsynced(0)  # a new file: nothing of it is durable
             self.fd_ino[fd] = ino
@@ -219,12 +226,15 @@ class DiskModel:
     def open(self, rel: str, flags: int) -> int:
         with self.lock:
             self._check()
-            fd = os.open(self.path(rel), _backing_flags(flags))
-            ino = os.fstat(fd).st_ino
-            self.fd_ino[fd] = ino
-            if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
-                self._truncate_fd(fd, ino, 0)
-            return fd
+            return self._open(rel, flags)
+
+    def _open(self, rel: str, flags: int) -> int:
+        fd = os.open(self.path(rel), _backing_flags(flags))
+        ino = os.fstat(fd).st_ino
+        self.fd_ino[fd] = ino
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+            self._truncate_fd(fd, ino, 0)
+        return fd
 
     def read(self, fd: int, size: int, offset: int) -> bytes:
         with self.lock:
@@ -235,11 +245,13 @@ class DiskModel:
         with self.lock:
             self._check()
             ino = self.fd_ino.get(fd) or os.fstat(fd).st_ino
+            self._changing(ino)
             self._save(ino, fd, offset, offset + len(data))
             self.counts["write"] += 1
             return os.pwrite(fd, data, offset)
 
     def _truncate_fd(self, fd: int, ino: int, length: int) -> None:
+        self._changing(ino)
         self._save(ino, fd, length, 1 << 62)
         os.ftruncate(fd, length)
 
@@ -256,12 +268,45 @@ class DiskModel:
                 os.close(tfd)
 
     def fsync(self, fd: int, datasync: bool = False) -> None:
+        """The file's current content becomes durable when the sync returns. The sync itself
+        (the backing fsync, plus `sync_delay_s`) runs outside the lock, so a cut can come while
+        it is under way: then it never completed (EIO) and the data stays unsynced. Writes and
+        truncations of the same file wait until it is done (a sync covers what was written
+        before it)."""
         with self.lock:
             self._check()
+            ino = self.fd_ino.get(fd) or os.fstat(fd).st_ino
+            done = self.syncing.get(ino)
+            if done is None:
+                done = self.syncing[ino] = threading.Event()
+        try:
+            if self.sync_delay_s > 0:
+                time.sleep(self.sync_delay_s)
             if self.real_sync:
                 (os.fdatasync if datasync else os.fsync)(fd)
-            self.unsynced.pop(self.fd_ino.get(fd) or os.fstat(fd).st_ino, None)
-            self.counts["fsync"] += 1
+            with self.lock:
+                self._check()
+                self.unsynced.pop(ino, None)
+                self.counts["fsync"] += 1
+        finally:
+            with self.lock:
+                if self.syncing.get(ino) is done:
+                    del self.syncing[ino]
+            done.set()
+
+    def _changing(self, ino: int) -> None:
+        """Called with the lock held before a file's data changes: wait (lock released) while a
+        sync of that file is under way."""
+        while True:
+            self._check()
+            done = self.syncing.get(ino)
+            if done is None:
+                return
+            self.lock.release()
+            try:
+                done.wait()
+            finally:
+                self.lock.acquire()
 
     def release(self, fd: int) -> None:
         with self.lock:
@@ -379,13 +424,19 @@ class DiskModel:
             return {"unsynced_files": files, "unsynced_dirs": pending, "counts": self.counts,
                     "cut": self.cut_done}
 
-    def cut(self, torn: bool = False, seed: int = 0) -> dict[str, Any]:
-        """The power goes: from now on every operation fails with EIO, and the backing
-        directory is rebuilt to hold exactly the durable state. Returns what was dropped."""
+    def freeze(self) -> None:
+        """The power goes: from now on every operation fails with EIO, and a sync under way
+        never completes. (Then kill whoever used the files, then `cut`.)"""
         with self.lock:
-            if self.cut_done:
-                raise OSError(errno.EIO, "already cut")
             self.cut_done = True
+
+    def cut(self, torn: bool = False, seed: int = 0) -> dict[str, Any]:
+        """Rebuild the backing directory to hold exactly the durable state (freezing first if
+        `freeze` was not called). Returns what was dropped."""
+        with self.lock:
+            if self.rebuilt:
+                raise OSError(errno.EIO, "already cut")
+            self.cut_done = self.rebuilt = True
             rng = random.Random(seed)
             report: dict[str, Any] = {"torn": torn, "files": {}, "lost": [], "dirs_kept": []}
             if torn:  # some directories' unsynced entries made it (whole directories)
@@ -526,14 +577,17 @@ def _ops_class() -> type[Any]:
                 "f_flag", "f_frsize", "f_namemax")}
 
         def chmod(self, path: str, mode: int) -> int:
+            self.m.metadata_change()
             os.chmod(self.m.path(path), mode)
             return 0
 
         def chown(self, path: str, uid: int, gid: int) -> int:
+            self.m.metadata_change()
             os.chown(self.m.path(path), uid, gid)
             return 0
 
         def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+            self.m.metadata_change()
             if times is None:
                 os.utime(self.m.path(path))
             else:
@@ -601,7 +655,10 @@ def _control(model: DiskModel, mountpoint: str) -> None:
         try:
             req = json.loads(line)
             cmd = req.get("cmd")
-            if cmd == "cut":
+            if cmd == "freeze":
+                model.freeze()
+                _reply({"ok": True})
+            elif cmd == "cut":
                 _reply({"ok": True, "report": model.cut(bool(req.get("torn")),
                                                           int(req.get("seed", 0)))})
             elif cmd == "status":
@@ -614,11 +671,12 @@ def _control(model: DiskModel, mountpoint: str) -> None:
     _fusermount(mountpoint, lazy=True)
 
 
-def serve(store: Path, mountpoint: Path, *, real_sync: bool = True) -> None:
+def serve(store: Path, mountpoint: Path, *, real_sync: bool = True,
+          sync_delay_s: float = 0.0) -> None:
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
     import mfusepy
 
-    model = DiskModel(store, real_sync=real_sync)
+    model = DiskModel(store, real_sync=real_sync, sync_delay_s=sync_delay_s)
     ready = threading.Event()
 
     def announce() -> None:
@@ -639,8 +697,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mount", required=True, help="mount point (the node's data dir)")
     ap.add_argument("--no-real-sync", action="store_true",
                     help="do not pass fsyncs through to the backing file system")
+    ap.add_argument("--sync-delay-ms", type=float, default=0.0,
+                    help="every fsync takes this much longer (a slower disk)")
     ns = ap.parse_args(argv)
-    serve(Path(ns.store), Path(ns.mount), real_sync=not ns.no_real_sync)
+    serve(Path(ns.store), Path(ns.mount), real_sync=not ns.no_real_sync,
+          sync_delay_s=ns.sync_delay_ms / 1000.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -693,10 +754,12 @@ def unmount_stale(root: Path) -> list[Path]:
 class Disk:
     """One power-cut mount: `store/data` (backing) seen through `mountpoint`."""
 
-    def __init__(self, store: Path, mountpoint: Path, *, real_sync: bool = True) -> None:
+    def __init__(self, store: Path, mountpoint: Path, *, real_sync: bool = True,
+                 sync_delay_ms: float = 0.0) -> None:
         self.store = Path(store)
         self.mountpoint = Path(os.path.realpath(mountpoint))
         self.real_sync = real_sync
+        self.sync_delay_ms = sync_delay_ms
         self.proc: subprocess.Popen[str] | None = None
         self.cuts: list[dict[str, Any]] = []
 
@@ -721,7 +784,8 @@ class Disk:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "raftreg.testing.powercut", "--store", str(self.store),
                  "--mount", str(self.mountpoint),
-                 *([] if self.real_sync else ["--no-real-sync"])],
+                 *([] if self.real_sync else ["--no-real-sync"]),
+                 "--sync-delay-ms", str(self.sync_delay_ms)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
             )
         try:
@@ -760,9 +824,18 @@ class Disk:
         st: dict[str, Any] = self._call({"cmd": "status"})["status"]
         return st
 
+    def freeze(self) -> None:
+        """The power goes: every later operation fails with EIO, a sync under way never
+        completes. Kill whoever uses the files next, then `cut`.
+
+        (Killing first would not do: a process killed in the middle of an fsync that reached
+        the daemon waits for its answer before it dies, so the sync would always complete.)"""
+        self._call({"cmd": "freeze"})
+
     def cut(self, *, torn: bool = False, seed: int = 0) -> dict[str, Any]:
-        """The power goes (whoever uses the files must be dead already, e.g. kill -9): drop
-        every unsynced change and unmount. `mount()` again to use what survived."""
+        """Drop every unsynced change (freezing first unless `freeze` was called; whoever
+        uses the files must be dead by now) and unmount. `mount()` again to use what
+        survived."""
         report: dict[str, Any] = self._call({"cmd": "cut", "torn": torn, "seed": seed})["report"]
         self.cuts.append(report)
         self.unmount()
@@ -796,16 +869,18 @@ class Disk:
 class Disks:
     """One `Disk` per name (a cluster's nodes): `<root>/disks/<name>` backs `mountpoint(name)`."""
 
-    def __init__(self, root: Path, mountpoints: dict[str, Path], *,
-                 real_sync: bool = True) -> None:
+    def __init__(self, root: Path, mountpoints: dict[str, Path], *, real_sync: bool = True,
+                 sync_delay_ms: float = 0.0) -> None:
         self.root = Path(root)
-        self.disks = {n: Disk(self.root / "disks" / n, m, real_sync=real_sync)
-                      for n, m in mountpoints.items()}
+        self.real_sync = real_sync
+        self.sync_delay_ms = sync_delay_ms
+        self.disks: dict[str, Disk] = {}
+        for n, m in mountpoints.items():
+            self.add(n, m)
 
     def add(self, name: str, mountpoint: Path) -> None:
         self.disks[name] = Disk(self.root / "disks" / name, mountpoint,
-                                real_sync=next(iter(self.disks.values())).real_sync
-                                if self.disks else True)
+                                real_sync=self.real_sync, sync_delay_ms=self.sync_delay_ms)
 
     def __getitem__(self, name: str) -> Disk:
         return self.disks[name]

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -359,6 +360,60 @@ def test_operations_after_the_cut_fail(tmp_path: Path) -> None:
     with pytest.raises(OSError) as e:
         model.write(fd, b"late", 0)
     assert e.value.errno == 5  # EIO
+    model.release(fd)
+
+
+def test_a_cut_during_a_sync_leaves_the_data_unsynced(tmp_path: Path) -> None:
+    model = DiskModel(tmp_path / "s", real_sync=False, sync_delay_s=0.3)
+    fd = model.create("/wal", 0o644, os.O_RDWR)
+    model.fsync(fd)  # an empty file, durable (its entry is not: sync the directory)
+    model.fsyncdir("/")
+    model.write(fd, b"synced", 0)
+    model.fsync(fd)
+    model.write(fd, b"+in flight", 6)
+    errors: list[OSError] = []
+    late: list[OSError] = []
+
+    def sync() -> None:
+        try:
+            model.fsync(fd)
+        except OSError as e:
+            errors.append(e)
+
+    def write_during_sync() -> None:
+        try:
+            model.write(fd, b"!", 16)  # waits for the sync, then finds the power off
+        except OSError as e:
+            late.append(e)
+
+    t = threading.Thread(target=sync)
+    t.start()
+    time.sleep(0.1)
+    w = threading.Thread(target=write_during_sync)
+    w.start()
+    report = model.cut()
+    t.join()
+    w.join()
+    assert [e.errno for e in errors] == [5] and [e.errno for e in late] == [5]
+    assert report["files"]["/wal"]["kept"] == 6  # type: ignore[index]
+    assert (tmp_path / "s" / "data" / "wal").read_bytes() == b"synced"
+    model.release(fd)
+
+
+def test_a_write_during_a_sync_waits_and_is_not_covered_by_it(tmp_path: Path) -> None:
+    model = DiskModel(tmp_path / "s", real_sync=False, sync_delay_s=0.2)
+    fd = model.create("/f", 0o644, os.O_RDWR)
+    model.fsyncdir("/")
+    model.write(fd, b"one", 0)
+    t = threading.Thread(target=model.fsync, args=(fd,))
+    t.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    model.write(fd, b"two", 3)
+    assert time.monotonic() - started > 0.1  # it waited for the sync
+    t.join()
+    model.cut()
+    assert (tmp_path / "s" / "data" / "f").read_bytes() == b"one"
     model.release(fd)
 
 
