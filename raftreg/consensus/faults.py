@@ -13,7 +13,7 @@ import random
 import time
 from typing import Any
 
-from raftreg.consensus.outbox import OutboxTransport
+from raftreg.consensus.peer import PeerTransport
 
 
 class FaultRules:
@@ -82,13 +82,14 @@ class FaultRules:
         return self.drop_rate > 0 and self._rng.random() < self.drop_rate
 
 
-class FaultyTransport(OutboxTransport):
-    """TEST ONLY: PySyncObj's TCP transport with per-link drops and delays (`FaultRules`).
+class FaultyTransport(PeerTransport):
+    """TEST ONLY: raftreg's peer transport with per-link drops and delays (`FaultRules`).
 
     Connections and their handshakes are untouched; only raft messages are dropped (both on
     send, per destination, and on receipt, per source) or held back. Delayed messages wait in a
-    per-destination FIFO flushed from the tick, so a link never reorders (TCP does not either)
-    and the tick thread never sleeps.
+    per-destination FIFO; when due they join the outbox, which the same tick releases after the
+    durable point (so a delayed message, too, leaves only after the state it reflects is
+    synced). A link never reorders (TCP does not either) and the tick thread never sleeps.
     """
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
@@ -97,7 +98,6 @@ class FaultyTransport(OutboxTransport):
         super().__init__(syncObj, selfNode, otherNodes)
 
     def _onTick(self) -> None:
-        super()._onTick()
         self._faults.poll()
         if self._held:
             now = time.monotonic()
@@ -108,6 +108,7 @@ class FaultyTransport(OutboxTransport):
                         super().send(node, message)
                 if not q:
                     del self._held[node]
+        super()._onTick()  # bind, connect, flush the outbox
 
     def send(self, node: Any, message: Any) -> bool:
         f = self._faults

@@ -14,9 +14,11 @@ Contract:
 - `apply_one`, `snapshot` and `restore` run on PySyncObj's tick thread. They must not block; the
   owner hands anything slow to its event loop.
 
-Security: the peer protocol is pickle, so a cluster secret is mandatory (PySyncObj encrypts and
-authenticates every peer message with it, and drops a connection whose first message does not
-decrypt). The raft port binds to the configured host only.
+Security: nothing from the network, the log or the dump reaches pickle. The peer wire is
+raftreg's (raftreg/consensus/peer.py): both ends prove the mandatory cluster secret before a
+single message is processed, then every message is an authenticated, encrypted msgpack frame
+of a checked shape. Log entries are msgpack (raftreg/consensus/commands.py). The raft port
+binds to the configured host only.
 
 Persistence (raftreg/consensus/journal.py, docs/design.md "Raft log and the sync rule"): our own
 write-ahead log and term/vote state file in place of PySyncObj's journal, and a msgpack full dump
@@ -44,13 +46,19 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 from pysyncobj.node import TCPNode
 
 from raftreg.config import check_secret
+from raftreg.consensus.commands import (
+    APPEND_BATCH_BYTES,
+    BATCH_MAX_BYTES,
+    MAX_ITEM_BYTES,
+    CommandsMixin,
+)
 from raftreg.consensus.faults import FaultRules, FaultyTransport
 from raftreg.consensus.journal import DurableJournal, fsync_dir
-from raftreg.consensus.outbox import OutboxTransport
+from raftreg.consensus.peer import PeerTransport
 from raftreg.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -156,8 +164,9 @@ class _JournalSlot:
         obj.__dict__["_SyncObj__raftLog"] = obj._journal
 
 
-class _Fsm(SyncObj):  # type: ignore[misc]
-    """The replicated object: one replicated method that applies a group of commands.
+class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
+    """The replicated object: applies groups of commands (`CommandsMixin`: log entries are
+    msgpack, never pickle; proposals go in with `propose_group`).
 
     Durability (see the module docstring): every message PySyncObj sends waits in the
     transport's outbox; `durable_point()` (the journal's group commit) runs before the outbox
@@ -166,6 +175,7 @@ class _Fsm(SyncObj):  # type: ignore[misc]
 
     _SyncObj__raftLog = _JournalSlot()
     _SyncObj__raftCommitIndex: int  # PySyncObj's (annotation only, for the type checker)
+    _SyncObj__raftLeader: Any  # PySyncObj's (annotation only)
 
     def __init__(
         self,
@@ -176,15 +186,17 @@ class _Fsm(SyncObj):  # type: ignore[misc]
         faults: FaultRules | None = None,
         *,
         journal: DurableJournal,
+        secret: str,
         join: bool = False,
     ) -> None:
         self._apply_one = apply_one
+        self._peer_secret = secret  # read by PeerTransport.__init__ (peer handshake keys)
         self._faults = faults
         self._journal = journal
         self._joining = join
         self._join_hold = conf.raftMaxTimeout
         self._transfer: Callable[[Any, int], None] | None = None
-        transport = OutboxTransport if faults is None else FaultyTransport
+        transport = PeerTransport if faults is None else FaultyTransport
         super().__init__(self_addr, peers, conf, transportClass=transport)
         # Durable point 1, right before the poll: what the tick body produced (AEs carrying
         # new entries, vote requests, forwarded commands) leaves after the sync.
@@ -207,6 +219,17 @@ class _Fsm(SyncObj):  # type: ignore[misc]
         computation."""
         super()._SyncObj__onBecomeLeader()
         self.durable_point()
+
+    def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # tick thread
+        """Forget the leader when its connection drops. PySyncObj forwards a follower's
+        proposal to the leader and waits for the answer until the leader changes; a forward
+        (or its answer) lost with the connection would wait forever, and with it every later
+        proposal of this node (`max_inflight`). With no leader, proposals fail at once as
+        "no leader" (certainly not applied), and the leader's next append_entries counts as a
+        leader change, which fails the waiting forwards as "outcome unknown"."""
+        super()._SyncObj__onNodeDisconnected(node)
+        if node == self._SyncObj__raftLeader and not self._isLeader():
+            self._SyncObj__raftLeader = None
 
     def _SyncObj__changeCluster(self, request: Any) -> bool:  # tick thread, leader
         """PySyncObj 0.3.17 checks `__changeClusterIDx` ("a change is not committed yet")
@@ -344,10 +367,8 @@ class _Fsm(SyncObj):  # type: ignore[misc]
             journal.setRaftCommitIndex(target)
         self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=match + 1, success=True)
 
-    @replicated  # type: ignore[untyped-decorator]
-    def apply_group(self, payload: bytes) -> list[Any]:
+    def _apply_items(self, items: list[bytes]) -> list[Any]:  # tick thread (CommandsMixin)
         # An empty item is a read barrier: it proves the log position and changes nothing.
-        items: list[bytes] = msgpack.unpackb(payload)
         return [self._apply_one(item) if item else None for item in items]
 
 
@@ -403,8 +424,9 @@ class RaftNode:
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._closed = False
         conf = SyncObjConf(
-            password=settings.secret,
+            password=None,  # not PySyncObj's pickle+Fernet: PeerTransport uses the secret
             bindAddress=settings.self_addr,
+            appendEntriesBatchSizeBytes=APPEND_BATCH_BYTES,  # > every entry: never chunked
             appendEntriesUseBatch=False,
             appendEntriesPeriod=settings.heartbeat_interval,
             raftMinTimeout=settings.election_timeout_min,
@@ -437,13 +459,15 @@ class RaftNode:
         )
         _resume_compaction(self._journal, settings.data_dir / "raft.dump")
         self._fsm = _Fsm(settings.self_addr, list(settings.peers), conf, apply_one, self._faults,
-                         journal=self._journal, join=settings.join)
+                         journal=self._journal, secret=settings.secret, join=settings.join)
 
     # ----------------------------------------------------------------------------- proposals
 
     async def propose(self, data: bytes) -> Any:
         """Replicate one non-empty command; see the module contract for the outcomes."""
         assert data, "empty commands are reserved for read barriers"
+        if len(data) > MAX_ITEM_BYTES:
+            raise InvalidArgument(f"command of {len(data)} bytes exceeds {MAX_ITEM_BYTES}")
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._enqueue(data, fut)
         return await fut
@@ -477,7 +501,14 @@ class RaftNode:
         self._flush_handle = None
         if not self._pending:
             return
-        cut = self._s.batch_max
+        # At most batch_max items and BATCH_MAX_BYTES of them (at least one), so that every
+        # entry stays below APPEND_BATCH_BYTES (see raftreg/consensus/commands.py).
+        cut = size = 0
+        for data, _ in self._pending[: self._s.batch_max]:
+            if cut and size + len(data) > BATCH_MAX_BYTES:
+                break
+            cut += 1
+            size += len(data)
         items, self._pending = self._pending[:cut], self._pending[cut:]
         if self._barrier is not None and any(not d for d, _ in items):
             barrier, self._barrier = self._barrier, None
@@ -485,13 +516,12 @@ class RaftNode:
             barrier = None
         self._inflight += 1
         self._inflight_items += len(items)
-        payload = msgpack.packb([d for d, _ in items])
 
         def on_done(result: Any, err: int) -> None:  # tick thread
             self._loop.call_soon_threadsafe(self._resolve, items, barrier, result, err)
 
         try:
-            self._fsm.apply_group(payload, callback=on_done)
+            self._fsm.propose_group([d for d, _ in items], on_done)
         except Exception as e:  # pragma: no cover - PySyncObj raises nothing here today
             self._resolve(items, barrier, None, -1)
             log.exception("proposal failed: %s", e)
