@@ -312,6 +312,21 @@ class _Driver:
     def __init__(self, cluster: FaultCluster, rng: random.Random) -> None:
         self.c = cluster
         self.rng = rng
+        self.downed: set[str] = set()  # nodes this driver stopped and has not started since
+
+    def exits(self) -> list[str]:
+        """Nodes that exited by themselves since the last look (e.g. crashed while restarting
+        on a torn journal): checked before every step, so that a heal that restarts them
+        cannot hide it."""
+        out = []
+        for n in self.c.names:
+            p = self.c.procs.get(n)
+            if n not in self.downed and p is not None and p.poll() is not None:
+                tail = self.c.log_text(n)[-1500:]
+                out.append(f"{n} exited by itself (code {p.returncode}) during the schedule; "
+                           f"log tail:\n{tail}")
+                self.downed.add(n)  # once
+        return out
 
     def _net(self, kind: str) -> ProcessCluster:
         if not isinstance(self.c, ProcessCluster):
@@ -372,9 +387,11 @@ class _Driver:
             return f"delay({step.value:g}ms)"
         if k == "kill":
             a = self.resolve(step.a)
+            self.downed.add(a)
             c.kill(a)
             return f"kill({a})"
         if k == "kill_all":
+            self.downed.update(c.names)
             for n in c.names:
                 c.kill(n)
             return "kill_all"
@@ -386,22 +403,28 @@ class _Driver:
         if k == "restart":
             a = self.resolve(step.a)
             c.restart(a)
+            self.downed.discard(a)
             return f"restart({a})"
         if k == "power_cut":
             a = self.resolve(step.a)
+            self.downed.add(a)
             applied = self._power(step, a)
             c.start(a)
+            self.downed.discard(a)
             return applied
         if k == "power_cut_all":
+            self.downed.update(c.names)
             return self._power(step)
         if k == "heal":
             c.heal()
+            self.downed.clear()
             return "heal"
         return "none"
 
     def after_hold(self, step: Step) -> None:
         if step.kind in ("kill_all", "power_cut_all"):
             self.c.start()
+            self.downed.clear()
 
 
 async def _committed_history(endpoint: str, until_rev: int, timeout: float = 20.0) -> list[Event]:
@@ -713,9 +736,11 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
         ops, watches = wl.start(stop_ops, stop_watches)
         await asyncio.sleep(0.5)
         for step in schedule.steps:
+            res.violations += driver.exits()
             res.applied.append(await to_thread(driver.apply, step))
             await asyncio.sleep(step.hold)
             await to_thread(driver.after_hold, step)
+        res.violations += driver.exits()
         await to_thread(cluster.heal)
         try:
             await to_thread(cluster.wait_leader, 30.0)
