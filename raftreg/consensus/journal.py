@@ -369,6 +369,11 @@ class DurableJournal:
             self._fatal(f"fsync of {self.dir} failed: {e}")
 
     @property
+    def state_dirty(self) -> bool:
+        """True while a term/vote change is not yet durable."""
+        return self._state_dirty
+
+    @property
     def dirty(self) -> bool:
         """True while something is not yet durable (no message may leave then)."""
         return self._dirty or self._state_dirty or bool(self._buf)

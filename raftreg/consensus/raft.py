@@ -22,11 +22,12 @@ binds to the configured host only.
 
 Persistence (raftreg/consensus/journal.py, docs/design.md "Raft log and the sync rule"): our own
 write-ahead log and term/vote state file in place of PySyncObj's journal, and a msgpack full dump
-(custom serializer hooks), all under data_dir. The sync rule: no raft message leaves before the
-journal state it reflects is on stable storage (the transport holds messages in an outbox that
-is released only after `_Fsm.durable_point()`), and the leader syncs its own entries before it
-counts itself in a commit. Follower appends are Raft's (`_Fsm._append_entries`), not
-PySyncObj's, which truncated applied entries.
+(custom serializer hooks), all under data_dir. The sync rule: no raft message that acknowledges
+anything (an append ack, a vote) leaves before the journal state it reflects is on stable
+storage (the transport holds messages in an outbox released only after
+`_Fsm.durable_point()`), and the leader syncs its own entries before it counts itself in a
+commit (its AppendEntries may leave first, so followers write in parallel with it). Follower
+appends are Raft's (`_Fsm._append_entries`), not PySyncObj's, which truncated applied entries.
 
 Fault injection (TEST ONLY, off unless `RaftSettings.fault_file` is set): the peer transport is
 then `FaultyTransport`, which drops or delays raft messages per link according to a small JSON
@@ -170,8 +171,9 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
 
     Durability (see the module docstring): every message PySyncObj sends waits in the
     transport's outbox; `durable_point()` (the journal's group commit) runs before the outbox
-    is flushed — just before the poll (a tick callback registered after the transport's) and
-    after it (end of `_onTick`) — and after this node becomes leader."""
+    is flushed, and the journal is synced again right after — just before the poll (a tick
+    callback registered after the transport's) and after it (end of `_onTick`) — and when this
+    node becomes leader."""
 
     _SyncObj__raftLog = _JournalSlot()
     _SyncObj__raftCommitIndex: int  # PySyncObj's (annotation only, for the type checker)
@@ -196,6 +198,7 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         self._joining = join
         self._join_hold = conf.raftMaxTimeout
         self._transfer: Callable[[Any, int], None] | None = None
+        self._leading_since_release = False  # see durable_point
         transport = PeerTransport if faults is None else FaultyTransport
         super().__init__(self_addr, peers, conf, transportClass=transport)
         # Durable point 1, right before the poll: what the tick body produced (AEs carrying
@@ -203,13 +206,25 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         self.addOnTickCallback(self._release)
 
     def durable_point(self) -> None:  # tick thread; the transport's `before_send`
-        """Make every appended entry and term/vote durable (one fdatasync for all entries
-        since the last call). Never returns with unsynced state: fail-stop on I/O errors."""
+        """Called before held messages are released: makes every appended entry and
+        term/vote durable (one fdatasync for all entries since the last sync), fail-stop on
+        I/O errors.
+
+        One exception, as in etcd (Raft thesis §10.2.1): a leader that has been leader since
+        the previous release, in the same term, with term/vote already durable, only sends
+        AppendEntries of its own log (and answers to forwarded commands); none of them
+        acknowledges anything, so they may leave before its own entries are synced — the
+        followers then write in parallel with the leader instead of after it. The leader's
+        sync follows right after the release (`_release`), before its next commit
+        computation, so it still counts itself only for synced entries."""
+        if self._leading_since_release and self._isLeader() and not self._journal.state_dirty:
+            return
         self._journal.sync()
 
     def _release(self) -> None:  # tick thread
-        self.durable_point()  # also when nothing is to be sent (a single node commits alone)
-        self._SyncObj__transport.flush_outbox()
+        self._SyncObj__transport.flush_outbox()  # calls durable_point() if anything is held
+        self._journal.sync()  # the leader's own entries; a single node's, with nothing to send
+        self._leading_since_release = bool(self._isLeader())
 
     def _SyncObj__onBecomeLeader(self) -> None:  # tick thread
         """PySyncObj counts the leader in every commit (`count = 1`) without a notion of
@@ -218,7 +233,7 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         every other leader append is synced at a durable point before the next tick's commit
         computation."""
         super()._SyncObj__onBecomeLeader()
-        self.durable_point()
+        self._journal.sync()
 
     def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # tick thread
         """Forget the leader when its connection drops. PySyncObj forwards a follower's
