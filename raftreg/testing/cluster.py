@@ -31,7 +31,7 @@ import grpc
 from raftreg.config import new_secret
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.testing.powercut import Disks
+from raftreg.testing.powercut import Disks, cut_power
 from raftreg.testing.procs import ProcessGroup
 
 
@@ -60,7 +60,7 @@ def _toml_value(v: Any) -> str:
 class ProcessCluster(ProcessGroup):
     def __init__(self, root: Path, size: int = 3, *, faults: bool = False,
                  power_cuts: bool = False, sync_delay_ms: float = 0.0,
-                 **settings: Any) -> None:
+                 disk_metadata: str = "strict", **settings: Any) -> None:
         super().__init__(root)
         ports = free_ports(3 * size)
         self.names = [f"n{i + 1}" for i in range(size)]
@@ -83,8 +83,9 @@ class ProcessCluster(ProcessGroup):
         if power_cuts:
             # sync_delay_ms: every fsync on those disks takes that much longer (a slower disk:
             # a power cut then more often finds a sync under way, i.e. an unsynced tail)
+            # disk_metadata: "strict" or "ordered" (see powercut.py)
             self.disks = Disks(self.root, {n: self.data_dir(n) for n in self.names},
-                               sync_delay_ms=sync_delay_ms)
+                               sync_delay_ms=sync_delay_ms, metadata=disk_metadata)
 
     def data_dir(self, name: str) -> Path:
         return self.root / str(self._cluster["data_dir"]) / name
@@ -205,18 +206,7 @@ class ProcessCluster(ProcessGroup):
         until started. Returns what each data dir lost."""
         if self.disks is None:
             raise RuntimeError("this cluster was not made with power_cuts=True")
-        names = names or tuple(self.names)
-        for n in names:  # the disks lose power first: a sync under way never completes
-            if self.disks[n].mounted:
-                self.disks[n].freeze()
-        for n in names:
-            self.kill(n)
-        reports: dict[str, Any] = {}
-        for i, n in enumerate(names):
-            disk = self.disks[n]
-            if disk.mounted:
-                reports[n] = disk.cut(torn=torn, seed=seed + i)
-        return reports
+        return cut_power(self.disks, self.kill, names or self.names, torn=torn, seed=seed)
 
     def heal(self) -> None:
         """Heal the network (if faults are on), resume paused nodes, start dead ones."""

@@ -157,6 +157,7 @@ class Schedule:
     note: str = ""
     backend: str = "raftreg"  # or "etcd": a real etcd cluster (ETCD_KINDS only)
     no_sync: str = ""  # TEST ONLY: nodes whose journal never syncs ("n1,n2" or "all")
+    disk_metadata: str = "strict"  # power-cut disks: "strict" (POSIX) or "ordered" (ext4)
 
     def to_json(self) -> dict[str, Any]:
         d = {
@@ -168,6 +169,8 @@ class Schedule:
         }
         if self.no_sync:
             d["no_sync"] = self.no_sync
+        if self.disk_metadata != "strict":
+            d["disk_metadata"] = self.disk_metadata
         return d
 
     @classmethod
@@ -179,6 +182,7 @@ class Schedule:
             d.get("note", ""),
             d.get("backend", "raftreg"),
             d.get("no_sync", ""),
+            d.get("disk_metadata", "strict"),
         )
 
     @property
@@ -190,6 +194,8 @@ class Schedule:
         head = "etcd " if self.backend == "etcd" else ""
         if self.no_sync:
             head += f"no_sync={self.no_sync} "
+        if self.disk_metadata != "strict":
+            head += f"disk_metadata={self.disk_metadata} "
         return f"{head}seed={self.seed} [" + "; ".join(str(s) for s in self.steps) + "]"
 
 
@@ -336,7 +342,7 @@ class _Driver:
 
     def _power(self, step: Step, *names: str) -> str:
         c = self.c
-        if not isinstance(c, ProcessCluster) or c.disks is None:
+        if not isinstance(c, ProcessCluster | EtcdCluster) or c.disks is None:
             raise ValueError(f"{step.kind}: needs a raftreg cluster on the power-cut file system")
         reports = c.power_cut(*names, torn=bool(step.value), seed=self.rng.getrandbits(32))
         lost = []  # "n1/raft.wal 230->200B": its size when the power went -> after the cut
@@ -609,7 +615,8 @@ class _RaftregTarget:
     def __init__(self, root: Path, schedule: Schedule) -> None:
         self.c = ProcessCluster(
             root, faults=True, power_cuts=schedule.power_cuts,
-            sync_delay_ms=POWER_CUT_SYNC_DELAY_MS, auto_compact_retain=0,
+            sync_delay_ms=POWER_CUT_SYNC_DELAY_MS, disk_metadata=schedule.disk_metadata,
+            auto_compact_retain=0,
             watch_progress_interval_s=1.0, propose_timeout_s=3.0,
         )
         self.cluster: FaultCluster = self.c
@@ -653,10 +660,13 @@ class _EtcdTarget:
     def __init__(self, root: Path, schedule: Schedule) -> None:
         if schedule.broken:
             raise ValueError("a deliberately broken node exists only for raftreg")
-        bad = [st.kind for st in schedule.steps if st.kind in NETWORK_KINDS | POWER_KINDS]
+        bad = [st.kind for st in schedule.steps if st.kind in NETWORK_KINDS]
         if bad or schedule.no_sync:
-            raise ValueError(f"etcd schedules have no message-level faults or power cuts: {bad}")
-        self.c = EtcdCluster(root)
+            raise ValueError(f"etcd schedules have no message-level faults (nor no_sync): {bad}")
+        # power cuts: explicit schedules only (ETCD_KINDS does not draw them)
+        self.c = EtcdCluster(root, power_cuts=schedule.power_cuts,
+                             sync_delay_ms=POWER_CUT_SYNC_DELAY_MS,
+                             disk_metadata=schedule.disk_metadata)
         self.cluster: FaultCluster = self.c
         self.poller: _LeaderPoller | None = None
 

@@ -12,6 +12,12 @@ Jepsen's LazyFS does for etcd. The node's own code never decides what counts as 
   system: syncing either directory makes both of its halves durable;
 - everything on the backing directory when the daemon starts is durable.
 
+That is the strict (POSIX) model, the default. `metadata="ordered"` models a journaling file
+system such as ext4 (data=ordered), where one journal commits metadata in order: ANY fsync,
+fdatasync or directory fsync also makes every earlier create, rename, unlink, mkdir and rmdir
+durable, in every directory (file data still needs that file's own sync). Software that never
+fsyncs a directory it creates files in survives there, but not under the strict model.
+
 `power_cut` (the daemon's ``cut`` command): every later operation fails with EIO (so the dirty
 pages of a killed process that the kernel writes back afterwards never land), the backing
 directory is rebuilt to hold exactly the durable state (files at their last synced content and
@@ -57,12 +63,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 BLOCK = 4096
+METADATA_MODELS = ("strict", "ordered")
 FUSERMOUNT = "fusermount3"
 
 
@@ -86,7 +93,12 @@ class DiskModel:
     the FUSE adapter (`PowerCutOps`) and the unit tests call these directly.
     """
 
-    def __init__(self, store: Path, *, real_sync: bool = True, sync_delay_s: float = 0.0) -> None:
+    def __init__(self, store: Path, *, real_sync: bool = True, sync_delay_s: float = 0.0,
+                 metadata: str = "strict") -> None:
+        if metadata not in METADATA_MODELS:
+            raise ValueError(f"metadata model {metadata!r}: one of {', '.join(METADATA_MODELS)}")
+        self.ordered = metadata == "ordered"
+        self.ns_changed = False  # a namespace change since the last commit of all directories
         self.store = Path(store)
         self.root = self.store / "data"
         self.orphans = self.store / "orphans"
@@ -199,6 +211,7 @@ class DiskModel:
     def _set_aside(self, p: Path, ino: int) -> None:
         """`p` (inode `ino`) leaves the live tree: kept as an orphan while a durable entry
         names it, deleted otherwise."""
+        self.ns_changed = True
         if ino in self.durable_at:
             os.rename(p, self.orphans / str(ino))
         else:
@@ -220,6 +233,7 @@ class DiskModel:
                 return self._open(rel, flags)
             ino = os.fstat(fd).st_ino
             self.unsynced[ino] = _Unsynced(0)  # a new file: nothing of it is durable
+            self.ns_changed = True
             self.fd_ino[fd] = ino
             return fd
 
@@ -288,6 +302,8 @@ class DiskModel:
                 self._check()
                 self.unsynced.pop(ino, None)
                 self.counts["fsync"] += 1
+                if self.ordered and self.ns_changed:
+                    self._commit_all()
         finally:
             with self.lock:
                 if self.syncing.get(ino) is done:
@@ -318,8 +334,17 @@ class DiskModel:
     def fsyncdir(self, rel: str) -> None:
         with self.lock:
             self._check()
-            self._commit_dir(self.path(rel))
+            if self.ordered:
+                self._commit_all()
+            else:
+                self._commit_dir(self.path(rel))
             self.counts["fsyncdir"] += 1
+
+    def _commit_all(self) -> None:
+        """Every directory's live entries become durable (a journal commit)."""
+        for dirpath, _dirnames, _filenames in os.walk(self.root):
+            self._commit_dir(Path(dirpath))
+        self.ns_changed = False
 
     def _commit_dir(self, d: Path) -> None:
         """The directory's live entries become its durable ones (renames: both halves)."""
@@ -358,6 +383,7 @@ class DiskModel:
             self._check()
             p = self.path(rel)
             os.mkdir(p, mode)
+            self.ns_changed = True
             ino = os.lstat(p).st_ino
             self.dirs.add(ino)
             self.durable[ino] = {}
@@ -402,6 +428,7 @@ class DiskModel:
                     raise OSError(errno.EINVAL, "a directory cannot move into itself")
                 self._set_aside(dst, dstat.st_ino)  # the replaced inode (maybe still durable)
             os.rename(src, dst)
+            self.ns_changed = True
 
     # ------------------------------------------------------------------ the cut
 
@@ -672,11 +699,11 @@ def _control(model: DiskModel, mountpoint: str) -> None:
 
 
 def serve(store: Path, mountpoint: Path, *, real_sync: bool = True,
-          sync_delay_s: float = 0.0) -> None:
+          sync_delay_s: float = 0.0, metadata: str = "strict") -> None:
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
     import mfusepy
 
-    model = DiskModel(store, real_sync=real_sync, sync_delay_s=sync_delay_s)
+    model = DiskModel(store, real_sync=real_sync, sync_delay_s=sync_delay_s, metadata=metadata)
     ready = threading.Event()
 
     def announce() -> None:
@@ -699,9 +726,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="do not pass fsyncs through to the backing file system")
     ap.add_argument("--sync-delay-ms", type=float, default=0.0,
                     help="every fsync takes this much longer (a slower disk)")
+    ap.add_argument("--metadata", choices=METADATA_MODELS, default="strict",
+                    help="strict: an entry is durable once its directory is synced; ordered: "
+                         "any sync makes every earlier namespace change durable (ext4)")
     ns = ap.parse_args(argv)
     serve(Path(ns.store), Path(ns.mount), real_sync=not ns.no_real_sync,
-          sync_delay_s=ns.sync_delay_ms / 1000.0)
+          sync_delay_s=ns.sync_delay_ms / 1000.0, metadata=ns.metadata)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -755,7 +785,8 @@ class Disk:
     """One power-cut mount: `store/data` (backing) seen through `mountpoint`."""
 
     def __init__(self, store: Path, mountpoint: Path, *, real_sync: bool = True,
-                 sync_delay_ms: float = 0.0) -> None:
+                 sync_delay_ms: float = 0.0, metadata: str = "strict") -> None:
+        self.metadata = metadata
         self.store = Path(store)
         self.mountpoint = Path(os.path.realpath(mountpoint))
         self.real_sync = real_sync
@@ -785,7 +816,7 @@ class Disk:
                 [sys.executable, "-m", "raftreg.testing.powercut", "--store", str(self.store),
                  "--mount", str(self.mountpoint),
                  *([] if self.real_sync else ["--no-real-sync"]),
-                 "--sync-delay-ms", str(self.sync_delay_ms)],
+                 "--sync-delay-ms", str(self.sync_delay_ms), "--metadata", self.metadata],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
             )
         try:
@@ -866,12 +897,27 @@ class Disk:
         unmount_stale(self.mountpoint)
 
 
+def cut_power(disks: Disks, kill: Callable[[str], None], names: Sequence[str], *,
+              torn: bool = False, seed: int = 0) -> dict[str, Any]:
+    """A power cut of the processes `names` and their disks: every disk is frozen first (a sync
+    under way never completes), then every process is killed (`kill`: kill -9 and reap), then
+    each disk drops what was not synced and is unmounted. Returns what each disk lost."""
+    for n in names:
+        if disks[n].mounted:
+            disks[n].freeze()
+    for n in names:
+        kill(n)
+    return {n: disks[n].cut(torn=torn, seed=seed + i)
+            for i, n in enumerate(names) if disks[n].mounted}
+
+
 class Disks:
     """One `Disk` per name (a cluster's nodes): `<root>/disks/<name>` backs `mountpoint(name)`."""
 
     def __init__(self, root: Path, mountpoints: dict[str, Path], *, real_sync: bool = True,
-                 sync_delay_ms: float = 0.0) -> None:
+                 sync_delay_ms: float = 0.0, metadata: str = "strict") -> None:
         self.root = Path(root)
+        self.metadata = metadata
         self.real_sync = real_sync
         self.sync_delay_ms = sync_delay_ms
         self.disks: dict[str, Disk] = {}
@@ -880,7 +926,8 @@ class Disks:
 
     def add(self, name: str, mountpoint: Path) -> None:
         self.disks[name] = Disk(self.root / "disks" / name, mountpoint,
-                                real_sync=self.real_sync, sync_delay_ms=self.sync_delay_ms)
+                                real_sync=self.real_sync, sync_delay_ms=self.sync_delay_ms,
+                                metadata=self.metadata)
 
     def __getitem__(self, name: str) -> Disk:
         return self.disks[name]

@@ -363,6 +363,28 @@ def test_operations_after_the_cut_fail(tmp_path: Path) -> None:
     model.release(fd)
 
 
+@pytest.mark.parametrize("metadata", ["strict", "ordered"])
+def test_ordered_metadata_commits_every_earlier_namespace_change(tmp_path: Path,
+                                                                 metadata: str) -> None:
+    model = DiskModel(tmp_path / "s", real_sync=False, metadata=metadata)
+    model.mkdir("/member", 0o700)  # never synced in its parent (etcd does this)
+    model.mkdir("/member/wal", 0o700)
+    fd = model.create("/member/wal/0.wal", 0o644, os.O_RDWR)
+    model.write(fd, b"record", 0)
+    model.fsync(fd)  # the file's data, and (ordered) every namespace change so far
+    model.release(fd)
+    fd = model.create("/later", 0o644, os.O_RDWR)  # after the last sync: gone either way
+    model.release(fd)
+    report = model.cut()
+    data = tmp_path / "s" / "data"
+    if metadata == "ordered":
+        assert (data / "member" / "wal" / "0.wal").read_bytes() == b"record"
+        assert report["lost"] == ["/later"]
+    else:
+        assert sorted(os.listdir(data)) == []
+        assert "/member/wal/0.wal" in report["lost"]  # type: ignore[operator]
+
+
 def test_a_cut_during_a_sync_leaves_the_data_unsynced(tmp_path: Path) -> None:
     model = DiskModel(tmp_path / "s", real_sync=False, sync_delay_s=0.3)
     fd = model.create("/wal", 0o644, os.O_RDWR)
