@@ -80,3 +80,11 @@ def test_power_cut_steps_round_trip_and_need_power_cut_disks() -> None:
         assert "power-cut file system" in str(e)
     else:
         raise AssertionError("a power cut needs a cluster on the power-cut file system")
+
+
+def test_two_leaders_in_one_term_is_a_violation() -> None:
+    from raftreg.testing.faults import _LeaderPoller
+
+    p = _LeaderPoller(_FakeCluster())  # type: ignore[arg-type]
+    p.claims = {3: {"n1"}, 4: {"n2", "n3"}, 5: {"n2"}}
+    assert p.violations() == ["two leaders in term 4: n2, n3 (each said it led)"]
