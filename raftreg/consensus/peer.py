@@ -501,6 +501,7 @@ class PeerTransport(TCPTransport):  # type: ignore[misc]
         self._keys = PeerKeys(syncObj._peer_secret)
         self._outbox: list[tuple[Any, dict[str, Any]]] = []
         self._poisoned = False
+        self._destroying = False
         self._refusals = _RefusalLog()
         # The durable point (see module docstring); raft.py may reassign it.
         self.before_send: Callable[[], None] | None = getattr(syncObj, "durable_point", None)
@@ -656,7 +657,7 @@ class PeerTransport(TCPTransport):  # type: ignore[misc]
             self._refusals(f"from {conn.remote}", conn.remote.rpartition(":")[0], reason)
 
     def _onDisconnected(self, conn: PeerConn) -> None:
-        if conn.hs is not None and not conn.refused:
+        if conn.hs is not None and not conn.refused and not self._destroying:
             hs = conn.hs
             reason = "closed before the handshake completed" + (
                 " (does the peer hold this cluster's secret and list this node?)"
@@ -721,4 +722,5 @@ class PeerTransport(TCPTransport):  # type: ignore[misc]
 
     def destroy(self) -> None:
         self._outbox = []
+        self._destroying = True  # handshakes cut short by our own shutdown are not refusals
         super().destroy()
