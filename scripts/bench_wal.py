@@ -8,7 +8,7 @@ raftreg's client, which multiplexes them over one KV.Batch stream), and for each
 fdatasyncs per acknowledged write read from /metrics (`raftreg_raft_wal_fdatasyncs_total`,
 leader and the mean of the followers). A tree without that metric (before the durable log)
 reports "-". `--data-dir` puts the cluster on a given file system (the fsync cost depends on
-it; the default is the system temp dir).
+it; the default is the system temp dir); `--setting k=v` sets a [cluster] setting.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -52,7 +53,7 @@ def per_write(before: dict[str, float | None], after: dict[str, float | None], l
             f"followers {sum(fol) / len(fol) / writes:.3f}")
 
 
-async def seq_put(stub: pbg.KVStub, n: int) -> tuple[float, float, float]:
+async def seq_put(stub: Any, n: int) -> tuple[float, float, float]:
     lat = []
     for i in range(n):
         t = time.perf_counter()
@@ -62,7 +63,7 @@ async def seq_put(stub: pbg.KVStub, n: int) -> tuple[float, float, float]:
     return lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3, n / sum(lat)
 
 
-async def par_unary(stubs: list[pbg.KVStub], inflight: int, seconds: float) -> int:
+async def par_unary(stubs: list[Any], inflight: int, seconds: float) -> int:
     done = 0
     stop = time.perf_counter() + seconds
 
@@ -95,11 +96,15 @@ async def par_client(client: GrpcRegistryClient, inflight: int, seconds: float) 
 
 
 async def run(a: argparse.Namespace, root: Path) -> None:
-    with ProcessCluster(root) as c:
+    settings: dict[str, Any] = {}
+    for kv in a.setting:
+        k, v = kv.split("=", 1)
+        settings[k] = int(v) if v.isdigit() else v
+    with ProcessCluster(root, **settings) as c:
         c.start()
         leader = c.wait_leader()
         chans = [grpc.aio.insecure_channel(c.client[leader]) for _ in range(4)]
-        stubs = [pbg.KVStub(ch) for ch in chans]
+        stubs: list[Any] = [pbg.KVStub(ch) for ch in chans]
         for i in range(50):  # warm up
             await stubs[0].Put(pb.PutRequest(key=b"warm/%d" % i, value=VALUE64))
         s0 = syncs(c)
@@ -123,7 +128,7 @@ async def run(a: argparse.Namespace, root: Path) -> None:
                 print(f"{inflight:3d} in flight, raftreg client: {done / el:.0f}/s; "
                       f"{per_write(s0, syncs(c), leader, done)}", flush=True)
         for ch in chans:
-            await ch.close()
+            await ch.close(None)
         print(f"cpu count {os.cpu_count()}, data on {root}")
 
 
@@ -132,6 +137,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--seq", type=int, default=1000)
     ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--setting", action="append", default=[],
+                    help="a [cluster] setting for the cluster, e.g. max_inflight_batches=4")
     a = ap.parse_args()
     try:
         import uvloop
