@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pysyncobj.journal
+import pysyncobj.serializer
 import pysyncobj.syncobj
 import pysyncobj.tcp_connection
 import pytest
@@ -57,10 +59,16 @@ class _NoPickle:
         raise AssertionError(f"pickle.{name} used")
 
 
+def _no_pickle_call(*args: Any) -> Any:
+    raise AssertionError("pickle used")
+
+
 @pytest.fixture
 def no_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pysyncobj.tcp_connection, "pickle", _NoPickle())
-    monkeypatch.setattr(pysyncobj.syncobj, "pickle", _NoPickle())
+    for module in (pysyncobj.tcp_connection, pysyncobj.syncobj, pysyncobj.serializer):
+        monkeypatch.setattr(module, "pickle", _NoPickle())
+    for name in ("loads", "dumps"):  # pysyncobj.journal imports these two by name
+        monkeypatch.setattr(pysyncobj.journal, name, _no_pickle_call)
 
 
 # ---------------------------------------------------------------------------------- sessions
