@@ -10,9 +10,12 @@ Files in the data dir:
   `payload` is msgpack `[idx, term, command]` (one raft log entry; `command` is PySyncObj's
   opaque bytes). `crc` is zlib.crc32 of the little-endian `length | batch` followed by the
   payload. `batch` is the file offset at which the write carrying this record began: every
-  record written by one `sync()` shares it. The file only grows, except when a raft conflict
-  truncates it (`deleteEntriesFrom`) and when compaction rewrites it whole (`deleteEntriesTo`,
-  `clear`: new file, fsync, rename, fsync of the directory).
+  record written by one `sync()` shares it (in a file written whole by a rewrite, fsynced
+  before it replaces the old one, each record carries its own offset). The file only grows,
+  except when a raft conflict truncates it (`deleteEntriesFrom`: the truncation is fdatasynced
+  at once, before anything is written at the cut) and when compaction rewrites it whole
+  (`deleteEntriesTo`, `clear`: new file, fsync, rename, fsync of the directory). So the writes
+  in a file start at increasing offsets, and only the last one can be unsynced.
 - `raft.state`: msgpack `{"format", "term", "vote", "commit"}`, replaced atomically (temp file,
   fsync, rename, fsync of the directory). `commit` is a hint (a commit index known to be
   committed; possibly stale), never trusted beyond the log's end.
@@ -264,7 +267,7 @@ class DurableJournal:
         offsets = []
         off = base
         for c, i, t in entries:
-            rec = _encode(c, i, t, base)
+            rec = _encode(c, i, t, off)  # synced whole: every record is its own "write"
             offsets.append(off)
             blob.append(rec)
             off += len(rec)
@@ -406,17 +409,25 @@ class DurableJournal:
         if cut >= self._written:  # only buffered records go
             keep = len(self._entries) - len(self._buf)
             del self._buf[entryFrom - keep:]
+            self._dirty = bool(self._buf)  # nothing on disk changed
         else:
+            # Synced at once, before anything is written at the cut: otherwise a power cut
+            # could keep the new records and lose the truncation, resurrecting stale records
+            # behind them (and a torn new write could look like damage to synced data).
+            # Conflicts above the commit index are rare (after a leader change).
             self._buf = []
             try:
                 os.ftruncate(self._fd, cut)
+                if self._unsafe_no_sync is None or not self._unsafe_no_sync():
+                    os.fdatasync(self._fd)
+                    self.fdatasyncs += 1
             except OSError as e:
                 self._fatal(f"truncating {self.path} failed: {e}")
             self._written = cut
+            self._dirty = False
         self._end = cut
         del self._entries[entryFrom:]
         del self._offsets[entryFrom:]
-        self._dirty = True
         last = self._entries[-1][1] if self._entries else 0
         self.synced_index = min(self.synced_index, last)
 

@@ -239,6 +239,43 @@ def test_truncation_of_synced_and_of_buffered_entries(
     assert [(e[1], e[2]) for e in k[:]] == [(1, 1), (2, 1), (3, 1), (4, 1), (5, 2), (6, 2)]
 
 
+def test_truncating_synced_entries_is_synced_before_anything_is_written_at_the_cut(
+    tmp_path: Path, opened: list[DurableJournal], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Otherwise a power cut could keep the new records and lose the truncation, bringing
+    stale records back behind them."""
+    j = open_j(tmp_path, opened)
+    fill(j, 1, 6)
+    j.sync()
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+    j.deleteEntriesFrom(3)  # indexes 4..6 go
+    assert len(calls) == 1 and not j.dirty
+    size = os.path.getsize(j.path)
+    fill(j, 4, 5, term=2)  # buffered; the "power" goes before they are synced
+    assert os.path.getsize(j.path) == size
+    k = open_j(tmp_path, opened)
+    assert [(e[1], e[2]) for e in k[:]] == [(1, 1), (2, 1), (3, 1)]
+
+
+def test_damage_inside_a_rewritten_log_is_refused(
+    tmp_path: Path, opened: list[DurableJournal]
+) -> None:
+    """A compacted log is written whole and fsynced before it replaces the old one: a bad
+    record followed by valid ones in it is damage, not a torn write."""
+    j = open_j(tmp_path, opened)
+    fill(j, 1, 10)
+    j.sync()
+    j.deleteEntriesTo(2)  # rewrite: indexes 3..10
+    off = j._offsets[3]
+    data = bytearray(j.path.read_bytes())
+    data[off + J._HEAD.size] ^= 0x10
+    j.path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt, match=f"offset {off}"):
+        DurableJournal(tmp_path, on_fatal=raise_fatal)
+
+
 def test_group_commit_one_fdatasync_per_sync(
     tmp_path: Path, opened: list[DurableJournal], monkeypatch: pytest.MonkeyPatch
 ) -> None:
