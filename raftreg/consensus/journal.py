@@ -433,6 +433,10 @@ class DurableJournal:
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         """Compaction after a dump: keep entries from list position `entryTo` on."""
+        if entryTo <= 0:  # nothing to drop: just make the dump's rename durable
+            self.sync()
+            self.fsync_data_dir()
+            return
         self._rewrite(self._entries[entryTo:])
 
     @overload
