@@ -357,3 +357,27 @@ def test_not_a_wal_is_refused(tmp_path: Path) -> None:
     (tmp_path / J.WAL_NAME).write_bytes(b"something else entirely")
     with pytest.raises(JournalCorrupt, match="not a raftreg WAL"):
         DurableJournal(tmp_path, on_fatal=raise_fatal)
+
+
+def test_a_compaction_interrupted_after_the_dump_is_finished_on_start(
+    tmp_path: Path, opened: list[DurableJournal]
+) -> None:
+    """PySyncObj renames the dump, then compacts the log. After a crash in between, the log
+    starts before the dump's two entries; PySyncObj would clear it on start (losing entries 7..10
+    here). raft.py finishes the compaction instead."""
+    from raftreg.consensus.raft import _resume_compaction
+
+    j = open_j(tmp_path, opened)
+    fill(j, 1, 10)
+    j.sync()
+    dump = tmp_path / "raft.dump"
+    dump.write_bytes(msgpack.packb({"entries": [[b"cmd-6", 6, 1], [b"cmd-5", 5, 1]]}))
+    _resume_compaction(j, dump)
+    assert idxs(j) == [5, 6, 7, 8, 9, 10]
+    assert idxs(open_j(tmp_path, opened)) == [5, 6, 7, 8, 9, 10]
+    _resume_compaction(j, dump)  # idempotent: the log starts with the dump's entries now
+    assert idxs(j) == [5, 6, 7, 8, 9, 10]
+    # a dump that does not match the log (e.g. a snapshot from the leader) is left to PySyncObj
+    dump.write_bytes(msgpack.packb({"entries": [[b"other", 8, 2], [b"cmd-7", 7, 1]]}))
+    _resume_compaction(j, dump)
+    assert idxs(j) == [5, 6, 7, 8, 9, 10]
