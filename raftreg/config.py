@@ -33,12 +33,12 @@ class NodeConfig:
 @dataclass(frozen=True, slots=True)
 class ClusterSettings:
     name: str = "raftreg"
-    # Secret for the raft port (PySyncObj `password`: Fernet-encrypted, authenticated peer
-    # messages). Required: a node refuses to start without one, with one shorter than
-    # MIN_SECRET_BYTES, or with an example secret printed in the docs. Give it inline
-    # (`secret`) or, better, in a file of its own kept out of version control (`secret_file`,
-    # relative to cluster.toml; `scripts/start-cluster.sh` creates it, mode 0600, on first
-    # use). Not both.
+    # Secret for the raft port (raftreg/consensus/peer.py: both ends prove it before anything
+    # else is read; every message is then encrypted and authenticated). Required: a node
+    # refuses to start without one, with one shorter than MIN_SECRET_BYTES, or with an example
+    # secret printed in the docs. Give it inline (`secret`) or, better, in a file of its own
+    # kept out of version control (`secret_file`, relative to cluster.toml;
+    # `scripts/start-cluster.sh` creates it, mode 0600, on first use). Not both.
     secret: str = ""
     secret_file: str = ""
     data_dir: str = "data"

@@ -3,6 +3,7 @@
 # pytest. CI (.ci/run) calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/test-deps.sh
 PY="$(scripts/bootstrap.sh)"
 BIN="$(dirname "$PY")"
 echo "== ruff"

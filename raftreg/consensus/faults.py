@@ -13,7 +13,7 @@ import random
 import time
 from typing import Any
 
-from pysyncobj.transport import TCPTransport
+from raftreg.consensus.peer import PeerTransport
 
 
 class FaultRules:
@@ -26,12 +26,15 @@ class FaultRules:
                             "drop_from": ["127.0.0.1:7003"],  # incoming raft messages dropped
                             "drop_rate": 0.1,                 # every message, either way
                             "delay_ms": 20,                   # outgoing, FIFO per link
-                            "unsafe_local_reads": false}}     # DELIBERATELY BROKEN reads
+                            "unsafe_local_reads": false,      # DELIBERATELY BROKEN reads
+                            "unsafe_no_sync": false}}         # DELIBERATELY BROKEN log
 
     A full partition of a and b is drop_to/drop_from both ways; one-way drops one direction.
     `unsafe_local_reads` makes `read_barrier()` return at once, i.e. reads are served from the
     local replica without proving leadership: a deliberately broken node for showing that the
-    fault tests catch stale reads. Nothing but the fault tests may set it.
+    fault tests catch stale reads. `unsafe_no_sync` makes the node's journal skip every
+    fsync/fdatasync (writes still happen): a deliberately broken node for showing that the
+    power-cut tests catch lost acknowledged writes. Nothing but the fault tests may set them.
     """
 
     POLL_S = 0.02
@@ -44,6 +47,7 @@ class FaultRules:
         self.drop_rate = 0.0
         self.delay_s = 0.0
         self.unsafe_local_reads = False
+        self.unsafe_no_sync = False
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._rng = random.Random()
@@ -70,6 +74,7 @@ class FaultRules:
         self.drop_rate = float(mine.get("drop_rate", 0.0))
         self.delay_s = float(mine.get("delay_ms", 0.0)) / 1000.0
         self.unsafe_local_reads = bool(mine.get("unsafe_local_reads", False))
+        self.unsafe_no_sync = bool(mine.get("unsafe_no_sync", False))
 
     def drop(self, addr: str, outgoing: bool) -> bool:
         if addr in (self.drop_to if outgoing else self.drop_from):
@@ -77,13 +82,14 @@ class FaultRules:
         return self.drop_rate > 0 and self._rng.random() < self.drop_rate
 
 
-class FaultyTransport(TCPTransport):  # type: ignore[misc]
-    """TEST ONLY: PySyncObj's TCP transport with per-link drops and delays (`FaultRules`).
+class FaultyTransport(PeerTransport):
+    """TEST ONLY: raftreg's peer transport with per-link drops and delays (`FaultRules`).
 
     Connections and their handshakes are untouched; only raft messages are dropped (both on
     send, per destination, and on receipt, per source) or held back. Delayed messages wait in a
-    per-destination FIFO flushed from the tick, so a link never reorders (TCP does not either)
-    and the tick thread never sleeps.
+    per-destination FIFO; when due they join the outbox, which the same tick releases after the
+    durable point (so a delayed message, too, leaves only after the state it reflects is
+    synced). A link never reorders (TCP does not either) and the tick thread never sleeps.
     """
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
@@ -92,7 +98,6 @@ class FaultyTransport(TCPTransport):  # type: ignore[misc]
         super().__init__(syncObj, selfNode, otherNodes)
 
     def _onTick(self) -> None:
-        super()._onTick()
         self._faults.poll()
         if self._held:
             now = time.monotonic()
@@ -103,6 +108,7 @@ class FaultyTransport(TCPTransport):  # type: ignore[misc]
                         super().send(node, message)
                 if not q:
                     del self._held[node]
+        super()._onTick()  # bind, connect, flush the outbox
 
     def send(self, node: Any, message: Any) -> bool:
         f = self._faults

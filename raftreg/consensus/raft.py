@@ -14,11 +14,20 @@ Contract:
 - `apply_one`, `snapshot` and `restore` run on PySyncObj's tick thread. They must not block; the
   owner hands anything slow to its event loop.
 
-Security: the peer protocol is pickle, so a cluster secret is mandatory (PySyncObj encrypts and
-authenticates every peer message with it, and drops a connection whose first message does not
-decrypt). The raft port binds to the configured host only.
+Security: nothing from the network, the log or the dump reaches pickle. The peer wire is
+raftreg's (raftreg/consensus/peer.py): both ends prove the mandatory cluster secret before a
+single message is processed, then every message is an authenticated, encrypted msgpack frame
+of a checked shape. Log entries are msgpack (raftreg/consensus/commands.py). The raft port
+binds to the configured host only.
 
-Persistence: journal file + msgpack full dump (custom serializer hooks), both under data_dir.
+Persistence (raftreg/consensus/journal.py, docs/design.md "Raft log and the sync rule"): our own
+write-ahead log and term/vote state file in place of PySyncObj's journal, and a msgpack full dump
+(custom serializer hooks), all under data_dir. The sync rule: no raft message that acknowledges
+anything (an append ack, a vote) leaves before the journal state it reflects is on stable
+storage (the transport holds messages in an outbox released only after
+`_Fsm.durable_point()`), and the leader syncs its own entries before it counts itself in a
+commit (its AppendEntries may leave first, so followers write in parallel with it). Follower
+appends are Raft's (`_Fsm._append_entries`), not PySyncObj's, which truncated applied entries.
 
 Fault injection (TEST ONLY, off unless `RaftSettings.fault_file` is set): the peer transport is
 then `FaultyTransport`, which drops or delays raft messages per link according to a small JSON
@@ -38,11 +47,19 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 from pysyncobj.node import TCPNode
 
 from raftreg.config import check_secret
+from raftreg.consensus.commands import (
+    APPEND_BATCH_BYTES,
+    BATCH_MAX_BYTES,
+    MAX_ITEM_BYTES,
+    CommandsMixin,
+)
 from raftreg.consensus.faults import FaultRules, FaultyTransport
+from raftreg.consensus.journal import DurableJournal, fsync_dir
+from raftreg.consensus.peer import PeerTransport
 from raftreg.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -53,7 +70,7 @@ from raftreg.errors import (
 
 log = logging.getLogger("raftreg.consensus")
 
-_DUMP_FORMAT = 1
+_DUMP_FORMAT = 2  # 2: entries hold msgpack commands (1: pickled, PySyncObj's journal)
 _DUMP_MAGIC = "raftreg-raft-dump"
 
 ApplyFn = Callable[[bytes], Any]
@@ -89,6 +106,8 @@ def seed_data_dir(data_dir: Path, state: bytes, members: Sequence[str]) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.rename(data_dir / "raft.dump")
+    fsync_dir(data_dir)
+    fsync_dir(data_dir.parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +142,8 @@ class RaftStatus:
     log_len: int
     connected: frozenset[str]
     has_quorum: bool
+    fdatasyncs: int = 0  # WAL group commits (fdatasync calls) since start
+    fsyncs: int = 0  # every other fsync: term/vote state, directory, compaction, dump
 
 
 _NOT_APPLIED = {
@@ -134,8 +155,29 @@ _NOT_APPLIED = {
 }
 
 
-class _Fsm(SyncObj):  # type: ignore[misc]
-    """The replicated object: one replicated method that applies a group of commands."""
+class _JournalSlot:
+    """Installs our journal under PySyncObj without forking it: `SyncObj.__init__` stores
+    `createJournal(conf.journalFile)` (a MemoryJournal, journalFile=None) in its private
+    `__raftLog`; this set-only descriptor stores the node's `DurableJournal` instead. It has no
+    `__get__`, so every read of `__raftLog` goes straight to the instance dict."""
+
+    def __set__(self, obj: _Fsm, value: Any) -> None:
+        obj.__dict__["_SyncObj__raftLog"] = obj._journal
+
+
+class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
+    """The replicated object: applies groups of commands (`CommandsMixin`: log entries are
+    msgpack, never pickle; proposals go in with `propose_group`).
+
+    Durability (see the module docstring): every message PySyncObj sends waits in the
+    transport's outbox; `durable_point()` (the journal's group commit) runs before the outbox
+    is flushed, and the journal is synced again right after — just before the poll (a tick
+    callback registered after the transport's) and after it (end of `_onTick`) — and when this
+    node becomes leader."""
+
+    _SyncObj__raftLog = _JournalSlot()
+    _SyncObj__raftCommitIndex: int  # PySyncObj's (annotation only, for the type checker)
+    _SyncObj__raftLeader: Any  # PySyncObj's (annotation only)
 
     def __init__(
         self,
@@ -145,17 +187,64 @@ class _Fsm(SyncObj):  # type: ignore[misc]
         apply_one: ApplyFn,
         faults: FaultRules | None = None,
         *,
+        journal: DurableJournal,
+        secret: str,
         join: bool = False,
     ) -> None:
         self._apply_one = apply_one
+        self._peer_secret = secret  # read by PeerTransport.__init__ (peer handshake keys)
         self._faults = faults
+        self._journal = journal
         self._joining = join
         self._join_hold = conf.raftMaxTimeout
         self._transfer: Callable[[Any, int], None] | None = None
-        if faults is None:
-            super().__init__(self_addr, peers, conf)
-        else:
-            super().__init__(self_addr, peers, conf, transportClass=FaultyTransport)
+        self._leading_since_release = False  # see durable_point
+        transport = PeerTransport if faults is None else FaultyTransport
+        super().__init__(self_addr, peers, conf, transportClass=transport)
+        # Durable point 1, right before the poll: what the tick body produced (AEs carrying
+        # new entries, vote requests, forwarded commands) leaves after the sync.
+        self.addOnTickCallback(self._release)
+
+    def durable_point(self) -> None:  # tick thread; the transport's `before_send`
+        """Called before held messages are released: makes every appended entry and
+        term/vote durable (one fdatasync for all entries since the last sync), fail-stop on
+        I/O errors.
+
+        One exception, as in etcd (Raft thesis §10.2.1): a leader that has been leader since
+        the previous release, in the same term, with term/vote already durable, only sends
+        AppendEntries of its own log (and answers to forwarded commands); none of them
+        acknowledges anything, so they may leave before its own entries are synced — the
+        followers then write in parallel with the leader instead of after it. The leader's
+        sync follows right after the release (`_release`), before its next commit
+        computation, so it still counts itself only for synced entries."""
+        if self._leading_since_release and self._isLeader() and not self._journal.state_dirty:
+            return
+        self._journal.sync()
+
+    def _release(self) -> None:  # tick thread
+        self._SyncObj__transport.flush_outbox()  # calls durable_point() if anything is held
+        self._journal.sync()  # the leader's own entries; a single node's, with nothing to send
+        self._leading_since_release = bool(self._isLeader())
+
+    def _SyncObj__onBecomeLeader(self) -> None:  # tick thread
+        """PySyncObj counts the leader in every commit (`count = 1`) without a notion of
+        "synced". Its no-op appended here can be committed in the same tick (a single-node
+        election becomes leader and computes the commit index right after), so sync it now;
+        every other leader append is synced at a durable point before the next tick's commit
+        computation."""
+        super()._SyncObj__onBecomeLeader()
+        self._journal.sync()
+
+    def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # tick thread
+        """Forget the leader when its connection drops. PySyncObj forwards a follower's
+        proposal to the leader and waits for the answer until the leader changes; a forward
+        (or its answer) lost with the connection would wait forever, and with it every later
+        proposal of this node (`max_inflight`). With no leader, proposals fail at once as
+        "no leader" (certainly not applied), and the leader's next append_entries counts as a
+        leader change, which fails the waiting forwards as "outcome unknown"."""
+        super()._SyncObj__onNodeDisconnected(node)
+        if node == self._SyncObj__raftLeader and not self._isLeader():
+            self._SyncObj__raftLeader = None
 
     def _SyncObj__changeCluster(self, request: Any) -> bool:  # tick thread, leader
         """PySyncObj 0.3.17 checks `__changeClusterIDx` ("a change is not committed yet")
@@ -175,7 +264,12 @@ class _Fsm(SyncObj):  # type: ignore[misc]
                 self._joining = False
             else:  # no election before the first word from a leader (see RaftSettings.join)
                 self._SyncObj__raftElectionDeadline = time.monotonic() + self._join_hold
-        super()._onTick(timeToWait)
+        try:
+            super()._onTick(timeToWait)
+        finally:
+            # Durable point 2, after the poll: the replies its handlers produced (follower
+            # acks, vote responses) leave after the sync.
+            self._release()
 
     def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:
         """Keep the leader's optimistic nextIndex from moving backwards on an in-order ack.
@@ -198,13 +292,119 @@ class _Fsm(SyncObj):  # type: ignore[misc]
             if sent is not None and next_index.get(node, 0) < sent:
                 next_index[node] = sent
             return
+        if (
+            message.get("type") == "append_entries"
+            and "prevLogIdx" in message
+            and message.get("transmission") is None
+            and message["term"] >= self._SyncObj__raftCurrentTerm
+        ):
+            self._append_entries(node, message)
+            return
+        # Chunked entries (`transmission`) still go to PySyncObj: unreachable once the peer
+        # transport caps entries below appendEntriesBatchSizeBytes (see COORDINATION.md).
         super()._SyncObj__onMessageReceived(node, message)
 
-    @replicated  # type: ignore[untyped-decorator]
-    def apply_group(self, payload: bytes) -> list[Any]:
+    def _append_entries(self, node: Any, m: dict[str, Any]) -> None:  # tick thread (poll)
+        """Raft's AppendEntries receiver (§5.3) in place of PySyncObj 0.3.17's.
+
+        PySyncObj deletes every entry after `prevLogIdx` whenever any follows it — also on a
+        heartbeat and on a stale or repeated send — without comparing terms or looking at the
+        commit index: committed, applied and acknowledged entries disappeared ("truncating
+        already-applied log entries"), and with a durable log a node could then vote for a
+        candidate that lacks committed entries.
+
+        Contract: entries that match the leader's (same index, same term) are kept; the log
+        is cut only at the first index whose term differs, and never at or below
+        max(commit index, last applied) — a correct leader never asks that, so it is logged
+        CRITICAL and not acknowledged. A heartbeat or a repeated overlap never deletes
+        anything. The success ack names `prev + len(entries) + 1`: everything below it is
+        known to match the leader (a longer tail of ours is unverified, so it is neither
+        acknowledged nor used to advance the commit index). Like every message, the ack
+        leaves after the journal sync.
+        """
+        # PySyncObj's bookkeeping (term, leader, election deadline, follower state, pending
+        # transfer) on the same message stripped of its log part: with no prevLogIdx and our
+        # own commit index, it touches neither the log nor the commit index.
+        super()._SyncObj__onMessageReceived(node, {
+            "type": "append_entries",
+            "term": m["term"],
+            "commit_index": self._SyncObj__raftCommitIndex,
+        })
+        self._SyncObj__leaderCommitIndex = m["commit_index"]
+        journal = self._journal
+        first, last = journal[0][1], journal[-1][1]
+        prev, prev_term = m["prevLogIdx"], m["prevLogTerm"]
+        if prev is None or prev < first or prev > last:
+            self._SyncObj__sendNextNodeIdx(node, success=False, reset=True)
+            return
+        if journal[prev - first][2] != prev_term:
+            self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=prev, success=False, reset=True)
+            return
+        entries = m.get("entries") or ()
+        if any(e[1] != prev + 1 + k for k, e in enumerate(entries)):
+            log.error("append_entries from %s with non-consecutive indexes refused", node)
+            return
+        commit = self._SyncObj__raftCommitIndex
+        membership = self._SyncObj__conf.dynamicMembershipChange
+        new: Sequence[Any] = ()
+        for k, e in enumerate(entries):
+            idx = e[1]
+            if idx > last:
+                new = entries[k:]
+                break
+            if journal[idx - first][2] == e[2]:
+                continue  # Log Matching: same index and term, same entry
+            floor = max(commit, self._SyncObj__raftLastApplied)
+            if idx <= floor:
+                log.critical(
+                    "leader %s (term %d) sent entry %d (term %d) conflicting with our "
+                    "committed entry %d (term %d, commit %d): refused, not acknowledged",
+                    node, m["term"], idx, e[2], idx, journal[idx - first][2], floor)
+                return
+            if membership:  # undo our uncommitted membership changes being cut, newest first
+                for old in reversed(journal[idx - first:]):
+                    request = self._SyncObj__parseChangeClusterRequest(old[0])
+                    if request is not None:
+                        self._SyncObj__doChangeCluster(request, reverse=True)
+            self._SyncObj__deleteEntriesFrom(idx)
+            new = entries[k:]
+            break
+        for e in new:
+            journal.add(e[0], e[1], e[2])
+            if membership:
+                request = self._SyncObj__parseChangeClusterRequest(e[0])
+                if request is not None:
+                    self._SyncObj__doChangeCluster(request)
+        match = prev + len(entries)
+        target = min(m["commit_index"], match)
+        if target > commit:
+            self._SyncObj__raftCommitIndex = target
+            journal.setRaftCommitIndex(target)
+        self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=match + 1, success=True)
+
+    def _apply_items(self, items: list[bytes]) -> list[Any]:  # tick thread (CommandsMixin)
         # An empty item is a read barrier: it proves the log position and changes nothing.
-        items: list[bytes] = msgpack.unpackb(payload)
         return [self._apply_one(item) if item else None for item in items]
+
+
+def _resume_compaction(journal: DurableJournal, dump: Path) -> None:
+    """Finish a compaction a crash interrupted. PySyncObj writes the dump, renames it, then
+    compacts the log; a crash in between leaves a log that starts BEFORE the dump's two entries.
+    On start PySyncObj accepts only a log that starts exactly with them and otherwise clears
+    it, which would drop every entry after the dump (acknowledged ones too): drop just the
+    entries the dump covers instead."""
+    if not dump.exists() or len(journal) < 2:
+        return
+    try:
+        d = msgpack.unpackb(dump.read_bytes())
+        last, prev = (tuple(e) for e in d["entries"])
+    except Exception:  # PySyncObj's dump load reports a bad dump
+        return
+    pos = prev[1] - journal[0][1]
+    if pos > 0 and pos + 1 < len(journal) and journal[pos] == prev and journal[pos + 1] == last:
+        log.warning("finishing a log compaction a crash interrupted: dropping entries %d..%d "
+                    "(in the dump)", journal[0][1], prev[1] - 1)
+        journal.deleteEntriesTo(pos)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -239,8 +439,9 @@ class RaftNode:
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._closed = False
         conf = SyncObjConf(
-            password=settings.secret,
+            password=None,  # not PySyncObj's pickle+Fernet: PeerTransport uses the secret
             bindAddress=settings.self_addr,
+            appendEntriesBatchSizeBytes=APPEND_BATCH_BYTES,  # > every entry: never chunked
             appendEntriesUseBatch=False,
             appendEntriesPeriod=settings.heartbeat_interval,
             raftMinTimeout=settings.election_timeout_min,
@@ -250,7 +451,7 @@ class RaftNode:
             connectionRetryTime=0.2,
             autoTickPeriod=0.02,
             commandsWaitLeader=False,
-            journalFile=str(settings.data_dir / "raft.journal"),
+            journalFile=None,  # PySyncObj's journal is replaced by ours (_JournalSlot)
             fullDumpFile=str(settings.data_dir / "raft.dump"),
             serializer=self._serialize,
             deserializer=self._deserialize,
@@ -265,14 +466,23 @@ class RaftNode:
         )
         if self._faults is not None:
             log.warning("TEST ONLY fault injection is on (rules in %s)", settings.fault_file)
+        faults = self._faults
+        self._journal = DurableJournal(
+            settings.data_dir,
+            # TEST ONLY (fault rules file): a deliberately broken node that never syncs
+            unsafe_no_sync=None if faults is None else (lambda: faults.unsafe_no_sync),
+        )
+        _resume_compaction(self._journal, settings.data_dir / "raft.dump")
         self._fsm = _Fsm(settings.self_addr, list(settings.peers), conf, apply_one, self._faults,
-                         join=settings.join)
+                         journal=self._journal, secret=settings.secret, join=settings.join)
 
     # ----------------------------------------------------------------------------- proposals
 
     async def propose(self, data: bytes) -> Any:
         """Replicate one non-empty command; see the module contract for the outcomes."""
         assert data, "empty commands are reserved for read barriers"
+        if len(data) > MAX_ITEM_BYTES:
+            raise InvalidArgument(f"command of {len(data)} bytes exceeds {MAX_ITEM_BYTES}")
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._enqueue(data, fut)
         return await fut
@@ -306,7 +516,14 @@ class RaftNode:
         self._flush_handle = None
         if not self._pending:
             return
-        cut = self._s.batch_max
+        # At most batch_max items and BATCH_MAX_BYTES of them (at least one), so that every
+        # entry stays below APPEND_BATCH_BYTES (see raftreg/consensus/commands.py).
+        cut = size = 0
+        for data, _ in self._pending[: self._s.batch_max]:
+            if cut and size + len(data) > BATCH_MAX_BYTES:
+                break
+            cut += 1
+            size += len(data)
         items, self._pending = self._pending[:cut], self._pending[cut:]
         if self._barrier is not None and any(not d for d, _ in items):
             barrier, self._barrier = self._barrier, None
@@ -314,13 +531,12 @@ class RaftNode:
             barrier = None
         self._inflight += 1
         self._inflight_items += len(items)
-        payload = msgpack.packb([d for d, _ in items])
 
         def on_done(result: Any, err: int) -> None:  # tick thread
             self._loop.call_soon_threadsafe(self._resolve, items, barrier, result, err)
 
         try:
-            self._fsm.apply_group(payload, callback=on_done)
+            self._fsm.propose_group([d for d, _ in items], on_done)
         except Exception as e:  # pragma: no cover - PySyncObj raises nothing here today
             self._resolve(items, barrier, None, -1)
             log.exception("proposal failed: %s", e)
@@ -370,18 +586,28 @@ class RaftNode:
                 "cluster": sorted(n.address for n in cluster),
             }
         )
+        # `filename` is PySyncObj's temp file: it renames it over raft.dump after this returns,
+        # and the journal's compaction that follows fsyncs the directory (making the rename
+        # durable) before it drops the entries the dump replaces.
         with open(filename, "wb") as f:
             f.write(blob)
             f.flush()
-            os.fsync(f.fileno())
+            self._journal.fsync_file(f.fileno(), filename)
 
     def _deserialize(self, filename: str) -> tuple[Any, Any, Any]:  # tick thread
         with open(filename, "rb") as f:
             d = msgpack.unpackb(f.read())
+            # A dump received from the leader was written and renamed by PySyncObj without any
+            # fsync, and PySyncObj clears the log right after this returns: durable first.
+            self._journal.fsync_file(f.fileno(), filename)
+        self._journal.fsync_data_dir()
         if not isinstance(d, dict) or d.get("magic") != _DUMP_MAGIC:
             raise InvalidArgument(f"{filename} is not a raftreg raft dump")
         if d.get("format") != _DUMP_FORMAT:
-            raise InvalidArgument(f"{filename}: unsupported dump format {d.get('format')}")
+            raise InvalidArgument(
+                f"{filename}: unsupported dump format {d.get('format')} (written by another "
+                "raftreg version; restore this member from a backup: `raftreg snapshot "
+                "restore`)")
         self._restore(d["state"])
         last_entry, prev_entry = (tuple(e) for e in d["entries"])
         return last_entry, prev_entry, {TCPNode(a) for a in d["cluster"]}
@@ -521,6 +747,8 @@ class RaftNode:
             log_len=int(f._getRaftLogSize()),
             connected=frozenset(p for p in self._peers() if f.isNodeConnected(TCPNode(p))),
             has_quorum=bool(f.hasQuorum),
+            fdatasyncs=self._journal.fdatasyncs,
+            fsyncs=self._journal.fsyncs,
         )
 
     # ----------------------------------------------------------------------------- lifecycle

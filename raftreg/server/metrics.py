@@ -6,6 +6,7 @@ What is exported (all prefixed `raftreg_`):
   when the call ends (a stream counts once, when it ends).
 - Read at scrape time from the node: `raft_term`, `raft_is_leader`, `raft_has_quorum`,
   `raft_commit_index`, `raft_applied_index`, `raft_log_entries`, `raft_leader_changes_total`,
+  `raft_wal_fdatasyncs_total` (group commits of the raft log), `raft_fsyncs_total`,
   `proposals_pending`, `proposals_failed_total{reason}`, `store_revision`,
   `store_compact_revision`, `store_keys`, `leases`, `watchers`,
   `snapshot_duration_seconds` (summary: count and sum of snapshot saves and restores, by `op`).
@@ -64,6 +65,12 @@ class NodeCollector(Collector):
                     st.log_len)
         yield CounterMetricFamily("raftreg_raft_leader_changes", "Leader changes seen.",
                                   value=c.leader_changes)
+        yield CounterMetricFamily("raftreg_raft_wal_fdatasyncs",
+                                  "fdatasync calls on the raft WAL (one per group commit).",
+                                  value=st.fdatasyncs)
+        yield CounterMetricFamily("raftreg_raft_fsyncs",
+                                  "Other fsyncs: raft term/vote state, directory, compaction.",
+                                  value=st.fsyncs)
         yield gauge("proposals_pending", "Proposals queued or in flight.",
                     n.raft.pending_proposals)
         failed = CounterMetricFamily("raftreg_proposals_failed", "Proposals that failed.",

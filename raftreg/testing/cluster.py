@@ -7,7 +7,13 @@ process it started is stopped by `close()` (also on `with` exit).
 Network faults (TEST ONLY): a cluster made with `faults=True` runs every node with the
 fault-injection transport (`fault_file` setting) and can `partition` / `isolate` nodes (raft
 traffic only; clients still reach every node), drop a fraction of messages, delay them, turn a
-node into a deliberately broken one (`unsafe_local_reads`), and `heal()` everything.
+node into a deliberately broken one (`unsafe_local_reads`, `unsafe_no_sync`), and `heal()`
+everything.
+
+Power cuts (TEST ONLY): a cluster made with `power_cuts=True` mounts each node's data dir from
+the power-cut file system (`raftreg.testing.powercut`: it keeps only what the node synced) and
+can `power_cut(n)` / `power_cut()` (all): kill -9, then drop every unsynced write on that node's
+(every node's) data dir. The node stays down until started (`start`, `heal`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import grpc
 from raftreg.config import new_secret
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
+from raftreg.testing.powercut import Disks, cut_power
 from raftreg.testing.procs import ProcessGroup
 
 
@@ -51,7 +58,9 @@ def _toml_value(v: Any) -> str:
 
 
 class ProcessCluster(ProcessGroup):
-    def __init__(self, root: Path, size: int = 3, *, faults: bool = False, **settings: Any) -> None:
+    def __init__(self, root: Path, size: int = 3, *, faults: bool = False,
+                 power_cuts: bool = False, sync_delay_ms: float = 0.0,
+                 disk_metadata: str = "strict", **settings: Any) -> None:
         super().__init__(root)
         ports = free_ports(3 * size)
         self.names = [f"n{i + 1}" for i in range(size)]
@@ -70,6 +79,16 @@ class ProcessCluster(ProcessGroup):
         cluster.update(settings)
         self._cluster = cluster
         self._write_config()
+        self.disks: Disks | None = None
+        if power_cuts:
+            # sync_delay_ms: every fsync on those disks takes that much longer (a slower disk:
+            # a power cut then more often finds a sync under way, i.e. an unsynced tail)
+            # disk_metadata: "strict" or "ordered" (see powercut.py)
+            self.disks = Disks(self.root, {n: self.data_dir(n) for n in self.names},
+                               sync_delay_ms=sync_delay_ms, metadata=disk_metadata)
+
+    def data_dir(self, name: str) -> Path:
+        return self.root / str(self._cluster["data_dir"]) / name
 
     def _write_config(self) -> None:
         lines = ["[cluster]"] + [f"{k} = {_toml_value(v)}" for k, v in self._cluster.items()]
@@ -92,6 +111,8 @@ class ProcessCluster(ProcessGroup):
         self._write_config()
         if self.fault_path is not None:
             self._write_faults()
+        if self.disks is not None:
+            self.disks.add(name, self.data_dir(name))
         return name
 
     def forget_node(self, name: str) -> None:
@@ -112,6 +133,8 @@ class ProcessCluster(ProcessGroup):
         # faulthandler: a node that crashes (e.g. SIGSEGV) leaves its stacks in its log
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
         for n in names or self.names:
+            if self.disks is not None and not self.alive(n):
+                self.disks[n].mount()
             self.spawn(n, [sys.executable, "-m", "raftreg.server",
                            "--config", str(self.config_path), "--name", n,
                            *(["--join"] if join else [])], env)
@@ -162,12 +185,28 @@ class ProcessCluster(ProcessGroup):
         self._rules[name]["unsafe_local_reads"] = on
         self._write_faults()
 
+    def unsafe_no_sync(self, name: str, on: bool = True) -> None:
+        """DELIBERATELY BROKEN node: its journal never fsyncs (loses writes in a power cut)."""
+        self._rules[name]["unsafe_no_sync"] = on
+        self._write_faults()
+
     def heal_network(self) -> None:
         """Remove every partition, drop and delay (deliberately broken nodes stay broken)."""
         self._blocked.clear()
         for n in self.names:
-            self._rules[n] = {k: v for k, v in self._rules[n].items() if k == "unsafe_local_reads"}
+            self._rules[n] = {k: v for k, v in self._rules[n].items()
+                              if k in ("unsafe_local_reads", "unsafe_no_sync")}
         self._write_faults()
+
+    # ------------------------------------------------------------------ power cuts
+
+    def power_cut(self, *names: str, torn: bool = False, seed: int = 0) -> dict[str, Any]:
+        """kill -9 `names` (default all) at once, then drop every write they had not synced
+        (`torn`: keep a random prefix of unsynced tails; see powercut.py). They stay down
+        until started. Returns what each data dir lost."""
+        if self.disks is None:
+            raise RuntimeError("this cluster was not made with power_cuts=True")
+        return cut_power(self.disks, self.kill, names or self.names, torn=torn, seed=seed)
 
     def heal(self) -> None:
         """Heal the network (if faults are on), resume paused nodes, start dead ones."""
@@ -180,6 +219,14 @@ class ProcessCluster(ProcessGroup):
         dead = [n for n in self.names if not self.alive(n)]
         if dead:
             self.start(*dead)
+
+    def close(self) -> None:
+        """Stop every node, then unmount every power-cut mount (also after a failure)."""
+        try:
+            super().close()
+        finally:
+            if self.disks is not None:
+                self.disks.close()
 
     # ------------------------------------------------------------------ observation
 

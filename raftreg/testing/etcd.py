@@ -20,11 +20,13 @@ import importlib.resources
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
 from raftreg.testing.cluster import free_ports
+from raftreg.testing.powercut import Disks, cut_power
 from raftreg.testing.procs import ProcessGroup
 
 STATUS_PATH = "/etcdserverpb.Maintenance/Status"
@@ -68,6 +70,9 @@ class EtcdCluster(ProcessGroup):
         election_ms: int = 1000,
         heartbeat_ms: int = 100,
         extra_args: tuple[str, ...] = (),
+        power_cuts: bool = False,
+        sync_delay_ms: float = 0.0,
+        disk_metadata: str = "strict",
     ) -> None:
         super().__init__(root)
         self.binary = etcd_binary()
@@ -79,6 +84,25 @@ class EtcdCluster(ProcessGroup):
         self.election_ms = election_ms
         self.heartbeat_ms = heartbeat_ms
         self.extra_args = extra_args
+        # TEST ONLY: each member's data dir on the power-cut file system (see powercut.py)
+        self.disks: Disks | None = None
+        if power_cuts:
+            self.disks = Disks(self.root, {n: self.root / f"{n}.etcd" for n in self.names},
+                               sync_delay_ms=sync_delay_ms, metadata=disk_metadata)
+
+    def power_cut(self, *names: str, torn: bool = False, seed: int = 0) -> dict[str, Any]:
+        """kill -9 `names` (default all) and drop every write they had not synced; they stay
+        down until started."""
+        if self.disks is None:
+            raise RuntimeError("this cluster was not made with power_cuts=True")
+        return cut_power(self.disks, self.kill, names or self.names, torn=torn, seed=seed)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.disks is not None:
+                self.disks.close()
 
     @property
     def endpoints(self) -> list[str]:
@@ -114,6 +138,8 @@ class EtcdCluster(ProcessGroup):
         """Start the named members (default: all) that are not running. A restarted member
         rejoins from its data directory."""
         for n in names or self.names:
+            if self.disks is not None and not self.alive(n):
+                self.disks[n].mount()
             self.spawn(n, self._args(n))
 
     def heal(self) -> None:

@@ -23,6 +23,9 @@ drop           every raft message dropped with probability `value`
 delay          every raft message delayed by `value` ms (FIFO per link)
 kill           kill -9 `a`; it stays down until a heal
 kill_all       kill -9 every node, hold, start them all again
+power_cut      kill -9 `a`, drop every write it had not synced, start it at once (value 1: torn,
+               i.e. unsynced tails may survive in part; see raftreg/testing/powercut.py)
+power_cut_all  kill -9 every node, drop every unsynced write on every node, hold, start them all
 pause          SIGSTOP `a`; SIGCONT at the next heal
 restart        kill -9 `a` and start it at once
 heal           everything back: network healed, paused nodes resumed, dead nodes started
@@ -42,7 +45,12 @@ moment on the healthy cluster, stops it, and checks (`run_schedule`):
   correctly, complete, with correct prev_kv (`watchcheck`); a watch that has not caught up
   `WATCH_CATCH_UP_S` after the history was read is reported as "watch lagging" (a liveness
   failure, not a gap);
-- no lease expired before its TTL (checked live by the lease clients).
+- no lease expired before its TTL (checked live by the lease clients);
+- no two nodes said they were leader in the same term (each node's Status, polled all along).
+
+Power cuts run each node on the power-cut file system (only for schedules that have them, or a
+node with syncing switched off: `Schedule.no_sync`, TEST ONLY, a node that must be caught
+losing acknowledged writes).
 
 A linearizability check that does not finish within `LINCHECK_TIMEOUT_S` is a violation
 ("linearizability undecided"): a schedule never passes on a history nobody checked.
@@ -87,6 +95,7 @@ from raftreg.testing.history import (
     Workload,
     WorkloadConfig,
 )
+from raftreg.testing.powercut import unmount_stale
 from raftreg.testing.watchcheck import check_committed, check_watch, final_state
 
 KINDS: dict[str, int] = {  # kind -> weight when drawing
@@ -99,6 +108,8 @@ KINDS: dict[str, int] = {  # kind -> weight when drawing
     "kill_all": 1,
     "pause": 2,
     "restart": 2,
+    "power_cut": 2,
+    "power_cut_all": 1,
     "heal": 2,
     "none": 1,
 }
@@ -114,6 +125,12 @@ ETCD_KINDS: dict[str, int] = {
 }
 ETCD_TARGETS = ("leader", "follower", "e1", "e2", "e3")
 NETWORK_KINDS = frozenset({"partition", "one_way", "isolate", "drop", "delay"})
+POWER_KINDS = frozenset({"power_cut", "power_cut_all"})  # raftreg only: needs FUSE
+# Every fsync on the power-cut disks takes this much longer than the real one (~2 ms here), so
+# that a cut often comes while a sync is under way: there is then an unsynced tail to drop or
+# tear, as there would be under a heavier load.
+POWER_CUT_SYNC_DELAY_MS = 5.0
+STATUS_POLL_S = 0.1
 DROP_RATES = (0.05, 0.2, 0.5)
 DELAYS_MS = (5.0, 30.0, 120.0)
 HOLDS = (0.5, 1.0, 1.5, 2.5)
@@ -138,6 +155,8 @@ class Step:
         args = [x for x in (self.a, self.b) if x]
         if self.kind in ("drop", "delay"):
             args.append(f"{self.value:g}")
+        if self.kind in POWER_KINDS and self.value:
+            args.append("torn")
         return f"{self.kind}({', '.join(args)}) for {self.hold:g}s"
 
 
@@ -148,15 +167,22 @@ class Schedule:
     broken: str = ""  # TEST ONLY: a node made deliberately broken (reads without barrier)
     note: str = ""
     backend: str = "raftreg"  # or "etcd": a real etcd cluster (ETCD_KINDS only)
+    no_sync: str = ""  # TEST ONLY: nodes whose journal never syncs ("n1,n2" or "all")
+    disk_metadata: str = "strict"  # power-cut disks: "strict" (POSIX) or "ordered" (ext4)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "seed": self.seed,
             "steps": [asdict(s) for s in self.steps],
             "broken": self.broken,
             "note": self.note,
             "backend": self.backend,
         }
+        if self.no_sync:
+            d["no_sync"] = self.no_sync
+        if self.disk_metadata != "strict":
+            d["disk_metadata"] = self.disk_metadata
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Schedule:
@@ -166,10 +192,21 @@ class Schedule:
             d.get("broken", ""),
             d.get("note", ""),
             d.get("backend", "raftreg"),
+            d.get("no_sync", ""),
+            d.get("disk_metadata", "strict"),
         )
+
+    @property
+    def power_cuts(self) -> bool:
+        """Runs on the power-cut file system (it cuts the power, or a node does not sync)."""
+        return bool(self.no_sync) or any(s.kind in POWER_KINDS for s in self.steps)
 
     def __str__(self) -> str:
         head = "etcd " if self.backend == "etcd" else ""
+        if self.no_sync:
+            head += f"no_sync={self.no_sync} "
+        if self.disk_metadata != "strict":
+            head += f"disk_metadata={self.disk_metadata} "
         return f"{head}seed={self.seed} [" + "; ".join(str(s) for s in self.steps) + "]"
 
 
@@ -181,6 +218,10 @@ def make_step(kind: str, a: str, b: str, value_index: int, hold: float) -> Step:
         return Step(kind, a, b, hold=hold)
     if kind in ("isolate", "kill", "pause", "restart"):
         return Step(kind, a, hold=hold)
+    if kind == "power_cut":  # one draw in three tears the unsynced tails instead of dropping
+        return Step(kind, a, value=float(value_index == 1), hold=hold)
+    if kind == "power_cut_all":
+        return Step(kind, value=float(value_index == 1), hold=hold)
     if kind == "drop":
         return Step(kind, value=DROP_RATES[value_index % len(DROP_RATES)], hold=hold)
     if kind == "delay":
@@ -217,6 +258,7 @@ class ScheduleResult:
     violations: list[str] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)  # steps as resolved (targets named)
     counts: dict[str, int] = field(default_factory=dict)
+    leaders: dict[int, list[str]] = field(default_factory=dict)  # term -> nodes that led it
     lincheck: str = ""
     elapsed: float = 0.0
     root: str = ""
@@ -239,6 +281,7 @@ class ScheduleResult:
             "violations": self.violations,
             "applied": self.applied,
             "counts": self.counts,
+            "leaders": {str(t): ns for t, ns in sorted(self.leaders.items())},
             "lincheck": self.lincheck,
             "elapsed": round(self.elapsed, 2),
             "root": self.root,
@@ -286,12 +329,43 @@ class _Driver:
     def __init__(self, cluster: FaultCluster, rng: random.Random) -> None:
         self.c = cluster
         self.rng = rng
+        self.downed: set[str] = set()  # nodes this driver stopped and has not started since
+
+    def exits(self) -> list[str]:
+        """Nodes that exited by themselves since the last look (e.g. crashed while restarting
+        on a torn journal): checked before every step, so that a heal that restarts them
+        cannot hide it."""
+        out = []
+        for n in self.c.names:
+            p = self.c.procs.get(n)
+            if n not in self.downed and p is not None and p.poll() is not None:
+                tail = self.c.log_text(n)[-1500:]
+                out.append(f"{n} exited by itself (code {p.returncode}) during the schedule; "
+                           f"log tail:\n{tail}")
+                self.downed.add(n)  # once
+        return out
 
     def _net(self, kind: str) -> ProcessCluster:
         if not isinstance(self.c, ProcessCluster):
             raise ValueError(f"{kind}: message-level faults need raftreg's fault transport; "
                              f"they do not apply to {type(self.c).__name__}")
         return self.c
+
+    def _power(self, step: Step, *names: str) -> str:
+        c = self.c
+        if not isinstance(c, ProcessCluster | EtcdCluster) or c.disks is None:
+            raise ValueError(f"{step.kind}: needs a raftreg cluster on the power-cut file system")
+        reports = c.power_cut(*names, torn=bool(step.value), seed=self.rng.getrandbits(32))
+        lost = []  # "n1/raft.wal 230->200B": its size when the power went -> after the cut
+        for n, r in sorted(reports.items()):
+            for path, f in sorted(r["files"].items()):
+                if f["size"] != f["kept"] or f["blocks_restored"]:
+                    torn = f["kept"] - f["durable_size"]
+                    lost.append(f"{n}{path} {f['size']}->{f['kept']}B"
+                                + (f" ({torn}B of it a torn tail)" if torn else ""))
+            lost += [f"{n}{p} gone" for p in r["lost"]]
+        what = "torn " if step.value else ""
+        return f"{step.kind}({what}{', '.join(names) or 'all'}: {'; '.join(lost) or 'all synced'})"
 
     def _up(self) -> list[str]:
         return [n for n in self.c.names if self.c.alive(n) and n not in self.c.paused]
@@ -330,9 +404,11 @@ class _Driver:
             return f"delay({step.value:g}ms)"
         if k == "kill":
             a = self.resolve(step.a)
+            self.downed.add(a)
             c.kill(a)
             return f"kill({a})"
         if k == "kill_all":
+            self.downed.update(c.names)
             for n in c.names:
                 c.kill(n)
             return "kill_all"
@@ -344,15 +420,28 @@ class _Driver:
         if k == "restart":
             a = self.resolve(step.a)
             c.restart(a)
+            self.downed.discard(a)
             return f"restart({a})"
+        if k == "power_cut":
+            a = self.resolve(step.a)
+            self.downed.add(a)
+            applied = self._power(step, a)
+            c.start(a)
+            self.downed.discard(a)
+            return applied
+        if k == "power_cut_all":
+            self.downed.update(c.names)
+            return self._power(step)
         if k == "heal":
             c.heal()
+            self.downed.clear()
             return "heal"
         return "none"
 
     def after_hold(self, step: Step) -> None:
-        if step.kind == "kill_all":
+        if step.kind in ("kill_all", "power_cut_all"):
             self.c.start()
+            self.downed.clear()
 
 
 async def _committed_history(endpoint: str, until_rev: int, timeout: float = 20.0) -> list[Event]:
@@ -501,20 +590,69 @@ async def _etcd_all_keys(endpoint: str, revision: int) -> dict[bytes, KeyValue]:
 # The two kinds of cluster the runner drives
 
 
+class _LeaderPoller:
+    """Polls every node's Status all along: which nodes said they led which term.
+
+    A node's Status reads its term, then its leader, then its term again (the header): a claim
+    counts only when both terms agree, so a term change in between cannot fake one."""
+
+    def __init__(self, c: ProcessCluster) -> None:
+        self.c = c
+        self.claims: dict[int, set[str]] = {}
+        self.polls = 0
+        self.failed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        channels = {n: grpc.aio.insecure_channel(self.c.client[n], options=CHANNEL_OPTIONS)
+                    for n in self.c.names}
+        try:
+            while not stop.is_set():
+                up = [n for n in self.c.names if self.c.alive(n) and n not in self.c.paused]
+                await asyncio.gather(*(self._poll(n, channels[n]) for n in up if n in channels))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), STATUS_POLL_S)
+        finally:
+            for ch in channels.values():
+                await ch.close(None)
+
+    async def _poll(self, name: str, ch: grpc.aio.Channel) -> None:
+        try:
+            st = await pbg.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=0.5)
+        except grpc.aio.AioRpcError:
+            self.failed += 1
+            return
+        self.polls += 1
+        if st.leader and st.leader == st.header.member_id and st.raftTerm == st.header.raft_term:
+            self.claims.setdefault(st.raftTerm, set()).add(name)
+
+    def violations(self) -> list[str]:
+        return [f"two leaders in term {t}: {', '.join(sorted(ns))} (each said it led)"
+                for t, ns in sorted(self.claims.items()) if len(ns) > 1]
+
+
 class _RaftregTarget:
     """raftreg's ProcessCluster with the fault transport; after-heal reads with raw stubs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, schedule: Schedule) -> None:
         self.c = ProcessCluster(
-            root, faults=True, auto_compact_retain=0, watch_progress_interval_s=1.0,
-            propose_timeout_s=3.0,
+            root, faults=True, power_cuts=schedule.power_cuts,
+            sync_delay_ms=POWER_CUT_SYNC_DELAY_MS, disk_metadata=schedule.disk_metadata,
+            auto_compact_retain=0,
+            watch_progress_interval_s=1.0, propose_timeout_s=3.0,
         )
         self.cluster: FaultCluster = self.c
+        self.poller: _LeaderPoller | None = _LeaderPoller(self.c)
 
     def setup(self, schedule: Schedule, res: ScheduleResult) -> None:
         if schedule.broken:
             self.c.unsafe_local_reads(schedule.broken)
             res.applied.append(f"BROKEN({schedule.broken})")
+        if schedule.no_sync:
+            names = (self.c.names if schedule.no_sync == "all"
+                     else [n.strip() for n in schedule.no_sync.split(",")])
+            for n in names:
+                self.c.unsafe_no_sync(n)
+            res.applied.append(f"NO_SYNC({', '.join(names)})")
 
     async def sentinel(self, seed: int) -> tuple[int, int]:
         """Converge, write the sentinel, converge again: (sentinel revision, converged one)."""
@@ -544,10 +682,14 @@ class _EtcdTarget:
         if schedule.broken:
             raise ValueError("a deliberately broken node exists only for raftreg")
         bad = [st.kind for st in schedule.steps if st.kind in NETWORK_KINDS]
-        if bad:
-            raise ValueError(f"etcd schedules have no message-level faults: {bad}")
-        self.c = EtcdCluster(root)
+        if bad or schedule.no_sync:
+            raise ValueError(f"etcd schedules have no message-level faults (nor no_sync): {bad}")
+        # power cuts: explicit schedules only (ETCD_KINDS does not draw them)
+        self.c = EtcdCluster(root, power_cuts=schedule.power_cuts,
+                             sync_delay_ms=POWER_CUT_SYNC_DELAY_MS,
+                             disk_metadata=schedule.disk_metadata)
         self.cluster: FaultCluster = self.c
+        self.poller: _LeaderPoller | None = None
 
     def setup(self, schedule: Schedule, res: ScheduleResult) -> None:
         pass
@@ -605,26 +747,31 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
     rng = random.Random(schedule.seed)
     t0 = time.monotonic()
     target: _Target = (_EtcdTarget(root, schedule) if schedule.backend == "etcd"
-                       else _RaftregTarget(root))
+                       else _RaftregTarget(root, schedule))
     cluster = target.cluster
     to_thread = asyncio.to_thread
     h = History()
     wl = Workload(target.c.endpoints, h, random.Random(rng.getrandbits(64)), wcfg,
                   backend=schedule.backend)
     driver = _Driver(cluster, random.Random(rng.getrandbits(64)))
-    stop_ops, stop_watches = asyncio.Event(), asyncio.Event()
+    stop_ops, stop_watches, stop_polls = asyncio.Event(), asyncio.Event(), asyncio.Event()
     ops: list[asyncio.Future[None]] = []
     watches: list[asyncio.Future[None]] = []
+    polls: list[asyncio.Future[None]] = []
     try:
         await to_thread(cluster.start)
+        if target.poller is not None:
+            polls.append(asyncio.ensure_future(target.poller.run(stop_polls)))
         await to_thread(cluster.wait_leader, 30.0)
         target.setup(schedule, res)
         ops, watches = wl.start(stop_ops, stop_watches)
         await asyncio.sleep(0.5)
         for step in schedule.steps:
+            res.violations += driver.exits()
             res.applied.append(await to_thread(driver.apply, step))
             await asyncio.sleep(step.hold)
             await to_thread(driver.after_hold, step)
+        res.violations += driver.exits()
         await to_thread(cluster.heal)
         try:
             await to_thread(cluster.wait_leader, 30.0)
@@ -639,6 +786,13 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
         stop_ops.set()
         await asyncio.gather(*ops, return_exceptions=True)
         res.counts = h.counts()
+        stop_polls.set()
+        await asyncio.gather(*polls, return_exceptions=True)
+        if target.poller is not None:
+            res.leaders = {t: sorted(ns) for t, ns in target.poller.claims.items()}
+            res.counts["status_polls"] = target.poller.polls
+            res.counts["status_polls:fail"] = target.poller.failed
+            res.violations += target.poller.violations()
         try:
             end_rev, converged_rev = await target.sentinel(schedule.seed)
         except (TimeoutError, E.RegistryError) as e:
@@ -690,9 +844,10 @@ async def _run(schedule: Schedule, root: Path, wcfg: WorkloadConfig,
     finally:
         stop_ops.set()
         stop_watches.set()
-        for t in ops + watches:
+        stop_polls.set()
+        for t in ops + watches + polls:
             t.cancel()
-        await asyncio.gather(*ops, *watches, return_exceptions=True)
+        await asyncio.gather(*ops, *watches, *polls, return_exceptions=True)
         await wl.close()
         await to_thread(cluster.close)
         res.elapsed = time.monotonic() - t0
@@ -716,6 +871,7 @@ def run_schedule(
     schedule failed (then `root/history.json` holds the recorded operations) or `keep` is
     set."""
     if (root / "cluster.toml").exists() or any(root.glob("*.etcd")):  # a previous run's
+        unmount_stale(root)
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     res = asyncio.run(_run(schedule, root, workload or WorkloadConfig(), settle_s))

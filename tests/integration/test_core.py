@@ -8,12 +8,14 @@ import pickle
 import socket
 import struct
 import time
+import tomllib
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from pysyncobj.encryptor import getEncryptor
 
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.testing import ProcessCluster
@@ -207,23 +209,31 @@ def test_health_service(shared_cluster: ProcessCluster) -> None:
             time.sleep(0.05)
 
 
-def test_raft_port_never_unpickles_from_a_peer_without_the_secret(
+def test_raft_port_never_unpickles_what_a_peer_sends(
     shared_cluster: ProcessCluster, tmp_path: Path
 ) -> None:
+    """The raft port speaks raftreg's peer protocol (msgpack after a mutual proof of the
+    secret), not PySyncObj's pickle: a pickle is never unpickled, neither framed PySyncObj's way
+    without the secret, nor sealed with the right secret PySyncObj's way (its Fernet key
+    derivation), nor framed ours. tests/integration/test_peer_port.py has the full list."""
     marker = tmp_path / "pwned"
 
     class Evil:
-        def __reduce__(self) -> tuple[object, tuple[str]]:
+        def __reduce__(self) -> tuple[object, tuple[str, str]]:
             return (open, (str(marker), "w"))  # unpickling would create the marker file
 
     payload = zlib.compress(pickle.dumps(Evil()), 3)
+    secret = tomllib.loads(shared_cluster.config_path.read_text())["cluster"]["secret"]
+    sealed = getEncryptor(secret).encrypt(payload)
     host, port = shared_cluster.raft["n1"].split(":")
-    for _ in range(3):
+    for frame in (struct.pack("i", len(payload)) + payload,
+                  struct.pack("i", len(sealed)) + sealed,
+                  struct.pack(">I", len(payload)) + payload):
         with socket.create_connection((host, int(port)), timeout=5) as s:
-            s.sendall(struct.pack("i", len(payload)) + payload)
-            s.settimeout(5)
+            s.sendall(frame)
+            s.settimeout(10)
             with contextlib.suppress(TimeoutError, ConnectionResetError):
-                s.recv(1)  # the node hangs up on a message it cannot decrypt
+                assert s.recv(1) == b""  # the node hangs up without a word
     assert not marker.exists()
     # The node is unharmed.
     w = wire(shared_cluster.client["n1"])

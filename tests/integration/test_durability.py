@@ -144,3 +144,36 @@ async def test_restart_from_snapshot_and_journal(tmp_path: object, snapshot_entr
             assert {kv.key: kv.value for kv in got.kvs} == want
             assert got.revision >= rev
         c.wait_converged(timeout=30)
+
+
+async def test_damaged_or_old_format_logs_stop_the_node_with_a_clear_message(
+    tmp_path: object,
+) -> None:
+    """A raft log damaged after it was synced (a bad record followed by valid ones) and a data
+    dir in PySyncObj's old journal format are refused at start, naming what to do."""
+    from pathlib import Path
+
+    from raftreg.consensus.journal import WAL_NAME, scan_wal
+
+    root = Path(str(tmp_path)) / "refuse"
+    with ProcessCluster(root) as c:
+        c.start()
+        c.wait_leader()
+        async with GrpcRegistryClient(c.endpoints, timeout=3.0) as client:
+            for i in range(30):
+                await client.put(f"refuse/{i}", str(i))
+        damaged, old = c.names[0], c.names[1]
+        c.kill(damaged)
+        c.kill(old)
+        wal = root / "data" / damaged / WAL_NAME
+        _, offsets, _, _ = scan_wal(wal)
+        data = bytearray(wal.read_bytes())
+        data[offsets[2] + 30] ^= 0xFF  # an early record; later writes follow it
+        wal.write_bytes(bytes(data))
+        (root / "data" / old / "raft.journal").write_bytes(b"\0" * 64)
+        c.start(damaged, old)
+        for n in (damaged, old):
+            assert c.procs[n].wait(timeout=30) != 0, f"{n} started anyway"
+        log_damaged, log_old = c.log_text(damaged), c.log_text(old)
+    assert f"{wal}: corrupt record at offset {offsets[2]}" in log_damaged
+    assert "raft.journal" in log_old and "snapshot restore" in log_old
