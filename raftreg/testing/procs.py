@@ -26,6 +26,11 @@ if sys.platform.startswith("linux"):
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != int(sys.argv[1]):
         os._exit(1)  # the parent is gone already
+# A test run started in the background (`cmd &` in a script, as a CI runner may do) inherits
+# SIGINT and SIGQUIT ignored, and so would every process it starts: then a test's Ctrl-C
+# (SIGINT) would not reach the command under test. Processes start as from a terminal.
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 os.execv(sys.argv[2], sys.argv[2:])
 """
 
