@@ -113,7 +113,7 @@ async def test_kill_9_of_the_holder_process_frees_the_lock_within_its_ttl(
 
 async def test_two_holders_never_overlap_while_the_leader_is_killed(cluster: Cluster) -> None:
     name, counter = f"overlap-{cluster.backend}", f"overlap-{cluster.backend}-n"
-    intervals: list[tuple[float, float, int]] = []
+    intervals: list[tuple[float, float, int, bytes]] = []
     rounds = itertools.count(1)
     done_rounds = 0
     progressed = asyncio.Event()
@@ -138,7 +138,8 @@ async def test_two_holders_never_overlap_while_the_leader_is_killed(cluster: Clu
                             except OutcomeUnknown:
                                 ambiguous += 1
                             finally:
-                                intervals.append((start, time.monotonic(), lock.revision))
+                                intervals.append(
+                                    (start, time.monotonic(), lock.revision, lock.key))
                                 with contextlib.suppress(RegistryError):
                                     await lock.release()
                             done_rounds += 1
@@ -169,7 +170,11 @@ async def test_two_holders_never_overlap_while_the_leader_is_killed(cluster: Clu
             w.cancel()
     intervals.sort()
     assert len(intervals) >= 20
-    for (_, end, tok), (start, _, next_tok) in itertools.pairwise(intervals):
+    for (_, end, tok, key), (start, _, next_tok, next_key) in itertools.pairwise(intervals):
         assert end <= start, f"two holders at once: {intervals}"
-        assert tok < next_tok, f"fencing tokens did not increase: {intervals}"
+        # A release lost in the failover (its error is ignored above) leaves the key: the same
+        # session's next acquire finds it and holds on with the same token, as etcd's Mutex
+        # does; nobody held the lock in between. Any other holder's token is higher.
+        assert tok < next_tok or (tok == next_tok and key == next_key), (
+            f"fencing tokens did not increase: {intervals}")
     assert ambiguous <= len(intervals) // 2, ambiguous
