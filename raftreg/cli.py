@@ -68,7 +68,8 @@ from raftreg.discovery.instance import (
     Instance,
     InvalidInstance,
     decode_instance,
-    service_prefix,
+    service_of,
+    service_range_prefix,
 )
 from raftreg.errors import InvalidArgument, NotFound, RegistryError
 from raftreg.store import Store
@@ -1220,10 +1221,14 @@ def instance_json(i: Instance, kv: KeyValue | None = None) -> dict[str, Any]:
     return out
 
 
-def _instances(ctx: _Ctx, kvs: Sequence[KeyValue]) -> list[tuple[Instance, KeyValue]]:
-    """The well-formed registrations among `kvs`; a warning line on stderr for each other."""
+def _instances(ctx: _Ctx, kvs: Sequence[KeyValue],
+               service: str | None) -> list[tuple[Instance, KeyValue]]:
+    """The well-formed registrations of `service` (None: any) among `kvs`; a warning line on
+    stderr for each malformed one."""
     out: list[tuple[Instance, KeyValue]] = []
     for kv in kvs:
+        if service is not None and service_of(kv.key) != service:
+            continue  # another service under the same range prefix
         try:
             out.append((decode_instance(kv.key, kv.value), kv))
         except InvalidInstance as e:
@@ -1232,7 +1237,7 @@ def _instances(ctx: _Ctx, kvs: Sequence[KeyValue]) -> list[tuple[Instance, KeyVa
 
 
 def _services_prefix(service: str | None) -> str:
-    return service_prefix(service) if service else SERVICES_ROOT
+    return service_range_prefix(service) if service else SERVICES_ROOT
 
 
 INSTANCE_HEADERS = ("SERVICE", "ID", "ADDRESS", "WEIGHT", "ZONE", "VERSION", "AGE")
@@ -1240,7 +1245,7 @@ INSTANCE_HEADERS = ("SERVICE", "ID", "ADDRESS", "WEIGHT", "ZONE", "VERSION", "AG
 
 async def cmd_services_list(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
     res = await client.get(_services_prefix(ns.service), prefix=True)
-    found = _instances(ctx, res.kvs)
+    found = _instances(ctx, res.kvs, ns.service)
     if ctx.fmt == "json":
         ctx.json(
             {
@@ -1300,7 +1305,7 @@ async def cmd_services_watch(client: RegistryClient, ns: argparse.Namespace, ctx
         while True:
             snapshot, w = await client.list_then_watch(prefix)
             async with w:
-                fresh = {kv.key: i for i, kv in _instances(ctx, snapshot.kvs)}
+                fresh = {kv.key: i for i, kv in _instances(ctx, snapshot.kvs, ns.service)}
                 for key in [k for k in known if k not in fresh]:
                     put(key, None, snapshot.revision)
                 for key, i in fresh.items():
@@ -1313,7 +1318,7 @@ async def cmd_services_watch(client: RegistryClient, ns: argparse.Namespace, ctx
                         if e.type == EventType.DELETE:
                             put(e.kv.key, None, e.kv.mod_revision)
                             continue
-                        decoded = _instances(ctx, [e.kv])
+                        decoded = _instances(ctx, [e.kv], ns.service)
                         put(e.kv.key, decoded[0][0] if decoded else None, e.kv.mod_revision)
                     ctx.out.flush()
                 else:
@@ -1362,9 +1367,15 @@ def _raft_address(listen: str) -> str:
 
 def cmd_dev(ns: argparse.Namespace, ctx: _Ctx) -> int:
     split_hostport(ns.listen)
-    cfg = dev_config(ns.data_dir, client=ns.listen, raft=_raft_address(ns.listen))
+    if ns.http:
+        split_hostport(ns.http)
+    cfg = dev_config(ns.data_dir, client=ns.listen, raft=_raft_address(ns.listen), http=ns.http)
     serve = _serve_node()
-    ctx.err.write(f"raftreg dev: serving on {ns.listen}, data in {ns.data_dir}\n")
+    ctx.err.write(f"raftreg dev: gRPC (raftreg.v1 and etcd's etcdserverpb) on {ns.listen}, "
+                  f"data in {ns.data_dir}\n")
+    if ns.http:
+        ctx.err.write(f"raftreg dev: etcd's JSON gateway (/v3/...) and /metrics on "
+                      f"http://{ns.http}\n")
     return serve(cfg, "dev")
 
 
@@ -1556,6 +1567,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev = leaf(sub, "dev", "run a single-node development registry", cmd_dev)
     dev.add_argument("--data-dir", default="default.raftreg", help="data directory")
     dev.add_argument("--listen", default="127.0.0.1:2379", help="client address host:port")
+    dev.add_argument("--http", default="127.0.0.1:2381",
+                     help="JSON gateway and /metrics host:port ('' for none)")
     secret = leaf(sub, "secret", "create a cluster secret file (mode 0600) if it is missing",
                   cmd_secret)
     secret.add_argument("file", help="the file to create, e.g. cluster.secret")

@@ -237,13 +237,16 @@ def load_config(path: str | Path) -> ClusterConfig:
 
 
 def dev_config(
-    data_dir: str | Path, client: str = "127.0.0.1:2379", raft: str = "127.0.0.1:2380"
+    data_dir: str | Path, client: str = "127.0.0.1:2379", raft: str = "127.0.0.1:2380",
+    http: str = "",
 ) -> ClusterConfig:
-    """A one-node cluster for development: a fresh random secret, everything on loopback."""
+    """A one-node cluster for development: a fresh random secret, everything on loopback;
+    `http` ("" = none) serves the JSON gateway and /metrics."""
     settings = ClusterSettings(
         name="raftreg-dev", secret=new_secret(), data_dir=str(data_dir)
     )
-    node = NodeConfig(name="dev", raft=raft, client=client, data_dir=str(Path(data_dir)))
+    node = NodeConfig(name="dev", raft=raft, client=client, http=http,
+                      data_dir=str(Path(data_dir)))
     return ClusterConfig(settings=settings, nodes=(node,), path=None)
 
 

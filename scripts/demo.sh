@@ -3,7 +3,10 @@
 #   registry -> three `user` instances (weights 1, 2, 3), `chat`, the gateway -> traffic through
 #   the gateway and its spread -> kill -9 one user instance -> traffic while it is still
 #   registered (the gateway retries its calls elsewhere) -> wait until it is gone -> traffic
-#   again -> one chat message -> stop everything this script started (also on failure/Ctrl-C).
+#   again -> one chat message -> a fourth user instance registered with etcdctl exactly as the
+#   reference document shows (key /services/user/<addr>, JSON name/addr/version, a lease):
+#   listed by `raftreg services` and served by the gateway -> stop everything this script
+#   started (also on failure/Ctrl-C).
 #
 # The registry is chosen by configuration only (RAFTREG_CONFIG, default cluster.toml; and
 # RAFTREG_BACKEND / RAFTREG_ENDPOINTS), as the services themselves choose it:
@@ -142,3 +145,20 @@ say "300 requests after u2 is gone"
 
 say "one message through the chat service's bidirectional stream"
 "${HELPER[@]}" chat "$GW" "hello from the demo"
+
+say "u4, registered the reference document's way: etcdctl, a lease, /services/user/<host:port>"
+start u4 user --service user-unlisted --ttl "$TTL"   # registers itself under another name
+U4="$(ready u4 grpc)"
+CTL=("$("$PY" -c 'from raftreg.testing.etcd import etcd_binary; print(etcd_binary("etcdctl"))')"
+     --endpoints "$("${HELPER[@]}" endpoints --config "$CONFIG")")
+LEASE="$("${CTL[@]}" lease grant 30 | awk '{print $2}')"
+echo "   etcdctl lease grant 30 -> $LEASE"
+DOC="{\"name\":\"user\",\"addr\":\"$U4\",\"version\":\"v1\"}"
+echo "   etcdctl put /services/user/$U4 '$DOC' --lease=$LEASE -> $("${CTL[@]}" put "/services/user/$U4" "$DOC" --lease="$LEASE")"
+"$PY" -m raftreg.cli --config "$CONFIG" ${RAFTREG_ENDPOINTS:+--endpoints "$RAFTREG_ENDPOINTS"} \
+  services list user -w table | sed 's/^/   /'
+"${HELPER[@]}" wait-stats "$GW" --count 3 --timeout 15 >/dev/null
+say "300 requests: u4 (weight 1, as the document's JSON names none) takes its share"
+"${HELPER[@]}" traffic "$GW" -n 300 --strict
+"${CTL[@]}" lease revoke "$LEASE" >/dev/null
+echo "   etcdctl lease revoke $LEASE: u4's registration is gone with its lease"

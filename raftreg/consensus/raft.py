@@ -197,7 +197,7 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         self._journal = journal
         self._joining = join
         self._join_hold = conf.raftMaxTimeout
-        self._transfer: Callable[[Any, int], None] | None = None
+        self._transfer: tuple[str | None, Callable[[Any, int], None]] | None = None
         self._leading_since_release = False  # see durable_point
         transport = PeerTransport if faults is None else FaultyTransport
         super().__init__(self_addr, peers, conf, transportClass=transport)
@@ -258,7 +258,7 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
     def _onTick(self, timeToWait: float = 0.0) -> None:  # tick thread
         transfer, self._transfer = self._transfer, None
         if transfer is not None:  # requested from the event loop; runs where sends are safe
-            self.transferLeadership(None, callback=transfer)
+            self.transferLeadership(transfer[0], callback=transfer[1])
         if self._joining:
             if self._getLeader() is not None:
                 self._joining = False
@@ -690,9 +690,10 @@ class RaftNode:
             await asyncio.sleep(self._s.heartbeat_interval / 2)
         return False
 
-    async def transfer_leadership(self, timeout: float) -> None:
-        """Hand the leadership to the most caught-up connected follower (Raft TimeoutNow) and
-        return once this node is no longer the leader; `Unavailable` after `timeout`.
+    async def transfer_leadership(self, timeout: float, target: str | None = None) -> None:
+        """Hand the leadership to the most caught-up connected follower (or to the member at
+        raft address `target`) with Raft's TimeoutNow, and return once this node is no longer
+        the leader; `Unavailable` after `timeout`.
 
         New proposals are held back meanwhile (queued, not sent): the target can only win if
         its log is as long as the leader's, which a steady write load would otherwise prevent.
@@ -704,7 +705,7 @@ class RaftNode:
             while loop.time() < deadline:
                 if not self.is_leader:
                     return
-                if self._inflight == 0 and await self._request_transfer():
+                if self._inflight == 0 and await self._request_transfer(target):
                     settle = loop.time() + 2 * self._s.election_timeout_max
                     while loop.time() < min(settle, deadline) and self.is_leader:
                         await asyncio.sleep(0.01)
@@ -717,9 +718,9 @@ class RaftNode:
             if self._pending and self._flush_handle is None and not self._closed:
                 self._flush_handle = loop.call_soon(self._flush)
 
-    async def _request_transfer(self) -> bool:
-        """One TimeoutNow to the most caught-up follower; False if PySyncObj refused (no
-        follower is fully caught up yet)."""
+    async def _request_transfer(self, target: str | None) -> bool:
+        """One TimeoutNow to `target` (None: the most caught-up follower); False if PySyncObj
+        refused (the follower is not fully caught up yet)."""
         fut: asyncio.Future[int] = self._loop.create_future()
 
         def settle(err: int) -> None:
@@ -730,7 +731,7 @@ class RaftNode:
             self._loop.call_soon_threadsafe(settle, err)
 
         # PySyncObj's transport is not thread-safe: the tick thread sends the TimeoutNow
-        self._fsm._transfer = done
+        self._fsm._transfer = (target, done)
         return bool(await fut == FAIL_REASON.SUCCESS)
 
     def status(self) -> RaftStatus:

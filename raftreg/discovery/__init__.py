@@ -17,7 +17,9 @@ from raftreg.discovery.instance import (
     decode_instance,
     encode_instance,
     instance_key,
+    service_of,
     service_prefix,
+    service_range_prefix,
 )
 from raftreg.discovery.outlier import OutlierDetector
 from raftreg.discovery.registration import DEFAULT_TTL, Registration
@@ -40,5 +42,7 @@ __all__ = [
     "encode_instance",
     "instance_key",
     "make_balancer",
+    "service_of",
     "service_prefix",
+    "service_range_prefix",
 ]

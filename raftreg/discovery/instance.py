@@ -1,9 +1,17 @@
 """A service instance as stored in the registry, and its key layout.
 
-An instance of service S with id I lives at `/services/S/I`; its value is a JSON object
-`{"address", "metadata", "weight", "zone", "version", "registered_at"}` (the service and id come
-from the key). `decode_instance` is the only reader: it accepts exactly what `encode_instance`
-writes (plus unknown fields, ignored, for forward compatibility) and raises `InvalidInstance`
+The reference document's layouts are the contract (Go and Java services register that way):
+- `/services/S/I` holding a JSON object: `{"name": S, "addr": "host:port", "version": ...}`,
+  plus raftreg's `weight`, `zone`, `metadata`, `registered_at`. The id I defaults to the
+  address (`/services/user-service/10.0.0.1:8080`). `address` is read as `addr` (raftreg
+  before 0.2 wrote it); `name`, when present, must be S.
+- `/services/S/I` or `/services/S` holding just the address, `10.0.0.1:8080` (the document's
+  `client.Put(ctx, "/services/user", "192.168.1.10:50051", ...)`); the id is then I, else the
+  address. So one service's registrations lie under the prefix `/services/S` (no slash):
+  `service_range_prefix`, which also covers other services whose names extend S, and readers
+  keep only the keys whose service is S.
+`encode_instance` writes the first form. `decode_instance` is the only reader: it accepts those
+forms (unknown JSON fields are ignored, for forward compatibility) and raises `InvalidInstance`
 for anything else, so one malformed registration never breaks a resolver.
 """
 
@@ -20,6 +28,7 @@ from raftreg.errors import InvalidArgument
 
 SERVICES_ROOT = "/services/"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_ID = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9_.\-:\[\]]{0,127}$")  # a name, or host:port
 MAX_WEIGHT = 10_000
 
 
@@ -35,6 +44,15 @@ def _check_name(what: str, name: str) -> str:
     return name
 
 
+def _check_id(instance_id: str) -> str:
+    if not isinstance(instance_id, str) or not _ID.match(instance_id):
+        raise InvalidInstance(
+            f"instance id {instance_id!r} must be 1-128 characters of letters, digits, "
+            "'_', '.', '-', ':', '[', ']'"
+        )
+    return instance_id
+
+
 def _check_address(address: object) -> str:
     if not isinstance(address, str) or not address:
         raise InvalidInstance("address is missing")
@@ -46,8 +64,9 @@ def _check_address(address: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Instance:
-    """One registered instance. `weight` >= 1 (used by weighted policies); `registered_at`
-    is the registering process's wall clock (seconds since the epoch), informational only."""
+    """One registered instance. `id` "" means the address (the document's layout);
+    `weight` >= 1 (used by weighted policies); `registered_at` is the registering process's
+    wall clock (seconds since the epoch), informational only."""
 
     service: str
     id: str
@@ -60,8 +79,10 @@ class Instance:
 
     def __post_init__(self) -> None:
         _check_name("service", self.service)
-        _check_name("instance id", self.id)
         _check_address(self.address)
+        if self.id == "":
+            object.__setattr__(self, "id", self.address)
+        _check_id(self.id)
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) or not (
             1 <= self.weight <= MAX_WEIGHT
         ):
@@ -81,7 +102,8 @@ class Instance:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "address": self.address,
+            "name": self.service,
+            "addr": self.address,
             "metadata": dict(self.metadata),
             "weight": self.weight,
             "zone": self.zone,
@@ -91,20 +113,37 @@ class Instance:
 
 
 def service_prefix(service: str) -> str:
-    """The key prefix of every instance of `service` ("/services/<service>/")."""
+    """The key prefix of the instances of `service` that have an id ("/services/<service>/")."""
     return f"{SERVICES_ROOT}{_check_name('service', service)}/"
 
 
+def service_range_prefix(service: str) -> str:
+    """A key prefix covering every registration of `service` in either layout
+    ("/services/<service>"); it covers services whose names extend it too, so a reader keeps
+    only the keys `service_of` maps to `service`."""
+    return f"{SERVICES_ROOT}{_check_name('service', service)}"
+
+
 def instance_key(service: str, instance_id: str) -> str:
-    return service_prefix(service) + _check_name("instance id", instance_id)
+    return service_prefix(service) + _check_id(instance_id)
 
 
 def encode_instance(instance: Instance) -> bytes:
     return json.dumps(instance.to_json(), separators=(",", ":"), sort_keys=True).encode()
 
 
+def service_of(key: bytes | str) -> str | None:
+    """The service a registration key belongs to, without validating the rest (None: not a
+    registration key)."""
+    k = key.decode(errors="replace") if isinstance(key, bytes) else key
+    if not k.startswith(SERVICES_ROOT):
+        return None
+    return k[len(SERVICES_ROOT):].split("/", 1)[0] or None
+
+
 def parse_key(key: bytes | str) -> tuple[str, str]:
-    """(service, instance id) of an instance key; `InvalidInstance` if it is not one."""
+    """(service, instance id) of a registration key; the id is "" for `/services/<service>`.
+    `InvalidInstance` if it is neither layout."""
     try:
         k = key.decode() if isinstance(key, bytes) else key
     except UnicodeDecodeError:
@@ -112,28 +151,51 @@ def parse_key(key: bytes | str) -> tuple[str, str]:
     if not k.startswith(SERVICES_ROOT):
         raise InvalidInstance(f"key {k!r} is not under {SERVICES_ROOT}")
     parts = k[len(SERVICES_ROOT):].split("/")
+    if len(parts) == 1:
+        return _check_name("service", parts[0]), ""
     if len(parts) != 2:
-        raise InvalidInstance(f"key {k!r} is not {SERVICES_ROOT}<service>/<instance-id>")
-    return _check_name("service", parts[0]), _check_name("instance id", parts[1])
+        raise InvalidInstance(f"key {k!r} is not {SERVICES_ROOT}<service>[/<instance-id>]")
+    return _check_name("service", parts[0]), _check_id(parts[1])
+
+
+def _document(value: bytes | str) -> object:
+    """The JSON value, or the bare address the value is."""
+    try:
+        text = value.decode() if isinstance(value, bytes) else value
+    except UnicodeDecodeError:
+        raise InvalidInstance("value is not UTF-8") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        try:
+            return _check_address(text.strip())
+        except InvalidInstance:
+            raise InvalidInstance("value is not JSON, nor a host:port address") from None
 
 
 def decode_instance(key: bytes | str, value: bytes | str) -> Instance:
     """The instance stored at `key` with `value`; `InvalidInstance` if either is malformed."""
     service, instance_id = parse_key(key)
+    where = f"{service}/{instance_id}" if instance_id else service
     try:
-        doc = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInstance(f"{service}/{instance_id}: value is not JSON") from None
-    if not isinstance(doc, dict):
-        raise InvalidInstance(f"{service}/{instance_id}: value is not a JSON object")
-    try:
+        doc = _document(value)
+        if isinstance(doc, str):
+            return Instance(service=service, id=instance_id, address=_check_address(doc))
+        if not isinstance(doc, dict):
+            raise InvalidInstance("value is not a JSON object or an address")
+        name = doc.get("name", service)
+        if name != service:
+            raise InvalidInstance(f"name {name!r} is not the service in the key")
+        addr, legacy = doc.get("addr"), doc.get("address")
+        if addr is not None and legacy is not None and addr != legacy:
+            raise InvalidInstance("addr and address differ")
         ra = doc.get("registered_at", 0.0)
         if isinstance(ra, bool) or not isinstance(ra, int | float):
             raise InvalidInstance("registered_at must be a number")
         return Instance(
             service=service,
             id=instance_id,
-            address=_check_address(doc.get("address")),
+            address=_check_address(addr if addr is not None else legacy),
             weight=doc.get("weight", 1),
             zone=doc.get("zone", ""),
             version=doc.get("version", ""),
@@ -141,4 +203,4 @@ def decode_instance(key: bytes | str, value: bytes | str) -> Instance:
             registered_at=float(ra),
         )
     except InvalidInstance as e:
-        raise InvalidInstance(f"{service}/{instance_id}: {e}") from None
+        raise InvalidInstance(f"{where}: {e}") from None

@@ -32,7 +32,8 @@ from raftreg.discovery.instance import (
     Instance,
     InvalidInstance,
     decode_instance,
-    service_prefix,
+    service_of,
+    service_range_prefix,
 )
 from raftreg.errors import FailedPrecondition, RegistryError, Unavailable
 from raftreg.store.commands import Event, EventType, KeyValue
@@ -57,7 +58,7 @@ class Resolver:
     ) -> None:
         self._client = client
         self.service = service
-        self._prefix = service_prefix(service)
+        self._prefix = service_range_prefix(service)
         self._progress_interval = progress_interval
         self._retry_base = retry_base
         self._retry_max = retry_max
@@ -159,6 +160,8 @@ class Resolver:
         self._heard_at = asyncio.get_running_loop().time()
 
     def _decode(self, kv: KeyValue) -> Instance | None:
+        if service_of(kv.key) != self.service:
+            return None  # another service under the same range prefix
         try:
             inst = decode_instance(kv.key, kv.value)
         except InvalidInstance as e:

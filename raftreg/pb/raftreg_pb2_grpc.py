@@ -655,6 +655,16 @@ class ClusterStub:
                 request_serializer=raftreg_dot_pb_dot_raftreg__pb2.MemberRemoveRequest.SerializeToString,
                 response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.MemberRemoveResponse.FromString,
                 _registered_method=True)
+        self.MemberUpdate = channel.unary_unary(
+                '/raftreg.v1.Cluster/MemberUpdate',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.MemberUpdateRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.MemberUpdateResponse.FromString,
+                _registered_method=True)
+        self.MemberPromote = channel.unary_unary(
+                '/raftreg.v1.Cluster/MemberPromote',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.MemberPromoteRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.MemberPromoteResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -678,6 +688,20 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MemberUpdate(self, request, context):
+        """raftreg cannot change a member's peer address in place (remove it and add it again) and
+        has no learners: both are refused with etcd's errors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MemberPromote(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -695,6 +719,16 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.MemberRemove,
                     request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.MemberRemoveRequest.FromString,
                     response_serializer=raftreg_dot_pb_dot_raftreg__pb2.MemberRemoveResponse.SerializeToString,
+            ),
+            'MemberUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberUpdate,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.MemberUpdateRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.MemberUpdateResponse.SerializeToString,
+            ),
+            'MemberPromote': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberPromote,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.MemberPromoteRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.MemberPromoteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -788,6 +822,60 @@ class Cluster:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def MemberUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftreg.v1.Cluster/MemberUpdate',
+            raftreg_dot_pb_dot_raftreg__pb2.MemberUpdateRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.MemberUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberPromote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftreg.v1.Cluster/MemberPromote',
+            raftreg_dot_pb_dot_raftreg__pb2.MemberPromoteRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.MemberPromoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class MaintenanceStub:
     """Missing associated documentation comment in .proto file."""
@@ -808,6 +896,31 @@ class MaintenanceStub:
                 request_serializer=raftreg_dot_pb_dot_raftreg__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.Alarm = channel.unary_unary(
+                '/raftreg.v1.Maintenance/Alarm',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.AlarmRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.AlarmResponse.FromString,
+                _registered_method=True)
+        self.Defragment = channel.unary_unary(
+                '/raftreg.v1.Maintenance/Defragment',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.DefragmentRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.DefragmentResponse.FromString,
+                _registered_method=True)
+        self.Hash = channel.unary_unary(
+                '/raftreg.v1.Maintenance/Hash',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.HashRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.HashResponse.FromString,
+                _registered_method=True)
+        self.HashKV = channel.unary_unary(
+                '/raftreg.v1.Maintenance/HashKV',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.HashKVRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.HashKVResponse.FromString,
+                _registered_method=True)
+        self.MoveLeader = channel.unary_unary(
+                '/raftreg.v1.Maintenance/MoveLeader',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.MoveLeaderRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.MoveLeaderResponse.FromString,
+                _registered_method=True)
 
 
 class MaintenanceServicer:
@@ -827,6 +940,44 @@ class MaintenanceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Alarm(self, request, context):
+        """raftreg raises no alarms (no space quota): GET lists none, DEACTIVATE is accepted,
+        ACTIVATE is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Defragment(self, request, context):
+        """Nothing to defragment (no bbolt file): answered at once; the response says so in the
+        trailing metadata "raftreg-note".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Hash(self, request, context):
+        """The low 32 bits of the replica's full-state hash (keys, leases, members).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HashKV(self, request, context):
+        """A 32-bit hash of every key-value at `revision` (0: current): equal on members that
+        applied the same log, whatever their compaction and lease timers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveLeader(self, request, context):
+        """On the leader: hand the leadership to the member `targetID`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MaintenanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -839,6 +990,31 @@ def add_MaintenanceServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.SnapshotRequest.FromString,
                     response_serializer=raftreg_dot_pb_dot_raftreg__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'Alarm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Alarm,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.AlarmRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.AlarmResponse.SerializeToString,
+            ),
+            'Defragment': grpc.unary_unary_rpc_method_handler(
+                    servicer.Defragment,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.DefragmentRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.DefragmentResponse.SerializeToString,
+            ),
+            'Hash': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hash,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.HashRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.HashResponse.SerializeToString,
+            ),
+            'HashKV': grpc.unary_unary_rpc_method_handler(
+                    servicer.HashKV,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.HashKVRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.HashKVResponse.SerializeToString,
+            ),
+            'MoveLeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveLeader,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.MoveLeaderRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.MoveLeaderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -895,6 +1071,265 @@ class Maintenance:
             '/raftreg.v1.Maintenance/Snapshot',
             raftreg_dot_pb_dot_raftreg__pb2.SnapshotRequest.SerializeToString,
             raftreg_dot_pb_dot_raftreg__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Alarm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftreg.v1.Maintenance/Alarm',
+            raftreg_dot_pb_dot_raftreg__pb2.AlarmRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.AlarmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Defragment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftreg.v1.Maintenance/Defragment',
+            raftreg_dot_pb_dot_raftreg__pb2.DefragmentRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.DefragmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hash(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftreg.v1.Maintenance/Hash',
+            raftreg_dot_pb_dot_raftreg__pb2.HashRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.HashResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HashKV(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftreg.v1.Maintenance/HashKV',
+            raftreg_dot_pb_dot_raftreg__pb2.HashKVRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.HashKVResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveLeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftreg.v1.Maintenance/MoveLeader',
+            raftreg_dot_pb_dot_raftreg__pb2.MoveLeaderRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.MoveLeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AuthStub:
+    """The part of etcd's Auth service that raftreg's token model maps to: a user's password is
+    its token (the auth file stores only its SHA-256), so Authenticate returns the token it was
+    given once it is known, and an etcd client then sends it as "token" metadata.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Authenticate = channel.unary_unary(
+                '/raftreg.v1.Auth/Authenticate',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.AuthenticateRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.AuthenticateResponse.FromString,
+                _registered_method=True)
+        self.AuthStatus = channel.unary_unary(
+                '/raftreg.v1.Auth/AuthStatus',
+                request_serializer=raftreg_dot_pb_dot_raftreg__pb2.AuthStatusRequest.SerializeToString,
+                response_deserializer=raftreg_dot_pb_dot_raftreg__pb2.AuthStatusResponse.FromString,
+                _registered_method=True)
+
+
+class AuthServicer:
+    """The part of etcd's Auth service that raftreg's token model maps to: a user's password is
+    its token (the auth file stores only its SHA-256), so Authenticate returns the token it was
+    given once it is known, and an etcd client then sends it as "token" metadata.
+    """
+
+    def Authenticate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuthStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuthServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Authenticate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Authenticate,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.AuthenticateRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.AuthenticateResponse.SerializeToString,
+            ),
+            'AuthStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthStatus,
+                    request_deserializer=raftreg_dot_pb_dot_raftreg__pb2.AuthStatusRequest.FromString,
+                    response_serializer=raftreg_dot_pb_dot_raftreg__pb2.AuthStatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'raftreg.v1.Auth', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('raftreg.v1.Auth', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Auth:
+    """The part of etcd's Auth service that raftreg's token model maps to: a user's password is
+    its token (the auth file stores only its SHA-256), so Authenticate returns the token it was
+    given once it is known, and an etcd client then sends it as "token" metadata.
+    """
+
+    @staticmethod
+    def Authenticate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftreg.v1.Auth/Authenticate',
+            raftreg_dot_pb_dot_raftreg__pb2.AuthenticateRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.AuthenticateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftreg.v1.Auth/AuthStatus',
+            raftreg_dot_pb_dot_raftreg__pb2.AuthStatusRequest.SerializeToString,
+            raftreg_dot_pb_dot_raftreg__pb2.AuthStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

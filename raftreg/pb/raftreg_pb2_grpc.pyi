@@ -196,6 +196,11 @@ class ClusterStub:
     MemberList: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.MemberListRequest, _raftreg_pb2.MemberListResponse]
     MemberAdd: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.MemberAddRequest, _raftreg_pb2.MemberAddResponse]
     MemberRemove: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.MemberRemoveRequest, _raftreg_pb2.MemberRemoveResponse]
+    MemberUpdate: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.MemberUpdateRequest, _raftreg_pb2.MemberUpdateResponse]
+    """raftreg cannot change a member's peer address in place (remove it and add it again) and
+    has no learners: both are refused with etcd's errors.
+    """
+    MemberPromote: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.MemberPromoteRequest, _raftreg_pb2.MemberPromoteResponse]
 
 @_typing.type_check_only
 class ClusterAsyncStub(ClusterStub):
@@ -203,6 +208,11 @@ class ClusterAsyncStub(ClusterStub):
     MemberList: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.MemberListRequest, _raftreg_pb2.MemberListResponse]  # type: ignore[assignment]
     MemberAdd: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.MemberAddRequest, _raftreg_pb2.MemberAddResponse]  # type: ignore[assignment]
     MemberRemove: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.MemberRemoveRequest, _raftreg_pb2.MemberRemoveResponse]  # type: ignore[assignment]
+    MemberUpdate: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.MemberUpdateRequest, _raftreg_pb2.MemberUpdateResponse]  # type: ignore[assignment]
+    """raftreg cannot change a member's peer address in place (remove it and add it again) and
+    has no learners: both are refused with etcd's errors.
+    """
+    MemberPromote: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.MemberPromoteRequest, _raftreg_pb2.MemberPromoteResponse]  # type: ignore[assignment]
 
 class ClusterServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -226,6 +236,23 @@ class ClusterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_raftreg_pb2.MemberRemoveResponse, _abc.Awaitable[_raftreg_pb2.MemberRemoveResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def MemberUpdate(
+        self,
+        request: _raftreg_pb2.MemberUpdateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftreg_pb2.MemberUpdateResponse, _abc.Awaitable[_raftreg_pb2.MemberUpdateResponse]]:
+        """raftreg cannot change a member's peer address in place (remove it and add it again) and
+        has no learners: both are refused with etcd's errors.
+        """
+
+    @_abc_1.abstractmethod
+    def MemberPromote(
+        self,
+        request: _raftreg_pb2.MemberPromoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftreg_pb2.MemberPromoteResponse, _abc.Awaitable[_raftreg_pb2.MemberPromoteResponse]]: ...
+
 def add_ClusterServicer_to_server(servicer: ClusterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class MaintenanceStub:
@@ -238,6 +265,22 @@ class MaintenanceStub:
     """A backup of the whole store at a linearizable point, streamed in chunks. Unlike etcd's
     (a bbolt file), the bytes are raftreg's backup format (raftreg/store/backup.py).
     """
+    Alarm: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.AlarmRequest, _raftreg_pb2.AlarmResponse]
+    """raftreg raises no alarms (no space quota): GET lists none, DEACTIVATE is accepted,
+    ACTIVATE is refused.
+    """
+    Defragment: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.DefragmentRequest, _raftreg_pb2.DefragmentResponse]
+    """Nothing to defragment (no bbolt file): answered at once; the response says so in the
+    trailing metadata "raftreg-note".
+    """
+    Hash: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.HashRequest, _raftreg_pb2.HashResponse]
+    """The low 32 bits of the replica's full-state hash (keys, leases, members)."""
+    HashKV: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.HashKVRequest, _raftreg_pb2.HashKVResponse]
+    """A 32-bit hash of every key-value at `revision` (0: current): equal on members that
+    applied the same log, whatever their compaction and lease timers.
+    """
+    MoveLeader: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.MoveLeaderRequest, _raftreg_pb2.MoveLeaderResponse]
+    """On the leader: hand the leadership to the member `targetID`."""
 
 @_typing.type_check_only
 class MaintenanceAsyncStub(MaintenanceStub):
@@ -247,6 +290,22 @@ class MaintenanceAsyncStub(MaintenanceStub):
     """A backup of the whole store at a linearizable point, streamed in chunks. Unlike etcd's
     (a bbolt file), the bytes are raftreg's backup format (raftreg/store/backup.py).
     """
+    Alarm: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.AlarmRequest, _raftreg_pb2.AlarmResponse]  # type: ignore[assignment]
+    """raftreg raises no alarms (no space quota): GET lists none, DEACTIVATE is accepted,
+    ACTIVATE is refused.
+    """
+    Defragment: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.DefragmentRequest, _raftreg_pb2.DefragmentResponse]  # type: ignore[assignment]
+    """Nothing to defragment (no bbolt file): answered at once; the response says so in the
+    trailing metadata "raftreg-note".
+    """
+    Hash: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.HashRequest, _raftreg_pb2.HashResponse]  # type: ignore[assignment]
+    """The low 32 bits of the replica's full-state hash (keys, leases, members)."""
+    HashKV: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.HashKVRequest, _raftreg_pb2.HashKVResponse]  # type: ignore[assignment]
+    """A 32-bit hash of every key-value at `revision` (0: current): equal on members that
+    applied the same log, whatever their compaction and lease timers.
+    """
+    MoveLeader: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.MoveLeaderRequest, _raftreg_pb2.MoveLeaderResponse]  # type: ignore[assignment]
+    """On the leader: hand the leadership to the member `targetID`."""
 
 class MaintenanceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -266,4 +325,96 @@ class MaintenanceServicer(metaclass=_abc_1.ABCMeta):
         (a bbolt file), the bytes are raftreg's backup format (raftreg/store/backup.py).
         """
 
+    @_abc_1.abstractmethod
+    def Alarm(
+        self,
+        request: _raftreg_pb2.AlarmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftreg_pb2.AlarmResponse, _abc.Awaitable[_raftreg_pb2.AlarmResponse]]:
+        """raftreg raises no alarms (no space quota): GET lists none, DEACTIVATE is accepted,
+        ACTIVATE is refused.
+        """
+
+    @_abc_1.abstractmethod
+    def Defragment(
+        self,
+        request: _raftreg_pb2.DefragmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftreg_pb2.DefragmentResponse, _abc.Awaitable[_raftreg_pb2.DefragmentResponse]]:
+        """Nothing to defragment (no bbolt file): answered at once; the response says so in the
+        trailing metadata "raftreg-note".
+        """
+
+    @_abc_1.abstractmethod
+    def Hash(
+        self,
+        request: _raftreg_pb2.HashRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftreg_pb2.HashResponse, _abc.Awaitable[_raftreg_pb2.HashResponse]]:
+        """The low 32 bits of the replica's full-state hash (keys, leases, members)."""
+
+    @_abc_1.abstractmethod
+    def HashKV(
+        self,
+        request: _raftreg_pb2.HashKVRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftreg_pb2.HashKVResponse, _abc.Awaitable[_raftreg_pb2.HashKVResponse]]:
+        """A 32-bit hash of every key-value at `revision` (0: current): equal on members that
+        applied the same log, whatever their compaction and lease timers.
+        """
+
+    @_abc_1.abstractmethod
+    def MoveLeader(
+        self,
+        request: _raftreg_pb2.MoveLeaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftreg_pb2.MoveLeaderResponse, _abc.Awaitable[_raftreg_pb2.MoveLeaderResponse]]:
+        """On the leader: hand the leadership to the member `targetID`."""
+
 def add_MaintenanceServicer_to_server(servicer: MaintenanceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AuthStub:
+    """The part of etcd's Auth service that raftreg's token model maps to: a user's password is
+    its token (the auth file stores only its SHA-256), so Authenticate returns the token it was
+    given once it is known, and an etcd client then sends it as "token" metadata.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AuthAsyncStub: ...
+    Authenticate: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.AuthenticateRequest, _raftreg_pb2.AuthenticateResponse]
+    AuthStatus: _grpc.UnaryUnaryMultiCallable[_raftreg_pb2.AuthStatusRequest, _raftreg_pb2.AuthStatusResponse]
+
+@_typing.type_check_only
+class AuthAsyncStub(AuthStub):
+    """The part of etcd's Auth service that raftreg's token model maps to: a user's password is
+    its token (the auth file stores only its SHA-256), so Authenticate returns the token it was
+    given once it is known, and an etcd client then sends it as "token" metadata.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Authenticate: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.AuthenticateRequest, _raftreg_pb2.AuthenticateResponse]  # type: ignore[assignment]
+    AuthStatus: _aio.UnaryUnaryMultiCallable[_raftreg_pb2.AuthStatusRequest, _raftreg_pb2.AuthStatusResponse]  # type: ignore[assignment]
+
+class AuthServicer(metaclass=_abc_1.ABCMeta):
+    """The part of etcd's Auth service that raftreg's token model maps to: a user's password is
+    its token (the auth file stores only its SHA-256), so Authenticate returns the token it was
+    given once it is known, and an etcd client then sends it as "token" metadata.
+    """
+
+    @_abc_1.abstractmethod
+    def Authenticate(
+        self,
+        request: _raftreg_pb2.AuthenticateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftreg_pb2.AuthenticateResponse, _abc.Awaitable[_raftreg_pb2.AuthenticateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AuthStatus(
+        self,
+        request: _raftreg_pb2.AuthStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_raftreg_pb2.AuthStatusResponse, _abc.Awaitable[_raftreg_pb2.AuthStatusResponse]]: ...
+
+def add_AuthServicer_to_server(servicer: AuthServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

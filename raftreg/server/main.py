@@ -19,9 +19,11 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from raftreg.api.auth import NodeSecurity
+from raftreg.api.etcd import etcd_handlers
 from raftreg.api.forward import LeaderLink
 from raftreg.api.http_gateway import add_gateway_routes
 from raftreg.api.servicers import (
+    AuthServicer,
     ClusterServicer,
     KVServicer,
     LeaseServicer,
@@ -63,13 +65,24 @@ async def run_node(
             ("grpc.max_receive_message_length", cfg.settings.max_value_bytes + (1 << 20)),
         ],
     )
-    pbg.add_KVServicer_to_server(KVServicer(node), server)
     link = LeaderLink(node.leader_client_addr, cfg.settings.propose_timeout_s,
                       channel=security.leader_channel)
+    verify = None if security.policy is None else security.policy.verify
+    pbg.add_KVServicer_to_server(KVServicer(node), server)
     pbg.add_LeaseServicer_to_server(LeaseServicer(node, link), server)
     pbg.add_WatchServicer_to_server(WatchServicer(node), server)
     pbg.add_ClusterServicer_to_server(ClusterServicer(node, link), server)
     pbg.add_MaintenanceServicer_to_server(MaintenanceServicer(node), server)
+    pbg.add_AuthServicer_to_server(AuthServicer(node, verify), server)
+    server.add_generic_rpc_handlers(etcd_handlers({
+        "KV": KVServicer(node, etcd=True),
+        "Lease": LeaseServicer(node, link, etcd=True),
+        "Watch": WatchServicer(node, etcd=True),
+        "Cluster": ClusterServicer(node, link, etcd=True),
+        "Maintenance": MaintenanceServicer(node, etcd=True),
+        "Auth": AuthServicer(node, verify, etcd=True),
+    }, lambda: node.raft.leader is not None,
+        grace_s=3 * cfg.settings.election_timeout_max))
     healthy = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(healthy, server)
     creds = security.server_credentials

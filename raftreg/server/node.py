@@ -309,6 +309,8 @@ class RegistryNode:
         configuration change and the member record are committed. Start the new node after
         this returns (its data dir empty): it catches up from the leader."""
         for what, addr in (("peer", peer), ("client", client)):
+            if what == "client" and not addr:
+                continue  # unknown yet (etcd's MemberAdd names none)
             try:
                 split_hostport(addr)
             except InvalidArgument:
@@ -349,8 +351,11 @@ class RegistryNode:
             # The removed node learns of its removal only by applying that record, and the
             # record commits on a majority that need not include it: let it catch up before
             # the raft change cuts it off (a node that is down just misses it).
-            applied = self.raft.status().applied_index
-            if not await self.raft.wait_replicated(m.raft, applied, self._propose_timeout):
+            st = self.raft.status()
+            if m.raft not in st.connected:
+                log.info("member %s is not connected: removing it without waiting", name)
+            elif not await self.raft.wait_replicated(m.raft, st.applied_index,
+                                                     self._propose_timeout):
                 log.warning("member %s did not receive its removal record; removing it anyway",
                             name)
             try:
@@ -361,12 +366,13 @@ class RegistryNode:
             log.info("member %s removed", name)
             return m
 
-    async def step_down(self, timeout: float) -> str:
-        """Hand the leadership to a caught-up follower; returns the new leader's raft address
-        (`Unavailable` if none took over within `timeout`)."""
+    async def step_down(self, timeout: float, target: str | None = None) -> str:
+        """Hand the leadership to a caught-up follower (the member at raft address `target`,
+        if given); returns the new leader's raft address (`Unavailable` if none took over
+        within `timeout`)."""
         self._need_leader()
         deadline = self._loop.time() + timeout
-        await self.raft.transfer_leadership(timeout)
+        await self.raft.transfer_leadership(timeout, target)
         while self._loop.time() < deadline:
             leader = self.raft.leader
             if leader is not None and leader != self.me.raft:
@@ -411,6 +417,13 @@ class RegistryNode:
 
     def watcher_count(self) -> int:
         return len(self.watches)
+
+    def hash_kv(self, revision: int) -> tuple[int, int, int]:
+        """(CRC-32 of the key-values at `revision` (0: current), that revision, compact
+        revision) on this replica, read atomically."""
+        with self._lock:
+            h, at = self.store.hash_kv(revision)
+            return h, at, self.store.compact_revision
 
     def store_stats(self) -> tuple[int, int, int, int]:
         """(keys, compact_revision, hash, leases) read atomically."""

@@ -254,7 +254,7 @@ def _command_to_obj(cmd: Command | Range) -> list[object]:
         case DeleteRange():
             return [_DELETE, cmd.key, cmd.range_end, bool(cmd.prev_kv)]
         case Range():
-            return [
+            obj: list[object] = [
                 _RANGE,
                 cmd.key,
                 cmd.range_end,
@@ -265,6 +265,10 @@ def _command_to_obj(cmd: Command | Range) -> list[object]:
                 bool(cmd.keys_only),
                 bool(cmd.count_only),
             ]
+            if cmd.filtered:  # nine items without filters: the encoding entries had before
+                obj += [int(cmd.min_mod_revision), int(cmd.max_mod_revision),
+                        int(cmd.min_create_revision), int(cmd.max_create_revision)]
+            return obj
         case Txn():
             return [
                 _TXN,
@@ -297,7 +301,9 @@ def _op_from_obj(x: object, depth: int) -> TxnOp:
     """A Txn branch operation: Range, Put, DeleteRange or a nested Txn."""
     tag, items = _tagged(x, "txn operation")
     if tag == _RANGE:
-        _arity(items, 9, "range")
+        if len(items) != 13:
+            _arity(items, 9, "range")
+        bounds = [read_int(v, "range revision bound") for v in items[9:13]] or [0, 0, 0, 0]
         try:
             sort_order = SortOrder(read_int(items[5], "range sort_order"))
             sort_target = SortTarget(read_int(items[6], "range sort_target"))
@@ -312,6 +318,10 @@ def _op_from_obj(x: object, depth: int) -> TxnOp:
             sort_target=sort_target,
             keys_only=read_bool(items[7], "range keys_only"),
             count_only=read_bool(items[8], "range count_only"),
+            min_mod_revision=bounds[0],
+            max_mod_revision=bounds[1],
+            min_create_revision=bounds[2],
+            max_create_revision=bounds[3],
         )
     if tag in (_PUT, _DELETE, _TXN):
         cmd = _command_from_obj(x, depth)

@@ -87,6 +87,17 @@ class Range:
     sort_target: SortTarget = SortTarget.KEY
     keys_only: bool = False
     count_only: bool = False
+    # etcd's filters (0 = no bound), applied after the read and before sort and limit; the
+    # result's count is taken before them.
+    min_mod_revision: int = 0
+    max_mod_revision: int = 0
+    min_create_revision: int = 0
+    max_create_revision: int = 0
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.min_mod_revision or self.max_mod_revision
+                    or self.min_create_revision or self.max_create_revision)
 
 
 @dataclass(frozen=True, slots=True)

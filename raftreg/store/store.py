@@ -14,6 +14,7 @@ Contracts:
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Iterator
 from dataclasses import replace
 from operator import attrgetter
@@ -47,6 +48,7 @@ from raftreg.store.commands import (
     Event,
     EventType,
     ExpireClients,
+    KeyValue,
     LeaderEpoch,
     LeaseCheckpoint,
     LeaseExpire,
@@ -69,7 +71,7 @@ from raftreg.store.commands import (
 from raftreg.store.failures import error_to_failure
 from raftreg.store.identity import ClientTable
 from raftreg.store.lease import LeaseTable
-from raftreg.store.mvcc import COMPACTED_MESSAGE, FUTURE_MESSAGE, KeySpace
+from raftreg.store.mvcc import ALL_KEYS, COMPACTED_MESSAGE, FUTURE_MESSAGE, KeySpace
 from raftreg.store.txn import txn_path
 from raftreg.store.validate import check_key_range, validate_command, validate_range
 
@@ -348,6 +350,8 @@ class Store:
         count = len(kvs)
         if r.count_only:
             return RangeResult(self.revision, (), False, count)
+        if r.filtered:
+            kvs = [kv for kv in kvs if _within(kv, r)]
         order, target = SortOrder(r.sort_order), SortTarget(r.sort_target)
         if order == SortOrder.NONE and target != SortTarget.KEY:
             order = SortOrder.ASCEND  # as etcd: a sort target without an order sorts ascending
@@ -355,7 +359,7 @@ class Store:
             # Stable, so ties stay in ascending key order (also when descending).
             kvs.sort(key=_SORT_FIELDS[target], reverse=order == SortOrder.DESCEND)
         more = False
-        if r.limit and count > r.limit:
+        if r.limit and len(kvs) > r.limit:
             del kvs[r.limit :]
             more = True
         if r.keys_only:
@@ -364,6 +368,18 @@ class Store:
 
     # -----------------------------------------------------------------------------------------
     # hash, snapshot, restore
+
+    def hash_kv(self, revision: int = 0) -> tuple[int, int]:
+        """(CRC-32 of every key-value at `revision` (0: current), that revision): equal on
+        replicas that applied the same log up to it, whatever their lease timers. Raises
+        Compacted, FutureRevision."""
+        if revision:
+            self._kv.check_read_revision(revision)
+        at = revision or self.revision
+        crc = 0
+        for kv in self._kv.range(b"", ALL_KEYS, at):
+            crc = zlib.crc32(pack(kv_to_obj(kv)), crc)
+        return crc, at
 
     def hash(self) -> int:
         """64-bit BLAKE2b over revision, compact_revision, every live kv (key order) and every
@@ -439,6 +455,16 @@ def _member_from_obj(x: object) -> MemberUpdate:
         peer=read_str(items[2], "member peer"),
         client=read_str(items[3], "member client"),
         removed=read_bool(items[4], "member removed"),
+    )
+
+
+def _within(kv: KeyValue, r: Range) -> bool:
+    """Whether `kv` passes `r`'s revision bounds (0 = unbounded)."""
+    return not (
+        (r.min_mod_revision and kv.mod_revision < r.min_mod_revision)
+        or (r.max_mod_revision and kv.mod_revision > r.max_mod_revision)
+        or (r.min_create_revision and kv.create_revision < r.min_create_revision)
+        or (r.max_create_revision and kv.create_revision > r.max_create_revision)
     )
 
 

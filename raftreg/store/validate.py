@@ -86,6 +86,10 @@ def validate_range(r: Range) -> None:
         raise InvalidArgument("invalid sort_order or sort_target") from None
     _need_bool(r.keys_only, "keys_only")
     _need_bool(r.count_only, "count_only")
+    for what in ("min_mod_revision", "max_mod_revision", "min_create_revision",
+                 "max_create_revision"):
+        if _need_int(getattr(r, what), what) < 0:
+            raise InvalidArgument(f"{what} must not be negative")
 
 
 def _validate_put(p: Put, max_value_bytes: int) -> None:
@@ -237,10 +241,12 @@ def validate_command(command: object, *, max_value_bytes: int, max_txn_ops: int)
         case MemberUpdate():
             if _need_int(command.id, "member id") <= 0:
                 raise InvalidArgument("member id must be positive")
-            for what, v in (("name", command.name), ("peer", command.peer),
-                            ("client", command.client)):
+            for what, v in (("name", command.name), ("peer", command.peer)):
                 if not isinstance(v, str) or not v or len(v) > 256:
                     raise InvalidArgument(f"member {what} must be a non-empty string")
+            if not isinstance(command.client, str) or len(command.client) > 256:
+                # empty: not known yet (a member added with etcd's MemberAdd)
+                raise InvalidArgument("member client must be a string")
             if not isinstance(command.removed, bool):
                 raise InvalidArgument("member removed must be a bool")
         case Barrier():

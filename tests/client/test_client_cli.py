@@ -233,7 +233,8 @@ def test_parser_globals_before_and_after_subcommand() -> None:
     ns = p.parse_args(["node", "--config", "c.toml", "--name", "n1"])
     assert (ns.config, ns.name) == ("c.toml", "n1")
     ns = p.parse_args(["dev"])
-    assert (ns.data_dir, ns.listen) == ("default.raftreg", "127.0.0.1:2379")
+    assert (ns.data_dir, ns.listen, ns.http) == ("default.raftreg", "127.0.0.1:2379",
+                                             "127.0.0.1:2381")
 
 
 def test_usage_errors_return_2(cli: Harness, capsys: pytest.CaptureFixture[str]) -> None:

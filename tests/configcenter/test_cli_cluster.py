@@ -74,7 +74,7 @@ def test_services_list_shows_instances_under_a_lease(shared_cluster: ProcessClus
     assert out.splitlines() == ["cli-svc, a1, 127.0.0.1:7001, 1, z1, , 0s",
                                 "cli-svc, a2, 127.0.0.1:7002, 1, z1, , 0s"]
     assert err == ("Warning: skipping malformed registration /services/cli-svc/broken: "
-                   "cli-svc/broken: value is not JSON\n")
+                   "cli-svc/broken: value is not JSON, nor a host:port address\n")
     code, out, _ = cli(shared_cluster, "services", "list", "cli-svc", "-w", "json")
     assert [i["lease"] for i in json.loads(out)["instances"]] == [lease_id, lease_id]
     assert cli(shared_cluster, "lease", "revoke", f"{lease_id:x}")[0] == 0

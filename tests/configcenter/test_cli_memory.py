@@ -246,7 +246,7 @@ def test_services_list_shows_instances_and_warns_about_malformed_ones(cli: Harne
     code, out, _ = cli("services", "list", "order", "-w", "json")
     (inst,) = json.loads(out)["instances"]
     assert inst["service"] == "order" and inst["id"] == "o1" and inst["lease"] == 0
-    assert inst["address"] == "10.0.0.1:80" and inst["weight"] == 1
+    assert inst["addr"] == "10.0.0.1:80" and inst["weight"] == 1 and inst["name"] == "order"
     assert cli("services", "list", "nobody") == (0, "", "")
     code, _, err = cli("services", "list", "a/b")
     assert code == 1 and err.startswith("Error: service 'a/b'")

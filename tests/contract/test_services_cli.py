@@ -46,7 +46,7 @@ async def test_services_list_shows_instances_registered_under_a_lease(
                                      [svc, "i2", "127.0.0.1:7002", "2", "z2", "v3"]]
     assert all(r[6].endswith("s") for r in rows)
     assert err == (f"Warning: skipping malformed registration /services/{svc}/bad: "
-                   f"{svc}/bad: value is not JSON\n")
+                   f"{svc}/bad: value is not JSON, nor a host:port address\n")
 
     code, out, _ = await services(backend, "list", svc, "-w", "json")
     doc = json.loads(out)

@@ -35,6 +35,26 @@ def test_instance_round_trips_through_json() -> None:
     assert a.key == "/services/user/u-1"
 
 
+def test_the_documents_registrations_decode_and_ours_read_as_the_documents() -> None:
+    doc = decode_instance(b"/services/user-service/10.0.0.1:8080",
+                          b'{"name":"user-service","addr":"10.0.0.1:8080","version":"1.0.0"}')
+    assert (doc.service, doc.id, doc.address, doc.version) == (
+        "user-service", "10.0.0.1:8080", "10.0.0.1:8080", "1.0.0")
+    bare = decode_instance("/services/user", "192.168.1.10:50051")
+    assert (bare.service, bare.id, bare.address) == ("user", "192.168.1.10:50051",
+                                                     "192.168.1.10:50051")
+    assert decode_instance("/services/user/u1", '"10.0.0.3:1"').address == "10.0.0.3:1"
+    legacy = decode_instance("/services/user/u1", '{"address":"10.0.0.4:1","weight":2}')
+    assert (legacy.address, legacy.weight) == ("10.0.0.4:1", 2)
+    # ours: the key ends in the address and the JSON carries the document's three fields
+    ours = Instance("user-service", "", "10.0.0.1:8080", version="1.0.0", weight=2)
+    assert ours.key == "/services/user-service/10.0.0.1:8080"
+    as_json = json.loads(encode_instance(ours))
+    assert {k: as_json[k] for k in ("name", "addr", "version")} == {
+        "name": "user-service", "addr": "10.0.0.1:8080", "version": "1.0.0"}
+    assert as_json["weight"] == 2 and "address" not in as_json
+
+
 @pytest.mark.parametrize(
     ("key", "value", "why"),
     [

@@ -162,3 +162,25 @@ async def test_resolver_relists_after_compaction(mem: MemoryRegistryClient) -> N
         w._on_compacted(rev, rev)
         await res.wait_for(lambda i: [x.id for x in i] == ["u2"], 5)
         assert res._watch is not None and res._watch is not w
+
+
+async def test_resolver_reads_the_documents_layouts_and_no_other_service(
+    mem: MemoryRegistryClient,
+) -> None:
+    # The reference document's two ways to register (chapter 3.2 and 4.3), byte for byte.
+    await mem.put("/services/user-service/10.0.0.1:8080",
+                  b'{"name":"user-service","addr":"10.0.0.1:8080","version":"v1"}')
+    await mem.put("/services/user", b"192.168.1.10:50051")
+    async with Resolver(mem, "user") as res, Resolver(mem, "user-service") as doc:
+        assert [(i.id, i.address) for i in res.instances] == [
+            ("192.168.1.10:50051", "192.168.1.10:50051")]
+        assert [(i.id, i.address, i.version) for i in doc.instances] == [
+            ("10.0.0.1:8080", "10.0.0.1:8080", "v1")]
+        # ours, under the same range prefix as the bare key, and another service's beside it
+        await mem.put("/services/userx/10.0.0.9:1", b"10.0.0.9:1")
+        await Registration(mem, Instance("user", "", "10.0.0.2:80")).start()
+        await res.wait_for(lambda i: len(i) == 2, 5)
+        assert sorted(i.address for i in res.instances) == ["10.0.0.2:80", "192.168.1.10:50051"]
+        await mem.delete("/services/user")
+        await res.wait_for(lambda i: [x.address for x in i] == ["10.0.0.2:80"], 5)
+        assert [i.address for i in doc.instances] == ["10.0.0.1:8080"]

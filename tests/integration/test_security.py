@@ -386,3 +386,31 @@ async def test_gateway_forwards_the_authorization_header(
     assert status == 403 and out["code"] == 7, out
     async with client(secure_cluster, ca, "root") as root:
         assert [kv.value for kv in (await root.get("/services/gw")).kvs] == [b"/services/gw"]
+
+
+# --- etcd's clients: Authenticate with the token as password, then the "token" metadata -------
+
+
+def test_etcdctl_users_authenticate_with_their_token_as_password(
+    secure_cluster: ProcessCluster, pki: tuple[CertFiles, CertFiles]
+) -> None:
+    from tests.etcdctl.ctl import Ctl
+
+    ca, _ = pki
+    ctl = Ctl(list(secure_cluster.endpoints))
+    tls = ("--cacert", str(ca.ca), "--cert", str(ca.client_cert), "--key", str(ca.client_key))
+
+    def as_user(user: str, password: str, *args: str) -> tuple[int, str, str]:
+        r = ctl.run(*tls, f"--user={user}:{password}", *args, ok=False)
+        return r.code, r.out, r.err
+
+    assert as_user("rw", TOKENS["rw"], "put", "/services/etcdctl", "v")[:2] == (0, "OK\n")
+    code, out, _ = as_user("ro", TOKENS["ro"], "get", "/services/etcdctl", "--print-value-only")
+    assert (code, out.split()) == (0, ["v"])
+    code, _, err = as_user("ro", TOKENS["ro"], "put", "/services/etcdctl", "w")
+    assert code != 0 and "etcdserver: permission denied" in err
+    code, _, err = as_user("rw", TOKENS["ro"], "get", "/services/etcdctl")  # another's token
+    assert code != 0 and "authentication failed, invalid user ID or password" in err
+    assert "Authentication Status: true" in as_user("root", TOKENS["root"], "auth", "status")[1]
+    r = ctl.run(*tls, "get", "/services/etcdctl", ok=False)  # no credential at all
+    assert r.code != 0 and "etcdserver: invalid auth token" in r.err

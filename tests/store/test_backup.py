@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import msgpack
@@ -9,7 +10,7 @@ import pytest
 
 from raftreg.errors import InvalidArgument
 from raftreg.store import Store
-from raftreg.store.backup import decode_backup, encode_backup
+from raftreg.store.backup import decode_backup, encode_backup, with_etcd_trailer
 from tests.store.helpers import put
 
 
@@ -58,3 +59,20 @@ def test_bad_files_are_refused(mangle: object, why: str) -> None:
     _, blob = sample()
     with pytest.raises(InvalidArgument, match=why):
         decode_backup(mangle(blob))  # type: ignore[operator]
+
+
+def test_etcd_framing_is_what_etcdctl_checks_and_reads_back() -> None:
+    _, blob = sample()
+    framed = with_etcd_trailer(blob)
+    # etcd's snapshot client: size % 512 == sha256 size, the digest of what precedes it
+    assert len(framed) % 512 == 32
+    assert hashlib.sha256(framed[:-32]).digest() == framed[-32:]
+    assert decode_backup(framed) == decode_backup(blob)
+    flipped = bytearray(framed)
+    flipped[10] ^= 1
+    with pytest.raises(InvalidArgument, match="etcd trailer checksum mismatch"):
+        decode_backup(bytes(flipped))
+    body = framed[:-32]
+    junk = body[:-1] + b"x"
+    with pytest.raises(InvalidArgument, match="data after the backup"):
+        decode_backup(junk + hashlib.sha256(junk).digest())

@@ -68,6 +68,8 @@ COMMANDS: list[Command] = [
         ),
         (DeleteRange(b"x"),),
     ),
+    Txn((), (Range(b"a", b"\0", min_mod_revision=2, max_create_revision=9),), ()),
+    MemberUpdate(6, "127.0.0.1:7", "127.0.0.1:7", ""),  # added by etcd's MemberAdd
     Compact(12),
     LeaseGrant(1, 30),
     LeaseRevoke(-1),

@@ -299,3 +299,30 @@ def test_apply_rejects_non_requests() -> None:
     result, events = s.apply(Put(b"a"))  # type: ignore[arg-type]
     assert failure(result, "InvalidArgument").revision == 1
     assert events == []
+
+
+def test_revision_bounds_filter_before_sort_and_limit_and_count_is_taken_before() -> None:
+    # etcd's RangeRequest min/max_mod/create_revision, as clientv3's Mutex uses them
+    # (WithLastCreate + WithMaxCreateRev: the newest waiter created before me).
+    s = Store()
+    put(s, b"l/a", b"1")  # rev 2
+    put(s, b"l/b", b"2")  # rev 3
+    put(s, b"l/c", b"3")  # rev 4
+    put(s, b"l/a", b"4")  # rev 5: a's mod moves, its create stays 2
+    last_before_c = Range(b"l/", b"l0", sort_order=SortOrder.DESCEND,
+                          sort_target=SortTarget.CREATE, limit=1, max_create_revision=3)
+    r = s.range(last_before_c)
+    assert [kv.key for kv in r.kvs] == [b"l/b"] and r.more and r.count == 3
+    assert _keys(s.range(Range(b"l/", b"l0", min_mod_revision=4))) == [b"l/a", b"l/c"]
+    assert _keys(s.range(Range(b"l/", b"l0", max_mod_revision=3))) == [b"l/b"]
+    assert _keys(s.range(Range(b"l/", b"l0", min_create_revision=3, max_create_revision=3))) == [
+        b"l/b"]
+    # more: only when the filtered result is longer than the limit
+    r = s.range(Range(b"l/", b"l0", limit=1, min_create_revision=4))
+    assert _keys(r) == [b"l/c"] and not r.more and r.count == 3
+    with pytest.raises(InvalidArgument, match="max_mod_revision must not be negative"):
+        s.range(Range(b"l/", b"l0", max_mod_revision=-1))
+
+
+def _keys(r: RangeResult) -> list[bytes]:
+    return [kv.key for kv in r.kvs]

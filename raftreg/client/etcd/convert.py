@@ -68,6 +68,10 @@ def range_to_pb(r: Range, serializable: bool = False) -> pb.RangeRequest:
         serializable=serializable,
         keys_only=r.keys_only,
         count_only=r.count_only,
+        min_mod_revision=r.min_mod_revision,
+        max_mod_revision=r.max_mod_revision,
+        min_create_revision=r.min_create_revision,
+        max_create_revision=r.max_create_revision,
     )
 
 
