@@ -22,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from raftreg.testing import ProcessCluster
 from raftreg.testing.etcd import EtcdCluster, etcd_binary
 
-FIGURES = {
-    "writes/s": re.compile(r"Throughput is (\d+) writes/s"),
-    "slowest s": re.compile(r"Slowest request took ([\d.]+)s"),
-    "stddev s": re.compile(r"Stddev is ([\d.]+)s"),
+FIGURES = {  # etcdctl prints each figure in its PASS line and in its FAIL line
+    "writes/s": re.compile(r"Throughput (?:is|too low:) (\d+) writes/s"),
+    "slowest s": re.compile(r"Slowest request took (?:too long: )?([\d.]+)s"),
+    "stddev s": re.compile(r"Stddev (?:is|too high:) ([\d.]+)s"),
 }
+ERRORS = re.compile(r"ERROR\((.*)\) -> (\d+)")
 
 
 def check_perf(endpoints: list[str], load: str) -> tuple[str, dict[str, float], str]:
@@ -37,6 +38,7 @@ def check_perf(endpoints: list[str], load: str) -> tuple[str, dict[str, float], 
     verdicts = [line.strip() for line in text.splitlines() if "PASS" in line or "FAIL" in line]
     figures = {name: float(m.group(1)) for name, rx in FIGURES.items()
                if (m := rx.search(text)) is not None}
+    figures["errors"] = float(sum(int(n) for _, n in ERRORS.findall(text)))
     verdict = verdicts[-1] if verdicts else f"error: {out.stderr.strip()[-200:]}"
     return verdict, figures, "\n".join(verdicts)
 
@@ -58,16 +60,17 @@ def main() -> int:
                     results[kind] = check_perf(list(cluster.endpoints), load)
             print(f"--- load={load} {kind}\n{results[kind][2]}", flush=True)
         rows.append((load, results))
-    print("\n| load | backend | verdict | writes/s | slowest (s) | stddev (s) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| load | backend | verdict | writes/s | slowest (s) | stddev (s) | errors |")
+    print("|---|---|---|---|---|---|---|")
     for load, results in rows:
         for kind, (verdict, figs, _) in results.items():
             print(f"| {load} | {kind} | {verdict} | {figs.get('writes/s', '-')} | "
-                  f"{figs.get('slowest s', '-')} | {figs.get('stddev s', '-')} |")
+                  f"{figs.get('slowest s', '-')} | {figs.get('stddev s', '-')} | "
+                  f"{figs['errors']:.0f} |")
         r, e = results["raftreg"][1], results["etcd"][1]
         if "writes/s" in r and "writes/s" in e:
             print(f"| {load} | raftreg/etcd | | {r['writes/s'] / e['writes/s']:.2f} | "
-                  f"{r.get('slowest s', 0) / max(e.get('slowest s', 0), 1e-9):.2f} | |")
+                  f"{r.get('slowest s', 0) / max(e.get('slowest s', 0), 1e-9):.2f} | | |")
     return 0
 
 

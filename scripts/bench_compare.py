@@ -12,6 +12,8 @@ Client code paths, labelled in the output:
   backends (raftreg's etcd-subset messages, `raftreg.client.etcd.pb`; raftreg's own API uses etcd's
   field numbers, so the bytes on the wire are identical) — only the method path differs
   ("/raftreg.v1.KV/Put" vs "/etcdserverpb.KV/Put"). Sequential figures go to the leader.
+- [raw, etcd path]: the same calls under etcd's path names on both backends (raftreg serves
+  etcd's API too): what Go and Java etcd clients see.
 - [client]: each backend's `RegistryClient` (`GrpcRegistryClient`, which multiplexes
   concurrent operations over its KV.Batch stream; `EtcdRegistryClient`, plain unary calls over
   HTTP/2), built by `raftreg.client.connect` from "raftreg://..." / "etcd://...".
@@ -68,10 +70,12 @@ class Raw:
 
     backend: str
     channel: grpc.aio.Channel
+    etcd_path: bool = False  # etcd's method paths whatever the backend (raftreg serves both)
 
     def _m(self, service: str, method: str, req: Any, resp: Any) -> Any:
+        prefix = PREFIX["etcd" if self.etcd_path else self.backend]
         return self.channel.unary_unary(
-            f"{PREFIX[self.backend]}{service}/{method}",
+            f"{prefix}{service}/{method}",
             request_serializer=req.SerializeToString,
             response_deserializer=resp.FromString,
         )
@@ -218,6 +222,12 @@ async def run_backend(
     all_raws = list(raws.values())
     for k in (64, 256):
         out[f"put/s {k} in flight [raw]"] = await inflight_raw(all_raws, k, secs)
+    # What Go and Java clients see: the same calls under etcd's path names (on etcd: the same)
+    etcd_raws = [Raw(backend, ch, etcd_path=True) for ch in chans.values()]
+    ler = Raw(backend, chans[leader_name], etcd_path=True)
+    out["put p50 ms [raw, etcd path]"], _ = await seq_put(ler, n)
+    out["put/s 64 in flight [raw, etcd path]"] = await inflight_raw(etcd_raws, 64, secs)
+    out["linearizable get p50 ms [raw, etcd path]"], _ = await seq_get(ler, n, False)
     client = connect(url, timeout=5.0)
     try:
         await client.put(b"warm", VALUE)

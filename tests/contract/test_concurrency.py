@@ -276,19 +276,17 @@ async def test_cli_elect_campaigns_and_observes_until_ctrl_c(
         assert (await registry.get(name + "/", prefix=True)).count == 0
 
 
-def test_etcdctl_lock_and_our_lock_exclude_each_other(
-    etcd_cluster: Backend, tmp_path: Path
-) -> None:
+def test_etcdctl_lock_and_our_lock_exclude_each_other(backend: Backend, tmp_path: Path) -> None:
     """Same key layout as etcd's concurrency package: `etcdctl lock` waits for our Lock, and
-    our Lock for `etcdctl lock` (etcd backend only: raftreg's own API is not etcd's)."""
+    our Lock for `etcdctl lock`; on raftreg etcdctl speaks etcd's API to the same nodes."""
     name = f"interop-{os.getpid()}"
 
     async def scenario(procs: ProcessGroup) -> None:
-        async with connect(etcd_cluster.url, timeout=3.0) as reg, Session(reg, ttl=TTL) as s:
+        async with connect(backend.url, timeout=3.0) as reg, Session(reg, ttl=TTL) as s:
             ours = Lock(s, name)
             await ours.acquire()
             procs.spawn("etcdctl", [str(etcd_binary("etcdctl")),
-                                    "--endpoints", ",".join(etcd_cluster.endpoints),
+                                    "--endpoints", ",".join(backend.endpoints),
                                     "lock", name])
             await waiting(reg, name + "/", 2)  # etcdctl queued behind us ...
             assert procs.log_text("etcdctl") == ""  # ... and does not hold it
