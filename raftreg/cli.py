@@ -14,7 +14,12 @@ stderr, never a failure. Commands without a table of their own print `simple` li
 `-w table`.
 
 Contract: `main()` returns the exit status. A `RegistryError` or an OS-level failure prints one
-line `Error: <message>` to stderr and returns 1; bad usage returns 2 (argparse). The long-running
+line `Error: <message>` to stderr and returns 1; bad usage returns 2 (argparse); when no
+endpoint accepts a connection within --dial-timeout (2 s) it prints one line naming each
+endpoint and why, with how to start a registry, and returns 3. --command-timeout (5 s) bounds
+each request with its retries. Every global flag has a RAFTREG_* variable (the flag wins).
+Without --endpoints or RAFTREG_ENDPOINTS, a `raftreg dev` running in this directory (its
+`default.raftreg/dev.json`) is used before the --config file's cluster. The long-running
 commands (`watch`, `lease keep-alive`, `config watch`, `services watch`) run until Ctrl-C and
 then exit 0; `watch` and `config watch` exit 1 with an error line when the watch is compacted
 (`services watch` re-lists instead), `lease keep-alive` when the lease is lost.
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -46,6 +52,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from raftreg import __version__
 from raftreg.client.endpoints import normalize_endpoints
 from raftreg.client.etcd.backend import select_backend
 from raftreg.client.grpc_client import GrpcRegistryClient
@@ -110,16 +117,12 @@ def _default_factory(endpoints: Sequence[str], timeout: float) -> RegistryClient
     return GrpcRegistryClient(endpoints, timeout=timeout, connect_timeout=min(3.0, timeout))
 
 
-def _etcd_factory(endpoints: Sequence[str], timeout: float) -> RegistryClient:
-    from raftreg.client.etcd.client import EtcdRegistryClient
-
-    return EtcdRegistryClient(endpoints, timeout=timeout, connect_timeout=min(3.0, timeout))
-
-
 def _secured_factory(backend: str, ns: argparse.Namespace) -> ClientFactory:
     """The client factory of `backend` with TLS / token from --cacert, --cert, --key, --token
     (else RAFTREG_CACERT, RAFTREG_CERT, RAFTREG_KEY, RAFTREG_TOKEN); https:// endpoints and any
-    certificate file imply TLS (raftreg.client.security)."""
+    certificate file imply TLS (raftreg.client.security). Each connection attempt is bounded by
+    --dial-timeout, each command's requests with their retries by --command-timeout."""
+    dial = ns.dial_timeout
     sec = ClientSecurity.resolve(
         tls=endpoints_want_tls(ns.endpoints or None, config_path=ns.config, env=os.environ),
         ca_file=ns.tls_cacert, cert_file=ns.tls_cert, key_file=ns.tls_key, token=ns.auth_token,
@@ -128,24 +131,21 @@ def _secured_factory(backend: str, ns: argparse.Namespace) -> ClientFactory:
     if backend == "etcd":
         if sec.token:
             raise InvalidArgument("--token: the etcd backend does not support token auth")
-        if not sec.tls:
-            return _etcd_factory
         from raftreg.client.etcd.client import EtcdRegistryClient
 
         def etcd(endpoints: Sequence[str], timeout: float) -> RegistryClient:
             return EtcdRegistryClient(
-                endpoints, timeout=timeout, connect_timeout=min(3.0, timeout), tls=True,
-                ca_file=sec.ca_file, cert_file=sec.cert_file, key_file=sec.key_file,
+                endpoints, timeout=timeout, connect_timeout=min(dial, timeout),
+                retry_budget=timeout, tls=sec.tls, ca_file=sec.ca_file,
+                cert_file=sec.cert_file, key_file=sec.key_file,
             )
 
         return etcd
-    if sec == ClientSecurity():
-        return _default_factory
 
     def raftreg(endpoints: Sequence[str], timeout: float) -> RegistryClient:
         return GrpcRegistryClient(
-            endpoints, timeout=timeout, connect_timeout=min(3.0, timeout), tls=sec.tls,
-            ca_file=sec.ca_file, cert_file=sec.cert_file, key_file=sec.key_file,
+            endpoints, timeout=timeout, connect_timeout=min(dial, timeout), retry_budget=timeout,
+            tls=sec.tls, ca_file=sec.ca_file, cert_file=sec.cert_file, key_file=sec.key_file,
             token=sec.token,
         )
 
@@ -1365,6 +1365,21 @@ def _raft_address(listen: str) -> str:
     return f"{host}:{free}"
 
 
+DEV_DATA_DIR = "default.raftreg"
+_DEV_MARKER = "dev.json"  # in the data dir while `raftreg dev` runs: {"pid", "client"}
+
+
+def running_dev(data_dir: str | Path = DEV_DATA_DIR) -> str | None:
+    """The client address of a `raftreg dev` running with `data_dir` (None: none is)."""
+    try:
+        doc = json.loads((Path(data_dir) / _DEV_MARKER).read_text())
+        pid, client = int(doc["pid"]), str(doc["client"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return client
+
+
 def cmd_dev(ns: argparse.Namespace, ctx: _Ctx) -> int:
     split_hostport(ns.listen)
     if ns.http:
@@ -1376,7 +1391,17 @@ def cmd_dev(ns: argparse.Namespace, ctx: _Ctx) -> int:
     if ns.http:
         ctx.err.write(f"raftreg dev: etcd's JSON gateway (/v3/...) and /metrics on "
                       f"http://{ns.http}\n")
-    return serve(cfg, "dev")
+    hint = "raftreg put a b" if Path(ns.data_dir).resolve() == Path(DEV_DATA_DIR).resolve() \
+        else f"raftreg --endpoints {ns.listen} put a b"
+    ctx.err.write(f"raftreg dev: from another shell in this directory: {hint}; etcdctl: "
+                  f"etcdctl --endpoints {ns.listen} put a b\n")
+    marker = Path(ns.data_dir) / _DEV_MARKER
+    Path(ns.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"pid": os.getpid(), "client": ns.listen}))
+    try:
+        return serve(cfg, "dev")
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 def cmd_secret(ns: argparse.Namespace, ctx: _Ctx) -> int:
@@ -1392,9 +1417,38 @@ def cmd_secret(ns: argparse.Namespace, ctx: _Ctx) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 
+DIAL_TIMEOUT_S = 2.0  # etcdctl's defaults
+COMMAND_TIMEOUT_S = 5.0
+
+
+def _env(name: str, default: str | None) -> str | None:
+    """A global option's default: its RAFTREG_* variable, else `default`."""
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _seconds(text: str) -> float:
+    """A positive duration in seconds: "2", "2.5", "2s" or "500ms" (etcdctl's forms)."""
+    t = text.strip().lower()
+    scale = 1.0
+    if t.endswith("ms"):
+        t, scale = t[:-2], 0.001
+    elif t.endswith("s"):
+        t = t[:-1]
+    try:
+        value = float(t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (e.g. 2, 2s, 500ms)") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
+    return value
+
+
 def _global_options(defaults: bool) -> argparse.ArgumentParser:
     """Global options; accepted before or after the subcommand. Only the top-level copy has
-    defaults (the others SUPPRESS, so they never overwrite a value given earlier)."""
+    defaults (the others SUPPRESS, so they never overwrite a value given earlier). Every one
+    has a RAFTREG_* variable, which the flag overrides."""
     p = argparse.ArgumentParser(add_help=False)
     d: Callable[[object], object] = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     g = p.add_argument_group("global options")
@@ -1402,12 +1456,22 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
         "--endpoints",
         default=d(None),
         help="comma-separated host:port list; etcd://host:port,... selects the etcd backend "
-        "(default: RAFTREG_ENDPOINTS, the [registry] table or client addresses in "
-        "./cluster.toml, else 127.0.0.1:2379)",
+        "(env RAFTREG_ENDPOINTS; default: the [registry] table or client addresses in the "
+        "--config file, else a `raftreg dev` running in this directory, else 127.0.0.1:2379)",
     )
-    g.add_argument("-w", "--write-out", choices=FORMATS, default=d("simple"), help="output format")
-    g.add_argument("--timeout", type=float, default=d(5.0), help="per-request timeout, seconds")
-    g.add_argument("--config", default=d("cluster.toml"), help="cluster configuration file")
+    g.add_argument("-w", "--write-out", choices=FORMATS,
+                   default=d(_env("RAFTREG_WRITE_OUT", "simple")),
+                   help="output format (env RAFTREG_WRITE_OUT)")
+    g.add_argument("--dial-timeout", type=_seconds,
+                   default=d(_env("RAFTREG_DIAL_TIMEOUT", str(DIAL_TIMEOUT_S))),
+                   help=f"give up connecting after this long (default {DIAL_TIMEOUT_S:g}s; "
+                   "env RAFTREG_DIAL_TIMEOUT); exit status 3")
+    g.add_argument("--command-timeout", "--timeout", dest="timeout", type=_seconds,
+                   default=d(_env("RAFTREG_COMMAND_TIMEOUT", str(COMMAND_TIMEOUT_S))),
+                   help=f"bound on each request, retries included (default "
+                   f"{COMMAND_TIMEOUT_S:g}s; env RAFTREG_COMMAND_TIMEOUT)")
+    g.add_argument("--config", default=d(_env("RAFTREG_CONFIG", "cluster.toml")),
+                   help="cluster configuration file (env RAFTREG_CONFIG; default cluster.toml)")
     # dest names of their own: subcommands have positionals called "key"
     g.add_argument("--cacert", dest="tls_cacert", default=d(None),
                    help="verify the servers with this CA (PEM); implies TLS (env RAFTREG_CACERT)")
@@ -1426,7 +1490,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="raftreg",
         description="raftreg: a Raft-backed etcd-style service registry",
         parents=[_global_options(defaults=True)],
+        epilog="exit status: 0 success, 1 error, 2 bad usage, 3 cannot connect",
     )
+    parser.add_argument("--version", action="version", version=f"raftreg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def leaf(
@@ -1594,8 +1660,55 @@ def _is_local(ns: argparse.Namespace) -> bool:
         (ns.command, getattr(ns, "subcommand", None)) in _LOCAL_SUBCOMMANDS)
 
 
-async def _run_client_command(ns: argparse.Namespace, ctx: _Ctx) -> int:
+class _CannotConnect(Exception):
+    """No endpoint accepted a connection within the dial timeout (exit status 3)."""
+
+
+EXIT_CANNOT_CONNECT = 3
+# Commands that report on each endpoint themselves, reachable or not.
+_NO_DIAL_CHECK = frozenset({"endpoint"})
+
+
+async def _dial_check(endpoints: Sequence[str], timeout: float) -> None:
+    """Return once one endpoint accepts a TCP connection; `_CannotConnect` if none does within
+    `timeout`. TLS and auth are the client's business: a refusal there is an error (exit 1)
+    with the client's explanation, not "cannot connect"."""
+    why = {ep: f"no answer within {timeout:g}s (--dial-timeout)" for ep in endpoints}
+
+    async def dial(ep: str) -> None:
+        try:
+            host, port = split_hostport(ep.split("://", 1)[-1])
+            _, writer = await asyncio.open_connection(host, port)
+        except (OSError, RegistryError) as e:
+            errno = getattr(e, "errno", None)
+            why[ep] = os.strerror(errno).lower() if errno else str(e)
+            raise
+        writer.close()
+
+    tasks = [asyncio.ensure_future(dial(ep)) for ep in endpoints]
+    try:
+        async with asyncio.timeout(timeout):
+            for next_done in asyncio.as_completed(tasks):
+                with contextlib.suppress(OSError, RegistryError):
+                    await next_done
+                    return
+    except TimeoutError:
+        pass
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    tried = "; ".join(f"{ep}: {reason}" for ep, reason in why.items())
+    raise _CannotConnect(
+        f"cannot connect to the registry ({tried}). Start the cluster of cluster.toml with "
+        "scripts/start-cluster.sh, or a development registry with `raftreg dev`; "
+        "--endpoints or RAFTREG_ENDPOINTS name another one.")
+
+
+async def _run_client_command(ns: argparse.Namespace, ctx: _Ctx, dial_check: bool) -> int:
     func: Command = ns.func
+    if dial_check and ns.command not in _NO_DIAL_CHECK:
+        await _dial_check(ctx.endpoints, ns.dial_timeout)
     async with ctx.factory(ctx.endpoints, ctx.timeout) as client:
         return await func(client, ns, ctx)
 
@@ -1633,6 +1746,9 @@ def run(
             # [registry] table of --config (raftreg.client.etcd.backend).
             sel = select_backend(ns.endpoints or None, config_path=ns.config)
             endpoints = list(sel.endpoints)
+            dev = None if ns.endpoints or _env("RAFTREG_ENDPOINTS", None) else running_dev()
+            if dev is not None and sel.backend == "raftreg":
+                endpoints = [dev]  # what `raftreg dev` in this directory serves
             if client_factory is _default_factory:
                 factory = _secured_factory(sel.backend, ns)
         ctx = _Ctx(
@@ -1647,7 +1763,11 @@ def run(
         if _is_local(ns):
             server_func: Callable[[argparse.Namespace, _Ctx], int] = ns.func
             return server_func(ns, ctx)
-        return asyncio.run(_run_client_command(ns, ctx))
+        # over the network only: an injected factory (tests, embedding) has no endpoints to dial
+        return asyncio.run(_run_client_command(ns, ctx, client_factory is _default_factory))
+    except _CannotConnect as e:
+        err.write(f"Error: {e}\n")
+        return EXIT_CANNOT_CONNECT
     except RegistryError as e:
         err.write(f"Error: {e}\n")
         return 1

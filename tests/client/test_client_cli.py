@@ -5,13 +5,24 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import socket
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import pytest
 
-from raftreg.cli import build_parser, format_table, result_json, run, simple_lines
+from raftreg import __version__
+from raftreg.cli import (
+    build_parser,
+    format_table,
+    result_json,
+    run,
+    running_dev,
+    simple_lines,
+)
 from raftreg.client.protocol import LeaseTTL, Member, NodeStatus, resolve_range, to_bytes
 from raftreg.errors import LeaseNotFound, RegistryError, Unavailable
 from raftreg.store.commands import (
@@ -404,9 +415,9 @@ def test_registry_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> Non
     assert h.last.closed
 
 
-def test_bad_timeout_and_endpoints(cli: Harness) -> None:
-    code, _, err = cli("--timeout", "0", "get", "k")
-    assert code == 1 and err.startswith("Error: --timeout")
+def test_bad_timeout_and_endpoints(cli: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = cli("--timeout", "0", "get", "k")
+    assert code == 2 and "must be positive" in capsys.readouterr().err  # bad usage
     code, _, err = cli("--endpoints", "nohostport", "get", "k")
     assert code == 1 and "not host:port" in err
 
@@ -444,3 +455,53 @@ def test_simple_lines_and_json_of_results() -> None:
     assert doc["responses"][0]["response_range"]["kvs"][0]["lease"] == 7
     assert doc["responses"][1]["response_delete_range"]["deleted"] == 0
     assert result_json(PutResult(3, kv))["prev_kv"]["key"] == base64.b64encode(b"k").decode()
+
+
+def test_timeouts_take_etcdctls_forms_and_every_global_flag_has_a_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ns = build_parser().parse_args(["get", "k"])
+    assert (ns.dial_timeout, ns.timeout, ns.config, ns.write_out) == (
+        2.0, 5.0, "cluster.toml", "simple")
+    monkeypatch.setenv("RAFTREG_DIAL_TIMEOUT", "500ms")
+    monkeypatch.setenv("RAFTREG_COMMAND_TIMEOUT", "3s")
+    monkeypatch.setenv("RAFTREG_CONFIG", "/etc/raftreg/cluster.toml")
+    monkeypatch.setenv("RAFTREG_WRITE_OUT", "json")
+    ns = build_parser().parse_args(["get", "k"])
+    assert (ns.dial_timeout, ns.timeout, ns.config, ns.write_out) == (
+        0.5, 3.0, "/etc/raftreg/cluster.toml", "json")
+    ns = build_parser().parse_args(["--command-timeout", "1.5", "--dial-timeout", "1", "get",
+                                    "k", "-w", "table"])  # flags win over the variables
+    assert (ns.dial_timeout, ns.timeout, ns.write_out) == (1.0, 1.5, "table")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"raftreg {__version__}"
+
+
+def test_an_unreachable_registry_fails_fast_with_a_hint_and_exit_3() -> None:
+    with socket.socket() as s:  # a port nobody listens on (connection refused at once)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = io.StringIO()
+    t0 = time.monotonic()
+    code = run(["--endpoints", f"127.0.0.1:{port}", "--dial-timeout", "2", "get", "/x"],
+               stderr=err)
+    took = time.monotonic() - t0
+    assert code == 3, err.getvalue()
+    text = err.getvalue()
+    assert f"127.0.0.1:{port}: connection refused" in text and "raftreg dev" in text
+    assert "scripts/start-cluster.sh" in text and text.count("\n") == 1
+    assert took < 2 * 2.0  # the dial timeout, with room; no request retries
+
+
+def test_running_dev_is_found_by_its_marker_while_its_process_lives(tmp_path: Any) -> None:
+    marker = tmp_path / "dev.json"
+    assert running_dev(tmp_path) is None
+    marker.write_text(json.dumps({"pid": os.getpid(), "client": "127.0.0.1:2399"}))
+    assert running_dev(tmp_path) == "127.0.0.1:2399"
+    marker.write_text(json.dumps({"pid": 2**22 + 12345, "client": "127.0.0.1:2399"}))
+    assert running_dev(tmp_path) is None  # stale: that process is gone
+    marker.write_text("not json")
+    assert running_dev(tmp_path) is None

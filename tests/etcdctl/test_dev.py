@@ -4,6 +4,7 @@ on the client port, and the document's curl on the HTTP port `raftreg dev` print
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from raftreg.testing import ProcessCluster
 from raftreg.testing.cluster import free_ports
 from raftreg.testing.procs import ProcessGroup
 
@@ -22,13 +24,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 READY_S = 30.0  # a one-node registry elects itself within an election timeout; x many
 
 
-def test_dev_serves_etcdctl_and_the_documents_curl(tmp_path: Path) -> None:
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_dev_serves_etcdctl_the_documents_curl_and_the_cli_without_flags(tmp_path: Path) -> None:
     client, raft_hint, http = free_ports(3)
     del raft_hint
+    # the directory holds a cluster.toml too (as the repository does; its nodes on free ports,
+    # never started): `raftreg dev` running here is still what a flag-less CLI here talks to
+    (tmp_path / "cluster.toml").write_text(ProcessCluster(tmp_path / "never-started")
+                                           .config_path.read_text())
     with ProcessGroup(tmp_path) as g:
         g.spawn("dev", [sys.executable, "-m", "raftreg.cli", "dev",
-                        "--listen", f"127.0.0.1:{client}", "--http", f"127.0.0.1:{http}",
-                        "--data-dir", str(tmp_path / "data")])
+                        "--listen", f"127.0.0.1:{client}", "--http", f"127.0.0.1:{http}"])
         ctl = Ctl([f"127.0.0.1:{client}"])
         deadline = time.monotonic() + READY_S
         while ctl.run("endpoint", "health", ok=False).code != 0:
@@ -42,7 +50,16 @@ def test_dev_serves_etcdctl_and_the_documents_curl(tmp_path: Path) -> None:
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200 and "revision" in json.load(resp)["header"]
         assert ctl.run("get", "foo", "--print-value-only").lines == ["bar"]
-        assert subprocess.run(  # and the raftreg CLI sees the same key
-            [sys.executable, "-m", "raftreg.cli", "--endpoints", f"127.0.0.1:{client}",
-             "get", "foo"], capture_output=True, text=True, timeout=30).stdout.split() == [
-            "foo", "bar"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAFTREG_")}
+        env["PYTHONPATH"] = str(REPO)
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "raftreg.cli", *args], cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=30)
+
+        assert cli("get", "foo").stdout.split() == ["foo", "bar"]  # no flags
+        assert cli("put", "a", "b").returncode == 0
+        assert ctl.run("get", "a", "--print-value-only").lines == ["b"]
+        assert "raftreg put a b" in g.log_text("dev")  # what `raftreg dev` told the user
+    r = cli("get", "a")  # dev is gone: its marker with it, so back to cluster.toml's nodes
+    assert r.returncode == 3 and "scripts/start-cluster.sh" in r.stderr

@@ -102,6 +102,10 @@ def test_txn_from_stdin_takes_the_branch_its_compares_choose(ctl: Ctl) -> None:
     assert values(ctl.run("txn", stdin=guarded)) == ["SUCCESS", "/txn/k", "v2", "1"]
     assert values(ctl.run("get", "/txn/", "--prefix", "--keys-only")) == [
         "/txn/k", "/txn/lost"]
+    # interactive: the same format, with etcdctl's prompts before each part
+    asked = ctl.run("txn", "-i", stdin='value("/txn/k") = "v2"\n\nget /txn/k\n\n\n')
+    assert [line for line in values(asked) if not line.endswith(":")][-3:] == [
+        "SUCCESS", "/txn/k", "v2"]
 
 
 def test_compaction_makes_old_revisions_unreadable_with_etcds_error(ctl: Ctl) -> None:
@@ -210,6 +214,25 @@ def test_endpoint_health_status_and_hashkv_across_the_cluster(ctl: Ctl) -> None:
             break
         assert time.monotonic() < deadline, f"hashes never agreed: {r.out} {r.err}"
         time.sleep(0.1)
+
+
+def test_move_leader_hands_the_leadership_to_the_member_named(ctl: Ctl) -> None:
+    def statuses() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = json.loads(
+            ctl.run("endpoint", "status", "--cluster", "-w", "json").out)
+        return out
+
+    def leader_id() -> int | None:
+        ids = {s["Status"]["leader"] for s in statuses()}
+        return ids.pop() if len(ids) == 1 else None  # every member agrees
+
+    _wait(lambda: leader_id() is not None, "one leader every member agrees on")
+    before = leader_id()
+    target = next(s["Status"]["header"]["member_id"] for s in statuses()
+                  if s["Status"]["header"]["member_id"] != before)
+    r = ctl.run("move-leader", f"{target:x}")
+    assert f"Leadership transferred from {before:x} to {target:x}" in r.out
+    _wait(lambda: leader_id() == target, "every member naming the new leader")
 
 
 def test_alarm_list_and_defrag(ctl: Ctl) -> None:
