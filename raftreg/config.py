@@ -16,6 +16,7 @@ from typing import Any
 
 from raftreg.errors import InvalidArgument
 from raftreg.logfmt import FORMATS as LOG_FORMATS
+from raftreg.logfmt import LEVELS as LOG_LEVELS
 from raftreg.logfmt import LogFormat
 
 
@@ -73,6 +74,8 @@ class ClusterSettings:
     # Node logs on stderr: "text" (one line per record) or "json" (one object per line); the
     # fields are the same (raftreg/logfmt.py).
     log_format: LogFormat = "text"
+    # Least severe level logged: "debug", "info", "warning" or "error".
+    log_level: str = "info"
     # TEST ONLY: fault-injection rules file for the raft transport (relative paths are taken
     # from the directory of cluster.toml). "" (the default) runs the plain transport. See
     # raftreg/consensus/raft.py `_FaultRules` and docs/fault-tests.md; never set in production.
@@ -213,6 +216,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> ClusterConfig
     settings = _build(ClusterSettings, dict(raw.get("cluster", {})), "[cluster]")
     if settings.log_format not in LOG_FORMATS:
         raise InvalidArgument(f"[cluster] log_format must be one of {', '.join(LOG_FORMATS)}")
+    if settings.log_level not in LOG_LEVELS:
+        raise InvalidArgument(f"[cluster] log_level must be one of {', '.join(LOG_LEVELS)}")
     nodes = tuple(_build(NodeConfig, dict(n), "[[node]]") for n in raw.get("node", []))
     if not nodes:
         raise InvalidArgument("configuration names no [[node]]")

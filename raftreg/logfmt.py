@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 LogFormat = Literal["text", "json"]
 FORMATS: tuple[LogFormat, ...] = ("text", "json")
+# Level names as written in configuration, and the logging levels they stand for.
+LEVELS: dict[str, int] = {"debug": logging.DEBUG, "info": logging.INFO,
+                          "warning": logging.WARNING, "error": logging.ERROR}
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {

@@ -17,7 +17,9 @@ from typing import Any
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
+from raftreg import __version__
 from raftreg.api.auth import NodeSecurity
 from raftreg.api.etcd import etcd_handlers
 from raftreg.api.forward import LeaderLink
@@ -32,7 +34,7 @@ from raftreg.api.servicers import (
 )
 from raftreg.config import ClusterConfig, split_hostport
 from raftreg.errors import RegistryError
-from raftreg.logfmt import setup_logging
+from raftreg.logfmt import LEVELS, setup_logging
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.server.metrics import add_metrics_route, metrics_registry
@@ -85,6 +87,12 @@ async def run_node(
         grace_s=3 * cfg.settings.election_timeout_max))
     healthy = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(healthy, server)
+    # grpcurl and friends list and call raftreg.v1 without the .proto files (etcd's names are
+    # served by generic handlers, so they are not listed; their protos are etcd's)
+    reflection.enable_server_reflection(
+        [*(s.full_name for s in pb.DESCRIPTOR.services_by_name.values()),
+         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server)
     creds = security.server_credentials
     port = (server.add_insecure_port(node.me.client) if creds is None
             else server.add_secure_port(node.me.client, creds))
@@ -96,6 +104,7 @@ async def run_node(
     if node.me.http:
         app = web.Application()
         add_metrics_route(app, registry)
+        add_health_routes(app, node)
         if security.gateway_allowed:
             close_gateway = add_gateway_routes(app, node.me.client,
                                                channel=security.gateway_channel)
@@ -183,6 +192,24 @@ async def _report_health(node: RegistryNode, healthy: Any) -> None:
         await asyncio.sleep(0.2)
 
 
+def add_health_routes(app: web.Application, node: RegistryNode) -> None:
+    """etcd's `GET /health` ({"health": "true"|"false", "reason": ...}; 503 when unhealthy:
+    no leader, or no quorum from here) and `GET /version`."""
+
+    async def health(request: web.Request) -> web.Response:
+        st = node.raft_status()
+        reason = "RAFT NO LEADER" if st.leader is None else "" if st.has_quorum else "NO QUORUM"
+        return web.json_response({"health": "false" if reason else "true", "reason": reason},
+                                 status=503 if reason else 200)
+
+    async def version(request: web.Request) -> web.Response:
+        return web.json_response({"raftreg": __version__,
+                                  "apis": ["raftreg.v1", "etcdserverpb (etcd 3.5)"]})
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/version", version)
+
+
 async def serve_http(app: web.Application, address: str) -> web.AppRunner:
     """Serve `app` on exactly `address` (host:port); the caller cleans the runner up."""
     host, port = split_hostport(address)
@@ -197,7 +224,7 @@ async def serve_http(app: web.Application, address: str) -> web.AppRunner:
 
 
 def serve_node(cfg: ClusterConfig, name: str, *, join: bool = False) -> int:
-    setup_logging(f"node={name}", cfg.settings.log_format)
+    setup_logging(f"node={name}", cfg.settings.log_format, LEVELS[cfg.settings.log_level])
     if cfg.settings.use_uvloop:
         with contextlib.suppress(ImportError):
             import uvloop

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from raftreg.config import parse_config
+from raftreg.errors import InvalidArgument
 from raftreg.logfmt import JsonFormatter, TextFormatter
 from raftreg.testing import ProcessCluster
 
@@ -47,3 +49,23 @@ def test_a_node_logs_json_lines(tmp_path: Path) -> None:
     docs = [json.loads(ln) for ln in lines]  # every line is one JSON object
     assert docs and all(set(d) >= FIELDS and d["component"] == "node=n1" for d in docs)
     assert any("serving clients" in d["msg"] for d in docs)
+
+
+def test_log_level_is_a_cluster_setting_checked_at_load(tmp_path: Path) -> None:
+    base = {"cluster": {"name": "c", "secret": "x" * 32},
+            "node": [{"name": "n1", "raft": "127.0.0.1:1", "client": "127.0.0.1:2"}]}
+    assert parse_config(base).settings.log_level == "info"
+    base["cluster"]["log_level"] = "warning"  # type: ignore[index]
+    assert parse_config(base).settings.log_level == "warning"
+    base["cluster"]["log_level"] = "verbose"  # type: ignore[index]
+    with pytest.raises(InvalidArgument, match="log_level must be one of debug, info, warning"):
+        parse_config(base)
+
+
+@pytest.mark.slow
+def test_a_node_at_warning_level_logs_no_info_lines(tmp_path: Path) -> None:
+    with ProcessCluster(tmp_path / "c", size=1, log_level="warning") as c:
+        c.start()
+        c.wait_leader()
+        c.kill("n1")
+        assert " INFO " not in c.log_text("n1")  # "serving clients", "leading term": info

@@ -1,19 +1,28 @@
-"""Each node's Prometheus endpoint: parses with the Prometheus text parser, and moves under load."""
+"""Each node's HTTP listener and introspection: Prometheus metrics that parse and move under
+load, etcd's /health and /version, and gRPC server reflection."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from raftreg import __version__
 from raftreg.client import GrpcRegistryClient
 from raftreg.errors import LeaseNotFound
 from raftreg.testing import ProcessCluster
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+# a member alone has no leader once its election timeout (0.8 s) passes; x many
+HEALTH_BOUND_S = 20.0
 
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -98,3 +107,43 @@ async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster)
                  method="/raftreg.v1.Lease/LeaseRevoke", code="NOT_FOUND") >= 1
     assert watchers >= 1  # on whichever node the client's watch stream went to
     assert all(("raftreg_proposals_pending", ()) in m for m in everywhere.values())
+
+
+def _get(url: str) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_health_and_version_as_etcd_shapes_them(tmp_path: Path) -> None:
+    with ProcessCluster(tmp_path / "c") as c:
+        c.start()
+        c.wait_leader()
+        for name in c.names:
+            assert _get(f"http://{c.http[name]}/health") == (200, {"health": "true",
+                                                                   "reason": ""})
+        status, doc = _get(f"http://{c.http['n1']}/version")
+        assert status == 200 and doc["raftreg"] == __version__
+        # a member cut off from the others has no leader: unhealthy, with etcd's reason
+        c.kill("n2")
+        c.kill("n3")
+        deadline = time.monotonic() + HEALTH_BOUND_S
+        while _get(f"http://{c.http['n1']}/health") != (
+                503, {"health": "false", "reason": "RAFT NO LEADER"}):
+            assert time.monotonic() < deadline, _get(f"http://{c.http['n1']}/health")
+            time.sleep(0.1)
+
+
+def test_reflection_lists_raftregs_services(shared_cluster: ProcessCluster) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(shared_cluster.endpoints[0]) as ch:
+        db = ProtoReflectionDescriptorDatabase(ch)
+        services = set(db.get_services())
+        assert {"raftreg.v1.KV", "raftreg.v1.Watch", "raftreg.v1.Lease", "raftreg.v1.Cluster",
+                "raftreg.v1.Maintenance", "grpc.health.v1.Health"} <= services
+        assert db.FindFileContainingSymbol("raftreg.v1.KV").name.endswith("raftreg.proto")
