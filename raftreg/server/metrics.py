@@ -1,15 +1,23 @@
-"""A node's Prometheus metrics: served as text on `GET /metrics` at the node's `metrics` address.
+"""A node's Prometheus metrics: served as text on `GET /metrics` at the node's HTTP address.
 
-What is exported (all prefixed `raftreg_`):
-- `grpc_requests_total{method,code}` and `grpc_request_duration_seconds{method}` (histogram):
-  every client RPC, by full method name and final status code, counted by a server interceptor
-  when the call ends (a stream counts once, when it ends).
-- Read at scrape time from the node: `raft_term`, `raft_is_leader`, `raft_has_quorum`,
-  `raft_commit_index`, `raft_applied_index`, `raft_log_entries`, `raft_leader_changes_total`,
-  `raft_wal_fdatasyncs_total` (group commits of the raft log), `raft_fsyncs_total`,
-  `proposals_pending`, `proposals_failed_total{reason}`, `store_revision`,
-  `store_compact_revision`, `store_keys`, `leases`, `watchers`,
-  `snapshot_duration_seconds` (summary: count and sum of snapshot saves and restores, by `op`).
+etcd's names where the meaning is the same, so etcd's dashboards and alerts work unchanged;
+`raftreg_` names only for what etcd lacks.
+- Every client RPC, counted by a server interceptor when the call ends (a stream once, when it
+  ends), as go-grpc-prometheus names them for etcd: `grpc_server_handled_total{grpc_type,
+  grpc_service,grpc_method,grpc_code}` and `grpc_server_handling_seconds{grpc_type,
+  grpc_service,grpc_method}` (histogram). raftreg.v1 and etcdserverpb calls are told apart by
+  `grpc_service`.
+- etcd's, read from the node at scrape time: `etcd_server_has_leader`, `etcd_server_is_leader`,
+  `etcd_server_leader_changes_seen_total`, `etcd_server_proposals_committed_total` (the commit
+  index), `etcd_server_proposals_applied_total` (the applied index),
+  `etcd_server_proposals_pending`, `etcd_server_proposals_failed_total{reason}` (etcd has no
+  label), `etcd_debugging_mvcc_current_revision`, `etcd_debugging_mvcc_compact_revision`,
+  `etcd_debugging_mvcc_keys_total`, `etcd_debugging_mvcc_watcher_total`.
+- raftreg's own: `raftreg_raft_term`, `raftreg_raft_has_quorum`, `raftreg_raft_log_entries`,
+  `raftreg_raft_wal_fdatasyncs_total` (group commits of the raft log), `raftreg_raft_fsyncs_total`,
+  `raftreg_leases`, `raftreg_snapshot_duration_seconds` (summary of snapshot saves and
+  restores, by `op`).
+- The process and platform collectors (`process_*`, `python_info`), as every Prometheus client.
 The registry is per node (no process-wide default registry), so several nodes in one process —
 as in tests — never share counters.
 """
@@ -23,7 +31,13 @@ from typing import Any, TypeAlias
 import grpc
 import grpc.aio
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -53,36 +67,44 @@ class NodeCollector(Collector):
         c = n.counters
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"raftreg_{name}", doc, value=value)
+            return GaugeMetricFamily(name, doc, value=value)
 
-        yield gauge("raft_term", "Current raft term.", st.term)
-        yield gauge("raft_is_leader", "1 if this node is the leader.", int(st.is_leader))
-        yield gauge("raft_has_quorum", "1 if this node sees a quorum.", int(st.has_quorum))
-        yield gauge("raft_commit_index", "Raft commit index.", st.commit_index)
-        yield gauge("raft_applied_index", "Last raft index applied to the store.",
-                    st.applied_index)
-        yield gauge("raft_log_entries", "Entries in the raft log (since the last snapshot).",
-                    st.log_len)
-        yield CounterMetricFamily("raftreg_raft_leader_changes", "Leader changes seen.",
-                                  value=c.leader_changes)
-        yield CounterMetricFamily("raftreg_raft_wal_fdatasyncs",
-                                  "fdatasync calls on the raft WAL (one per group commit).",
-                                  value=st.fdatasyncs)
-        yield CounterMetricFamily("raftreg_raft_fsyncs",
-                                  "Other fsyncs: raft term/vote state, directory, compaction.",
-                                  value=st.fsyncs)
-        yield gauge("proposals_pending", "Proposals queued or in flight.",
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        yield gauge("etcd_server_has_leader", "1 if a leader exists (as this node sees it).",
+                    int(st.leader is not None))
+        yield gauge("etcd_server_is_leader", "1 if this node is the leader.", int(st.is_leader))
+        yield counter("etcd_server_leader_changes_seen", "Leader changes seen.",
+                      c.leader_changes)
+        yield counter("etcd_server_proposals_committed", "Raft entries committed (the commit "
+                      "index).", st.commit_index)
+        yield counter("etcd_server_proposals_applied", "Raft entries applied to the store.",
+                      st.applied_index)
+        yield gauge("etcd_server_proposals_pending", "Proposals queued or in flight.",
                     n.raft.pending_proposals)
-        failed = CounterMetricFamily("raftreg_proposals_failed", "Proposals that failed.",
+        failed = CounterMetricFamily("etcd_server_proposals_failed", "Proposals that failed.",
                                      labels=["reason"])
         for reason, count in sorted(c.proposals_failed.items()):
             failed.add_metric([reason], count)
         yield failed
-        yield gauge("store_revision", "Current store revision.", n.revision)
-        yield gauge("store_compact_revision", "Oldest revision kept.", compact_rev)
-        yield gauge("store_keys", "Live keys.", keys)
-        yield gauge("leases", "Live leases.", leases)
-        yield gauge("watchers", "Active watchers on this node.", n.watcher_count())
+        yield gauge("etcd_debugging_mvcc_current_revision", "Current store revision.",
+                    n.revision)
+        yield gauge("etcd_debugging_mvcc_compact_revision", "Oldest revision kept.",
+                    compact_rev)
+        yield gauge("etcd_debugging_mvcc_keys_total", "Live keys.", keys)
+        yield gauge("etcd_debugging_mvcc_watcher_total", "Active watchers on this node.",
+                    n.watcher_count())
+        yield gauge("raftreg_raft_term", "Current raft term.", st.term)
+        yield gauge("raftreg_raft_has_quorum", "1 if this node sees a quorum.",
+                    int(st.has_quorum))
+        yield gauge("raftreg_raft_log_entries",
+                    "Entries in the raft log (since the last snapshot).", st.log_len)
+        yield counter("raftreg_raft_wal_fdatasyncs",
+                      "fdatasync calls on the raft WAL (one per group commit).", st.fdatasyncs)
+        yield counter("raftreg_raft_fsyncs",
+                      "Other fsyncs: raft term/vote state, directory, compaction.", st.fsyncs)
+        yield gauge("raftreg_leases", "Live leases.", leases)
         snap = SummaryMetricFamily("raftreg_snapshot_duration_seconds",
                                    "Time to save or restore a store snapshot.", labels=["op"])
         for op, (count, total) in sorted(c.snapshot_seconds.items()):
@@ -91,14 +113,16 @@ class NodeCollector(Collector):
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Counts every RPC by method and final code, and times it."""
+    """Counts every RPC by service, method, type and final code, and times it."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("raftreg_grpc_requests", "Client RPCs by method and status.",
-                                ["method", "code"], registry=registry)
-        self.duration = Histogram("raftreg_grpc_request_duration_seconds",
-                                  "Client RPC duration.", ["method"], buckets=_BUCKETS,
-                                  registry=registry)
+        self.handled = Counter("grpc_server_handled", "RPCs completed on the server.",
+                               ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+                               registry=registry)
+        self.duration = Histogram("grpc_server_handling_seconds",
+                                  "Time from the start of an RPC to its end on the server.",
+                                  ["grpc_type", "grpc_service", "grpc_method"],
+                                  buckets=_BUCKETS, registry=registry)
         # labelled children, looked up once per method (and code), not on every call
         self._counts: dict[tuple[str, str], Counter] = {}
         self._timers: dict[str, Histogram] = {}
@@ -112,9 +136,10 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method = details.method
+        labels = _labels(method, handler)
         timer = self._timers.get(method)
         if timer is None:
-            timer = self._timers[method] = self.duration.labels(method)
+            timer = self._timers[method] = self.duration.labels(*labels)
 
         def start(context: Any) -> float:
             return time.perf_counter()
@@ -124,15 +149,27 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             key = (method, code.name)
             count = self._counts.get(key)
             if count is None:
-                count = self._counts[key] = self.requests.labels(*key)
+                count = self._counts[key] = self.handled.labels(*labels, code.name)
             count.inc()
 
         return wrap_handler(handler, start=start, finish=finish)
 
 
+def _labels(method: str, handler: Handler) -> tuple[str, str, str]:
+    """(grpc_type, grpc_service, grpc_method) of "/package.Service/Method", as
+    go-grpc-prometheus labels them."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    kind = {(False, False): "unary", (True, False): "client_stream",
+            (False, True): "server_stream", (True, True): "bidi_stream"}[
+        (bool(handler.request_streaming), bool(handler.response_streaming))]
+    return kind, service, name
+
+
 def metrics_registry(node: RegistryNode) -> tuple[CollectorRegistry, RpcMetrics]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
     return registry, RpcMetrics(registry)
 
 

@@ -43,12 +43,12 @@ def value(m: Metrics, name: str, **labels: str) -> float:
 
 
 def requests_total(scrapes: dict[str, Metrics]) -> Metrics:
-    """`raftreg_grpc_requests_total` summed over the nodes (a call is counted by the node
+    """`grpc_server_handled_total` summed over the nodes (a call is counted by the node
     that served it, whichever one that was)."""
     out: Metrics = {}
     for m in scrapes.values():
         for k, v in m.items():
-            if k[0] == "raftreg_grpc_requests_total":
+            if k[0] == "grpc_server_handled_total":
                 out[k] = out.get(k, 0.0) + v
     return out
 
@@ -62,12 +62,12 @@ async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster)
     while True:
         leader = c.wait_leader()
         before = {n: scrape(c.http[n]) for n in c.names}
-        leaders = [n for n, m in before.items() if value(m, "raftreg_raft_is_leader") == 1]
+        leaders = [n for n, m in before.items() if value(m, "etcd_server_is_leader") == 1]
         if leaders == [leader]:
             break
         assert time.monotonic() < deadline, f"{leader} leads but {leaders} say they do"
         time.sleep(0.05)
-    assert sum(value(m, "raftreg_raft_is_leader") for m in before.values()) == 1
+    assert sum(value(m, "etcd_server_is_leader") for m in before.values()) == 1
     assert all(value(m, "raftreg_raft_term") >= 1 for m in before.values())
     async with GrpcRegistryClient(c.endpoints) as client:
         await asyncio.gather(*(client.put(f"metrics/k{i}", "v") for i in range(200)))
@@ -75,7 +75,8 @@ async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster)
         assert (await client.status(c.client[leader])).db_size > 0  # the data dir's bytes
         await client.get("metrics/", prefix=True)
         w = await client.watch("metrics/", prefix=True)  # returns once the server confirmed it
-        watchers = sum(value(scrape(c.http[n]), "raftreg_watchers") for n in c.names)
+        watchers = sum(value(scrape(c.http[n]), "etcd_debugging_mvcc_watcher_total")
+                       for n in c.names)
         leases = value(scrape(c.http[leader]), "raftreg_leases")
         w.cancel()
         await client.lease_revoke(g.id)
@@ -87,9 +88,10 @@ async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster)
     def most(name: str) -> float:  # whichever node leads by now: the one furthest along
         return max(value(m, name) for m in everywhere.values())
 
-    assert most("raftreg_store_revision") >= value(b, "raftreg_store_revision") + 200
-    assert most("raftreg_store_keys") >= value(b, "raftreg_store_keys") + 200
-    assert most("raftreg_raft_applied_index") > value(b, "raftreg_raft_applied_index")
+    for name, grew in (("etcd_debugging_mvcc_current_revision", 200),
+                       ("etcd_debugging_mvcc_keys_total", 200),
+                       ("etcd_server_proposals_applied_total", 1)):
+        assert most(name) >= value(b, name) + grew, name
     # group commit: the 200 concurrent puts took at least one fdatasync on the node that led at
     # the start (leader or follower by now, it logs every entry), far fewer than one each
     syncs = (value(everywhere[leader], "raftreg_raft_wal_fdatasyncs_total")
@@ -98,15 +100,19 @@ async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster)
     assert leases >= 1
     # requests by method and status; the client reached the leader over KV.Batch or unary Put
     reqs = requests_total(everywhere)
-    assert any(dict(k[1])["method"] == "/raftreg.v1.Lease/LeaseGrant"
-               and dict(k[1])["code"] == "OK" for k in reqs)
+    assert value(reqs, "grpc_server_handled_total", grpc_type="unary",
+                 grpc_service="raftreg.v1.Lease", grpc_method="LeaseGrant", grpc_code="OK") >= 1
     assert sum(reqs.values()) > sum(requests_total(before).values())
-    assert sum(value(m, "raftreg_grpc_request_duration_seconds_count",
-                     method="/raftreg.v1.Lease/LeaseGrant") for m in everywhere.values()) >= 1
-    assert value(reqs, "raftreg_grpc_requests_total",
-                 method="/raftreg.v1.Lease/LeaseRevoke", code="NOT_FOUND") >= 1
+    assert sum(value(m, "grpc_server_handling_seconds_count", grpc_type="unary",
+                     grpc_service="raftreg.v1.Lease", grpc_method="LeaseGrant")
+               for m in everywhere.values()) >= 1
+    assert value(reqs, "grpc_server_handled_total", grpc_type="unary",
+                 grpc_service="raftreg.v1.Lease", grpc_method="LeaseRevoke",
+                 grpc_code="NOT_FOUND") >= 1
+    assert all(value(m, "etcd_server_has_leader") == 1 for m in everywhere.values())
+    assert all(value(m, "process_resident_memory_bytes") > 0 for m in everywhere.values())
     assert watchers >= 1  # on whichever node the client's watch stream went to
-    assert all(("raftreg_proposals_pending", ()) in m for m in everywhere.values())
+    assert all(("etcd_server_proposals_pending", ()) in m for m in everywhere.values())
 
 
 def _get(url: str) -> tuple[int, dict[str, object]]:
