@@ -190,15 +190,16 @@ class _RaisingParser(argparse.ArgumentParser):
 
 
 def _add_put_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("key")
-    p.add_argument("value")
+    p.add_argument("key", help="the key")
+    p.add_argument("value", help="the value (as given; use quotes for spaces or JSON)")
     p.add_argument("--prev-kv", action="store_true", help="return the previous key-value")
     p.add_argument("--lease", type=parse_lease_id, default=0, help="lease id (hex or decimal)")
 
 
 def _add_range_args(p: argparse.ArgumentParser, *, reads: bool) -> None:
-    p.add_argument("key")
-    p.add_argument("range_end", nargs="?", default=None)
+    p.add_argument("key", help="the key, or the start of the range")
+    p.add_argument("range_end", nargs="?", default=None,
+                   help="end of the range [KEY, RANGE_END), exclusive")
     p.add_argument("--prefix", action="store_true", help="every key with this prefix")
     p.add_argument("--from-key", action="store_true", help="every key >= KEY")
     if not reads:
@@ -206,14 +207,17 @@ def _add_range_args(p: argparse.ArgumentParser, *, reads: bool) -> None:
         return
     p.add_argument("--rev", type=int, default=0, help="read at this revision")
     p.add_argument("--limit", type=int, default=0, help="at most this many keys")
-    p.add_argument("--keys-only", action="store_true")
-    p.add_argument("--count-only", action="store_true")
-    p.add_argument("--print-value-only", action="store_true")
+    p.add_argument("--keys-only", action="store_true", help="keys without values")
+    p.add_argument("--count-only", action="store_true", help="only how many keys match")
+    p.add_argument("--print-value-only", action="store_true",
+                   help="values only (simple output)")
     p.add_argument(
         "--consistency", choices=("l", "s"), default="l", help="l: linearizable, s: serializable"
     )
-    p.add_argument("--sort-by", type=str.upper, choices=tuple(_SORT_TARGETS), default=None)
-    p.add_argument("--order", type=str.upper, choices=("ASCEND", "DESCEND"), default=None)
+    p.add_argument("--sort-by", type=str.upper, choices=tuple(_SORT_TARGETS), default=None,
+                   help="sort target (ascending unless --order)")
+    p.add_argument("--order", type=str.upper, choices=("ASCEND", "DESCEND"), default=None,
+                   help="sort order (by key unless --sort-by)")
 
 
 def _range_bounds(ns: argparse.Namespace) -> tuple[bytes, bytes]:
@@ -1507,8 +1511,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_range_args(leaf(sub, "del", "delete a key or range", cmd_del), reads=False)
     leaf(sub, "txn", "run a transaction read from stdin (etcdctl format)", cmd_txn)
     watch = leaf(sub, "watch", "watch a key or range until Ctrl-C", cmd_watch)
-    watch.add_argument("key")
-    watch.add_argument("range_end", nargs="?", default=None)
+    watch.add_argument("key", help="the key, or the start of the range")
+    watch.add_argument("range_end", nargs="?", default=None,
+                       help="end of the range [KEY, RANGE_END), exclusive")
     watch.add_argument("--prefix", action="store_true", help="every key with this prefix")
     watch.add_argument("--rev", type=int, default=0, help="start at this revision (0 = now)")
     watch.add_argument("--prev-kv", action="store_true", help="also print the previous kv")
@@ -1517,7 +1522,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.set_defaults(from_key=False)
     leaf(sub, "compaction", "discard history before REV", cmd_compaction).add_argument(
-        "revision", type=int
+        "revision", type=int, help="the oldest revision to keep"
     )
 
     member = sub.add_parser("member", help="cluster membership").add_subparsers(
@@ -1535,13 +1540,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="subcommand", metavar="SUBCOMMAND", required=True
     )
     leaf(snapshot, "save", "save a backup of the running cluster to FILE",
-         cmd_snapshot_save).add_argument("file")
+         cmd_snapshot_save).add_argument("file", help="where to write the backup")
     leaf(snapshot, "status", "verify a backup FILE and describe it",
-         cmd_snapshot_status).add_argument("file")
+         cmd_snapshot_status).add_argument("file", help="a backup file")
     restore = leaf(snapshot, "restore",
                    "seed the data dirs of a NEW cluster (--config) from a backup FILE",
                    cmd_snapshot_restore)
-    restore.add_argument("file")
+    restore.add_argument("file", help="a backup file")
     restore.add_argument("--name", action="append", default=[],
                          help="only this member (repeatable; default: every member)")
 
@@ -1554,14 +1559,16 @@ def build_parser() -> argparse.ArgumentParser:
     lease = sub.add_parser("lease", help="leases").add_subparsers(
         dest="subcommand", metavar="SUBCOMMAND", required=True
     )
-    leaf(lease, "grant", "grant a lease", cmd_lease_grant).add_argument("ttl", type=int)
-    leaf(lease, "revoke", "revoke a lease", cmd_lease_revoke).add_argument("id", type=_lease_arg)
+    leaf(lease, "grant", "grant a lease", cmd_lease_grant).add_argument(
+        "ttl", type=int, help="time to live, seconds")
+    leaf(lease, "revoke", "revoke a lease", cmd_lease_revoke).add_argument(
+        "id", type=_lease_arg, help="lease id (hex as printed, or decimal)")
     ttl = leaf(lease, "timetolive", "remaining time of a lease", cmd_lease_timetolive)
-    ttl.add_argument("id", type=_lease_arg)
+    ttl.add_argument("id", type=_lease_arg, help="lease id (hex as printed, or decimal)")
     ttl.add_argument("--keys", action="store_true", help="also list the attached keys")
     leaf(lease, "list", "list leases", cmd_lease_list)
     ka = leaf(lease, "keep-alive", "keep a lease alive until Ctrl-C", cmd_lease_keepalive)
-    ka.add_argument("id", type=_lease_arg)
+    ka.add_argument("id", type=_lease_arg, help="lease id (hex as printed, or decimal)")
     ka.add_argument("--once", action="store_true", help="renew once and exit")
 
     lock = leaf(sub, "lock", "hold a distributed lock: run CMD while holding it, or hold until "
@@ -1574,15 +1581,16 @@ def build_parser() -> argparse.ArgumentParser:
     elect = leaf(sub, "elect", "campaign with PROPOSAL and lead until Ctrl-C; without "
                  "PROPOSAL, print each new leader", cmd_elect)
     elect.add_argument("name", help="the election's name (keys NAME/<lease id hex>)")
-    elect.add_argument("proposal", nargs="?", default=None)
+    elect.add_argument("proposal", nargs="?", default=None,
+                       help="the value to lead with (none: observe)")
     elect.add_argument("--ttl", type=int, default=60, help="session lease TTL, seconds")
 
     config = sub.add_parser("config", help="service configuration").add_subparsers(
         dest="subcommand", metavar="SUBCOMMAND", required=True
     )
     cget = leaf(config, "get", "a service's settings, or one setting's value", cmd_config_get)
-    cget.add_argument("service")
-    cget.add_argument("name", nargs="?", default=None)
+    cget.add_argument("service", help="the service (keys /config/SERVICE/...)")
+    cget.add_argument("name", nargs="?", default=None, help="one setting (default: all)")
     cget.add_argument("--rev", type=int, default=0, help="as of this revision (0 = now)")
     cset = leaf(
         config,
@@ -1590,8 +1598,8 @@ def build_parser() -> argparse.ArgumentParser:
         "publish settings in one revision; VALUE is JSON, other text is taken as a string",
         cmd_config_set,
     )
-    cset.add_argument("service")
-    cset.add_argument("settings", nargs="*", metavar="NAME=VALUE")
+    cset.add_argument("service", help="the service (keys /config/SERVICE/...)")
+    cset.add_argument("settings", nargs="*", metavar="NAME=VALUE", help="settings to publish")
     cset.add_argument(
         "--delete", action="append", default=[], metavar="NAME", help="remove a setting"
     )
@@ -1603,28 +1611,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cwatch = leaf(config, "watch", "print each change of a service's config until Ctrl-C",
                   cmd_config_watch)
-    cwatch.add_argument("service")
+    cwatch.add_argument("service", help="the service (keys /config/SERVICE/...)")
     cwatch.add_argument("--rev", type=int, default=0, help="start at this revision (0 = now)")
     chist = leaf(config, "history", "earlier versions of a service's config", cmd_config_history)
-    chist.add_argument("service")
-    chist.add_argument("name", nargs="?", default=None)
+    chist.add_argument("service", help="the service (keys /config/SERVICE/...)")
+    chist.add_argument("name", nargs="?", default=None, help="one setting (default: all)")
     crb = leaf(config, "rollback", "make a service's config what it was at --rev",
                cmd_config_rollback)
-    crb.add_argument("service")
+    crb.add_argument("service", help="the service (keys /config/SERVICE/...)")
     crb.add_argument("--rev", type=int, required=True, help="the revision to return to")
 
     services = sub.add_parser("services", help="registered service instances").add_subparsers(
         dest="subcommand", metavar="SUBCOMMAND", required=True
     )
     leaf(services, "list", "list instances", cmd_services_list).add_argument(
-        "service", nargs="?", default=None
+        "service", nargs="?", default=None, help="one service (default: all)"
     )
     leaf(
         services,
         "watch",
         "print the instances (ADDED), then every change (ADDED/UPDATED/REMOVED) until Ctrl-C",
         cmd_services_watch,
-    ).add_argument("service", nargs="?", default=None)
+    ).add_argument("service", nargs="?", default=None, help="one service (default: all)")
 
     node = leaf(sub, "node", "run one node of the cluster in cluster.toml", cmd_node)
     node.add_argument("--name", required=True, help="this node's name in the configuration")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import json
@@ -505,3 +506,18 @@ def test_running_dev_is_found_by_its_marker_while_its_process_lives(tmp_path: An
     assert running_dev(tmp_path) is None  # stale: that process is gone
     marker.write_text("not json")
     assert running_dev(tmp_path) is None
+
+
+def test_every_argument_of_every_command_has_help_text() -> None:
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not a.help and a.dest != "help":
+                missing.append(f"{path}: {a.option_strings or a.dest}")
+
+    walk(build_parser(), "raftreg")
+    assert missing == []
