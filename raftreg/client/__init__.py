@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from raftreg.client.clock import Clock, LoopClock, ManualClock, SteppingClock
 from raftreg.client.endpoints import DEFAULT_ENDPOINT, default_endpoints, normalize_endpoint
@@ -35,7 +36,7 @@ from raftreg.client.protocol import (
     to_bytes,
 )
 from raftreg.client.security import ClientSecurity, endpoints_want_tls
-from raftreg.client.sync import SyncRegistryClient
+from raftreg.client.sync import SyncRegistryClient, SyncWatch
 from raftreg.client.watch import Watch, WatchBatch, WatchFilter, WatchOptions
 from raftreg.errors import InvalidArgument
 
@@ -86,6 +87,15 @@ def connect(
     )
 
 
+def connect_sync(
+    endpoints: Sequence[str] | str | None = None, **options: Any
+) -> SyncRegistryClient:
+    """`connect(endpoints, **options)` behind the blocking facade: the same backend selection,
+    TLS and token options, for code without an event loop (Flask, Django, scripts). The client
+    is built on the facade's own loop thread."""
+    return SyncRegistryClient.wrap(lambda: connect(endpoints, **options))
+
+
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ClientSecurity",
@@ -104,11 +114,13 @@ __all__ = [
     "RegistryClient",
     "SteppingClock",
     "SyncRegistryClient",
+    "SyncWatch",
     "Watch",
     "WatchBatch",
     "WatchFilter",
     "WatchOptions",
     "connect",
+    "connect_sync",
     "default_endpoints",
     "normalize_endpoint",
     "prefix_range_end",

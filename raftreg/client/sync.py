@@ -5,6 +5,11 @@ coroutine with `asyncio.run_coroutine_threadsafe` and waits for it. Safe to call
 scripts and from several threads at once (calls are serialised onto that one loop). Must not be
 called from the private loop itself. `close()` closes the client, stops the loop and joins the
 thread; it is idempotent.
+
+Beyond the request methods: `watch()` returns a `SyncWatch`, a blocking iterator of
+`WatchBatch` with the async watch's guarantees; `keep_alive(lease_id, ttl)` hands a lease to
+the client's one `LeaseKeeper` (renewed in the background until `forget` or close). Build one
+with `raftreg.client.connect_sync(...)`, which takes `connect`'s options (backend, TLS, token).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Self, TypeVar
 
 from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import KeyLike, LeaseTTL, Member, NodeStatus, RegistryClient
+from raftreg.client.watch import Watch, WatchBatch
 from raftreg.errors import FailedPrecondition
 from raftreg.store.commands import (
     DeleteResult,
@@ -195,6 +201,41 @@ class SyncRegistryClient:
     def lease_keepalive_once(self, id: int) -> int:
         return self._run(self._client.lease_keepalive_once(id))
 
+    def watch(
+        self,
+        key: KeyLike,
+        *,
+        range_end: KeyLike = b"",
+        prefix: bool = False,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+    ) -> SyncWatch:
+        """`RegistryClient.watch`, as a blocking iterator (returns once the server confirmed
+        the watch)."""
+        w = self._run(self._client.watch(
+            key, range_end=range_end, prefix=prefix, start_revision=start_revision,
+            prev_kv=prev_kv, progress_notify=progress_notify))
+        return SyncWatch(self, w)
+
+    def keep_alive(self, lease_id: int, ttl: int,
+                   on_lost: Callable[[int], None] | None = None) -> None:
+        """Keep `lease_id` (granted with `ttl` seconds) alive in the background. `on_lost(id)`
+        runs on the client's loop thread if the lease is lost: keep it short."""
+
+        async def keep() -> None:
+            self._client.keepalive_manager().keep(lease_id, ttl, on_lost)
+
+        self._run(keep())
+
+    def forget(self, lease_id: int) -> None:
+        """Stop keeping `lease_id` alive (it then expires after its TTL, or revoke it)."""
+
+        async def forget() -> None:
+            self._client.keepalive_manager().forget(lease_id)
+
+        self._run(forget())
+
     def member_list(self) -> list[Member]:
         return self._run(self._client.member_list())
 
@@ -221,3 +262,49 @@ class SyncRegistryClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class SyncWatch:
+    """A blocking iterator over an async `Watch` living on a `SyncRegistryClient`'s loop.
+    `next(w)` waits for the next `WatchBatch`; `w.next(timeout)` raises `TimeoutError` if none
+    came in time (the watch carries on). Iteration ends when the watch ends (compacted,
+    cancelled, client closed); `cancel()` (or leaving a `with` block) ends it."""
+
+    def __init__(self, owner: SyncRegistryClient, watch: Watch) -> None:
+        self._owner = owner
+        self._watch = watch
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> WatchBatch:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> WatchBatch:
+        async def one() -> WatchBatch | None:
+            try:
+                return await asyncio.wait_for(anext(self._watch), timeout)
+            except StopAsyncIteration:
+                return None
+
+        batch = self._owner.run(one())
+        if batch is None:
+            raise StopIteration
+        return batch
+
+    def cancel(self) -> None:
+        async def cancel() -> None:
+            self._watch.cancel()
+
+        self._owner.run(cancel())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()
