@@ -78,7 +78,7 @@ from raftreg.discovery.instance import (
     service_of,
     service_range_prefix,
 )
-from raftreg.errors import InvalidArgument, NotFound, RegistryError
+from raftreg.errors import FailedPrecondition, InvalidArgument, NotFound, RegistryError
 from raftreg.store import Store
 from raftreg.store.backup import Backup, decode_backup
 from raftreg.store.commands import (
@@ -1335,9 +1335,14 @@ async def cmd_services_watch(client: RegistryClient, ns: argparse.Namespace, ctx
 
 
 def _serve_node() -> Callable[..., int]:
-    """Imported only when a server command runs: client commands never load the server."""
-    from raftreg.server.main import serve_node
-
+    """Imported only when a server command runs: client commands never load the server (and
+    `pip install raftreg` does not install what it needs)."""
+    try:
+        from raftreg.server.main import serve_node
+    except ModuleNotFoundError as e:
+        raise FailedPrecondition(
+            f"running a node needs the server extra ({e.name} is missing): "
+            "pip install 'raftreg[server]'") from None
     return serve_node
 
 
