@@ -12,10 +12,10 @@ otherwise the half-open [key, range_end); `prefix=True` derives range_end with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
 from raftreg.client.watch import Watch, WatchFilter
 from raftreg.errors import InvalidArgument
@@ -70,6 +70,8 @@ def resolve_range(key: KeyLike, range_end: KeyLike, prefix: bool) -> tuple[bytes
         end = prefix_range_end(k)
     return k, end
 
+
+T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class LeaseTTL:
@@ -245,3 +247,16 @@ class RegistryClient(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class LoopRunner(Protocol):
+    """A blocking facade's view for the blocking recipes (`raftreg.concurrency.sync`,
+    `raftreg.discovery.sync`): an async `RegistryClient` living on a private event loop, and
+    `run`, which runs a coroutine on that loop from another thread and waits for its result.
+    `raftreg.client.SyncRegistryClient` is one; typed structurally, so no recipe depends on a
+    concrete client."""
+
+    @property
+    def client(self) -> RegistryClient: ...
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T: ...

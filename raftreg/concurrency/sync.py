@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self, TypeVar
 
-from raftreg.client.protocol import KeyLike, RegistryClient
+from raftreg.client.protocol import KeyLike, LoopRunner
 from raftreg.concurrency.election import Election
 from raftreg.concurrency.lock import Lock
 from raftreg.concurrency.session import DEFAULT_SESSION_TTL, Session
@@ -29,15 +29,8 @@ from raftreg.store.commands import KeyValue
 T = TypeVar("T")
 
 
-class SyncRegistryClient(Protocol):
-    """What this module needs of `raftreg.client.SyncRegistryClient` (typed structurally, so
-    this package depends on no concrete client): its async client and `run`, which runs a
-    coroutine on the loop that client lives on and waits for the result."""
-
-    @property
-    def client(self) -> RegistryClient: ...
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T: ...
+# What the blocking recipes need of `raftreg.client.SyncRegistryClient` (see `LoopRunner`).
+SyncRegistryClient = LoopRunner
 
 
 def _run(client: SyncRegistryClient, coro: Coroutine[Any, Any, T]) -> T:

@@ -10,26 +10,17 @@ loop and wait; `instances` and `registered` read a snapshot and never block.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self
 
-from raftreg.client.protocol import RegistryClient
+from raftreg.client.protocol import LoopRunner
 from raftreg.discovery.instance import Instance
 from raftreg.discovery.registration import DEFAULT_TTL, Registration
 from raftreg.discovery.resolver import Resolver
 
-T = TypeVar("T")
-
-
-class SyncRegistryClient(Protocol):
-    """What this module needs of `raftreg.client.SyncRegistryClient` (typed structurally):
-    its async client and `run`, which runs a coroutine on that client's loop and waits."""
-
-    @property
-    def client(self) -> RegistryClient: ...
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T: ...
+# What the blocking recipes need of `raftreg.client.SyncRegistryClient` (see `LoopRunner`).
+SyncRegistryClient = LoopRunner
 
 
 class SyncRegistration:
