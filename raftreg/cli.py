@@ -626,7 +626,9 @@ async def cmd_member_remove(client: RegistryClient, ns: argparse.Namespace, ctx:
 
 async def cmd_snapshot_save(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
     c = _raftreg_only(client, "snapshot save")
-    blob = await c.snapshot(timeout=max(ctx.timeout, 60.0))
+    show = _progress_line(ctx, "received")
+    blob = await c.snapshot(timeout=max(ctx.timeout, 60.0), progress=show)
+    show(-1, -1)
     backup = decode_backup(blob)  # verify before anything is written
     path = Path(ns.file)
     tmp = path.with_name(path.name + ".part")
@@ -638,6 +640,23 @@ async def cmd_snapshot_save(client: RegistryClient, ns: argparse.Namespace, ctx:
     else:
         ctx.print(f"Snapshot saved at {path} (revision {backup.revision}, {len(blob)} bytes)")
     return 0
+
+
+def _progress_line(ctx: _Ctx, verb: str) -> Callable[[int, int], None]:
+    """`show(done, total)`: one self-overwriting "verb X of Y MiB" line on stderr when stderr is
+    a terminal, nothing otherwise; `show(-1, -1)` ends the line."""
+    live = ctx.err.isatty()
+
+    def show(done: int, total: int) -> None:
+        if not live:
+            return
+        if done < 0:
+            ctx.err.write("\n")
+        else:
+            ctx.err.write(f"\r{verb} {done / 2**20:.1f} of {total / 2**20:.1f} MiB")
+        ctx.err.flush()
+
+    return show
 
 
 def _read_backup(file: str) -> tuple[bytes, Backup]:
@@ -662,7 +681,11 @@ def cmd_snapshot_status(ns: argparse.Namespace, ctx: _Ctx) -> int:
 
 
 def cmd_snapshot_restore(ns: argparse.Namespace, ctx: _Ctx) -> int:
-    from raftreg.server.restore import restore_cluster  # offline tool: loads server code
+    try:
+        from raftreg.server.restore import restore_cluster  # offline tool: loads server code
+    except ModuleNotFoundError as e:
+        raise FailedPrecondition(f"restoring needs the server extra ({e.name} is missing): "
+                                 "pip install 'raftreg[server]'") from None
 
     cfg = load_config(ns.config)
     backup, dirs = restore_cluster(cfg, Path(ns.file).read_bytes(), ns.name or ())

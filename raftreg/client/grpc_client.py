@@ -465,14 +465,21 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             return await self._call("any", call, "status")
         return await self._call("any", call, "status", endpoint=normalize_endpoint(endpoint))
 
-    async def snapshot(self, *, timeout: float = 60.0) -> bytes:
+    async def snapshot(
+        self, *, timeout: float = 60.0, progress: Callable[[int, int], None] | None = None
+    ) -> bytes:
         """A backup of the whole store (raftreg's backup format, `raftreg.store.backup`) taken
-        at a linearizable point by any reachable node; `timeout` bounds the whole transfer."""
+        at a linearizable point by any reachable node; `timeout` bounds the whole transfer.
+        `progress(received, total)` is called after each chunk (bytes so far, of total)."""
 
         async def call(c: _Conn, t: float) -> bytes:
             parts: list[bytes] = []
+            received = 0
             async for r in c.maintenance.Snapshot(pb.SnapshotRequest(), timeout=timeout):
                 parts.append(r.blob)
+                received += len(r.blob)
+                if progress is not None:
+                    progress(received, received + r.remaining_bytes)
                 if r.remaining_bytes == 0:
                     return b"".join(parts)
             raise E.Unavailable("the snapshot stream ended early")

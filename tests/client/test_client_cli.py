@@ -521,3 +521,32 @@ def test_every_argument_of_every_command_has_help_text() -> None:
 
     walk(build_parser(), "raftreg")
     assert missing == []
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_lines_only_on_a_terminal() -> None:
+    from raftreg.cli import _Ctx, _progress_line
+
+    def ctx(err: io.StringIO) -> _Ctx:
+        return _Ctx(fmt="simple", endpoints=[], timeout=1.0, factory=_no_client,
+                    out=io.StringIO(), err=err, stdin=io.StringIO())
+
+    term = _Terminal()
+    show = _progress_line(ctx(term), "received")
+    show(2**20, 4 * 2**20)
+    show(4 * 2**20, 4 * 2**20)
+    show(-1, -1)
+    assert term.getvalue() == "\rreceived 1.0 of 4.0 MiB\rreceived 4.0 of 4.0 MiB\n"
+    piped = io.StringIO()  # a pipe or a file: nothing, so logs stay clean
+    show = _progress_line(ctx(piped), "received")
+    show(1, 2)
+    show(-1, -1)
+    assert piped.getvalue() == ""
+
+
+def _no_client(endpoints: Sequence[str], timeout: float) -> Any:
+    raise AssertionError("no client expected")
