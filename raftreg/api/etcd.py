@@ -49,6 +49,38 @@ def _handler(method: MethodDescriptor, servicer: object,
     return grpc.unary_unary_rpc_method_handler(behavior, req, resp)
 
 
+class _LeaderLoss:
+    """One task per server, started by the first stream that asks: `lost` is set once the node
+    has had no leader for `grace_s`, and cleared when it has one again. Streams wait on it, so
+    an idle stream costs no wake-ups."""
+
+    def __init__(self, has_leader: Callable[[], bool], grace_s: float, poll_s: float) -> None:
+        self._has_leader = has_leader
+        self._grace_s = grace_s
+        self._poll_s = poll_s
+        self.lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Called by a stream that found a leader: no earlier loss applies to it."""
+        self.lost.clear()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        since: float | None = None
+        while True:
+            if self._has_leader():
+                since = None
+                self.lost.clear()
+            else:
+                since = since if since is not None else loop.time()
+                if loop.time() - since >= self._grace_s:
+                    self.lost.set()
+            await asyncio.sleep(self._poll_s)
+
+
 def etcd_handlers(
     servicers: Mapping[str, object], has_leader: Callable[[], bool], *, grace_s: float,
     poll_s: float = 0.1,
@@ -56,6 +88,7 @@ def etcd_handlers(
     """Generic handlers serving `servicers` (raftreg.v1 service name -> servicer built with
     `etcd=True`) under etcd's service names. A leader-requiring stream ends once the node has
     had no leader for `grace_s` (an election in progress does not end it)."""
+    loss = _LeaderLoss(has_leader, grace_s, poll_s)
 
     def guard(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -66,27 +99,23 @@ def etcd_handlers(
                 return
             if not has_leader():
                 await _abort_no_leader(context)
-            loop = asyncio.get_running_loop()
+            loss.start()
             inner = behavior(request, context).__aiter__()
             nxt: asyncio.Future[Any] | None = None
-            leaderless_since: float | None = None
+            lost = asyncio.ensure_future(loss.lost.wait())
             try:
                 while True:
                     nxt = asyncio.ensure_future(inner.__anext__())
-                    while not nxt.done():
-                        await asyncio.wait((nxt,), timeout=poll_s)
-                        if has_leader():
-                            leaderless_since = None
-                            continue
-                        leaderless_since = leaderless_since or loop.time()
-                        if not nxt.done() and loop.time() - leaderless_since >= grace_s:
-                            await _abort_no_leader(context)
+                    await asyncio.wait((nxt, lost), return_when=asyncio.FIRST_COMPLETED)
+                    if not nxt.done():
+                        await _abort_no_leader(context)
                     try:
                         item = nxt.result()
                     except StopAsyncIteration:
                         return
                     yield item
             finally:
+                lost.cancel()
                 if nxt is not None and not nxt.done():
                     nxt.cancel()
                     await asyncio.wait((nxt,))
