@@ -47,7 +47,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -70,13 +70,15 @@ from raftreg.configcenter import (
     value_text,
     versions_in,
 )
+from raftreg.discovery.catalog import (
+    Malformed,
+    decode_registrations,
+    list_instances,
+    registrations_prefix,
+)
 from raftreg.discovery.instance import (
-    SERVICES_ROOT,
     Instance,
-    InvalidInstance,
-    decode_instance,
-    service_of,
-    service_range_prefix,
+    instance_json,
 )
 from raftreg.errors import FailedPrecondition, InvalidArgument, NotFound, RegistryError
 from raftreg.store import Store
@@ -1241,43 +1243,39 @@ def _age(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
-def instance_json(i: Instance, kv: KeyValue | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"service": i.service, "id": i.id, **i.to_json()}
-    if kv is not None:
-        out.update(lease=kv.lease, mod_revision=kv.mod_revision)
-    return out
+def _warn_malformed(ctx: _Ctx, malformed: Iterable[Malformed]) -> None:
+    for m in malformed:
+        ctx.err.write(f"Warning: skipping malformed registration {_text(m.key)}: {m.reason}\n")
 
 
 def _instances(ctx: _Ctx, kvs: Sequence[KeyValue],
                service: str | None) -> list[tuple[Instance, KeyValue]]:
     """The well-formed registrations of `service` (None: any) among `kvs`; a warning line on
     stderr for each malformed one."""
-    out: list[tuple[Instance, KeyValue]] = []
-    for kv in kvs:
-        if service is not None and service_of(kv.key) != service:
-            continue  # another service under the same range prefix
-        try:
-            out.append((decode_instance(kv.key, kv.value), kv))
-        except InvalidInstance as e:
-            ctx.err.write(f"Warning: skipping malformed registration {_text(kv.key)}: {e}\n")
-    return out
+    good, bad = decode_registrations(kvs, service)
+    _warn_malformed(ctx, bad)
+    return [(x.instance, x.kv) for x in good]
 
 
-def _services_prefix(service: str | None) -> str:
-    return service_range_prefix(service) if service else SERVICES_ROOT
-
-
-INSTANCE_HEADERS = ("SERVICE", "ID", "ADDRESS", "WEIGHT", "ZONE", "VERSION", "AGE")
+INSTANCE_HEADERS = ("SERVICE", "ID", "ADDRESS", "WEIGHT", "ZONE", "VERSION", "AGE", "LEASE",
+                    "TTL", "METADATA")
 
 
 async def cmd_services_list(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
-    res = await client.get(_services_prefix(ns.service), prefix=True)
-    found = _instances(ctx, res.kvs, ns.service)
+    """Instances with their lease and its remaining TTL ("-": no lease; "expired": the lease
+    ended after the instances were read)."""
+    cat = await list_instances(client, ns.service)
+    _warn_malformed(ctx, cat.malformed)
     if ctx.fmt == "json":
         ctx.json(
             {
-                "header": {"revision": res.revision},
-                "instances": [instance_json(i, kv) for i, kv in found],
+                "header": {"revision": cat.revision},
+                "instances": [
+                    {**instance_json(x.instance, x.kv),
+                     "ttl": x.ttl.ttl if x.ttl else None,
+                     "granted_ttl": x.ttl.granted_ttl if x.ttl else None}
+                    for x in cat.instances
+                ],
             }
         )
         return 0
@@ -1286,8 +1284,12 @@ async def cmd_services_list(client: RegistryClient, ns: argparse.Namespace, ctx:
         [
             i.service, i.id, i.address, i.weight, i.zone, i.version,
             _age(now - i.registered_at) if i.registered_at > 0 else "-",
+            f"{x.kv.lease:x}" if x.kv.lease else "-",
+            "-" if x.ttl is None else "expired" if x.ttl.ttl < 0 else f"{x.ttl.ttl}s",
+            ",".join(f"{k}={v}" for k, v in sorted(i.metadata.items())),
         ]
-        for i, _ in found
+        for x in cat.instances
+        for i in (x.instance,)
     ]
     if ctx.fmt == "table":
         ctx.table(INSTANCE_HEADERS, rows)
@@ -1307,7 +1309,7 @@ def instance_line(kind: str, i: Instance) -> str:
 async def cmd_services_watch(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
     """The current instances as ADDED, then every change, until Ctrl-C. A compacted watch
     re-lists and prints the difference."""
-    prefix = _services_prefix(ns.service)
+    prefix = registrations_prefix(ns.service)
     known: dict[bytes, Instance] = {}
 
     def show(kind: str, i: Instance, revision: int) -> None:
@@ -1422,7 +1424,7 @@ def cmd_dev(ns: argparse.Namespace, ctx: _Ctx) -> int:
                   f"data in {ns.data_dir}\n")
     if ns.http:
         ctx.err.write(f"raftreg dev: etcd's JSON gateway (/v3/...) and /metrics on "
-                      f"http://{ns.http}\n")
+                      f"http://{ns.http}; the dashboard on http://{ns.http}/ui/\n")
     hint = "raftreg put a b" if Path(ns.data_dir).resolve() == Path(DEV_DATA_DIR).resolve() \
         else f"raftreg --endpoints {ns.listen} put a b"
     ctx.err.write(f"raftreg dev: from another shell in this directory: {hint}; etcdctl: "

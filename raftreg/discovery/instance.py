@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from raftreg.errors import InvalidArgument
+from raftreg.store.commands import KeyValue
 
 SERVICES_ROOT = "/services/"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -110,6 +111,16 @@ class Instance:
             "version": self.version,
             "registered_at": self.registered_at,
         }
+
+
+def instance_json(i: Instance, kv: KeyValue | None = None) -> dict[str, Any]:
+    """`i` as JSON for people and tools (the CLI's `-w json`, the dashboard): its service and
+    id, the stored fields, and with `kv` the lease and revisions of its key."""
+    out: dict[str, Any] = {"service": i.service, "id": i.id, **i.to_json()}
+    if kv is not None:
+        out.update(lease=kv.lease, create_revision=kv.create_revision,
+                   mod_revision=kv.mod_revision)
+    return out
 
 
 def service_prefix(service: str) -> str:

@@ -32,7 +32,10 @@ from raftreg.api.servicers import (
     MaintenanceServicer,
     WatchServicer,
 )
+from raftreg.client.grpc_client import GrpcRegistryClient
+from raftreg.client.protocol import RegistryClient
 from raftreg.config import ClusterConfig, split_hostport
+from raftreg.dashboard import add_dashboard_routes
 from raftreg.errors import RegistryError
 from raftreg.logfmt import LEVELS, setup_logging
 from raftreg.pb import raftreg_pb2 as pb
@@ -100,7 +103,7 @@ async def run_node(
         node.close()
         raise RegistryError(f"cannot bind the client address {node.me.client}")
     http_runner = None
-    close_gateway = None
+    close_gateway = close_dashboard = None
     if node.me.http:
         app = web.Application()
         add_metrics_route(app, registry)
@@ -108,6 +111,7 @@ async def run_node(
         if security.gateway_allowed:
             close_gateway = add_gateway_routes(app, node.me.client,
                                                channel=security.gateway_channel)
+            close_dashboard = add_dashboard_routes(app, _dashboard_client(cfg, node.me.client))
         else:
             log.warning("mutual TLS without auth: the HTTP gateway (no TLS) is not served")
         try:
@@ -139,11 +143,30 @@ async def run_node(
         await server.stop(grace=1.0)
         if close_gateway is not None:
             await close_gateway()
+        if close_dashboard is not None:
+            await close_dashboard()
         if http_runner is not None:
             await http_runner.cleanup()
         await link.close()
         node.close()
         log.info("node %s stopped", name)
+
+
+def _dashboard_client(cfg: ClusterConfig, target: str) -> Callable[[str], RegistryClient]:
+    """connect(token): a client of this node's own client API for the dashboard, as the
+    gateway's calls are (TLS when on, verified with tls_ca_file; the node's own certificate
+    under mutual TLS), carrying the page's token so that the API's auth rules decide."""
+    s = cfg.settings
+    ca = str(cfg.file(s.tls_ca_file)) if s.tls_ca_file else ""
+    mutual = bool(s.tls_client_ca_file)
+    cert = str(cfg.file(s.tls_cert_file)) if mutual else ""
+    key = str(cfg.file(s.tls_key_file)) if mutual else ""
+
+    def connect(token: str) -> RegistryClient:
+        return GrpcRegistryClient([target], tls=s.tls, ca_file=ca, cert_file=cert, key_file=key,
+                                  token=token, rediscover_interval=3600.0)
+
+    return connect
 
 
 async def _stop_when_removed(node: RegistryNode, stop: asyncio.Event) -> None:

@@ -71,12 +71,16 @@ def test_services_list_shows_instances_under_a_lease(shared_cluster: ProcessClus
     lease_id = asyncio.run(register())
     code, out, err = cli(shared_cluster, "services", "list", "cli-svc")
     assert code == 0
-    assert out.splitlines() == ["cli-svc, a1, 127.0.0.1:7001, 1, z1, , 0s",
-                                "cli-svc, a2, 127.0.0.1:7002, 1, z1, , 0s"]
+    rows = [line.split(", ") for line in out.splitlines()]
+    assert [r[:7] for r in rows] == [["cli-svc", "a1", "127.0.0.1:7001", "1", "z1", "", "0s"],
+                                     ["cli-svc", "a2", "127.0.0.1:7002", "1", "z1", "", "0s"]]
+    # the lease in hex and its remaining TTL (a second may pass between grant and list)
+    assert all(r[7] == f"{lease_id:x}" and r[8] in ("30s", "29s") for r in rows), rows
     assert err == ("Warning: skipping malformed registration /services/cli-svc/broken: "
                    "cli-svc/broken: value is not JSON, nor a host:port address\n")
     code, out, _ = cli(shared_cluster, "services", "list", "cli-svc", "-w", "json")
     assert [i["lease"] for i in json.loads(out)["instances"]] == [lease_id, lease_id]
+    assert all(i["granted_ttl"] == 30 for i in json.loads(out)["instances"])
     assert cli(shared_cluster, "lease", "revoke", f"{lease_id:x}")[0] == 0
     assert cli(shared_cluster, "services", "list", "cli-svc") == (0, "", "")
 

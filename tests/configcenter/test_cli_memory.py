@@ -231,9 +231,9 @@ def test_services_list_shows_instances_and_warns_about_malformed_ones(cli: Harne
     code, out, err = cli("services", "list")
     assert code == 0
     assert out.splitlines() == [
-        "order, o1, 10.0.0.1:80, 1, , , 3s",
-        "user, i1, 10.0.0.1:80, 3, z1, v1, 2m5s",
-        "user, i2, 10.0.0.2:80, 1, , , -",
+        "order, o1, 10.0.0.1:80, 1, , , 3s, -, -, ",
+        "user, i1, 10.0.0.1:80, 3, z1, v1, 2m5s, -, -, ",
+        "user, i2, 10.0.0.2:80, 1, , , -, -, -, ",
     ]
     warnings = err.splitlines()
     assert len(warnings) == 2 and all(w.startswith("Warning: skipping malformed registration")
@@ -241,11 +241,12 @@ def test_services_list_shows_instances_and_warns_about_malformed_ones(cli: Harne
     assert "/services/user/bad" in err and "/services/stray" in err
     code, out, err = cli("services", "list", "user", "-w", "table")
     assert out.splitlines()[1] == (
-        "| SERVICE | ID | ADDRESS     | WEIGHT | ZONE | VERSION | AGE  |")
+        "| SERVICE | ID | ADDRESS     | WEIGHT | ZONE | VERSION | AGE  | LEASE | TTL | METADATA |")
     assert len(out.splitlines()) == 6 and "bad" in err
     code, out, _ = cli("services", "list", "order", "-w", "json")
     (inst,) = json.loads(out)["instances"]
     assert inst["service"] == "order" and inst["id"] == "o1" and inst["lease"] == 0
+    assert inst["ttl"] is None and inst["granted_ttl"] is None
     assert inst["addr"] == "10.0.0.1:80" and inst["weight"] == 1 and inst["name"] == "order"
     assert cli("services", "list", "nobody") == (0, "", "")
     code, _, err = cli("services", "list", "a/b")

@@ -50,6 +50,10 @@ def test_dev_serves_etcdctl_the_documents_curl_and_the_cli_without_flags(tmp_pat
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200 and "revision" in json.load(resp)["header"]
         assert ctl.run("get", "foo", "--print-value-only").lines == ["bar"]
+        assert f"the dashboard on http://127.0.0.1:{http}/ui/" in banner
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/ui/api/keys?prefix=foo",
+                                    timeout=10) as resp:
+            assert [kv["value"] for kv in json.load(resp)["kvs"]] == ["bar"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAFTREG_")}
         env["PYTHONPATH"] = str(REPO)
 

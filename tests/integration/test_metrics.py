@@ -82,7 +82,16 @@ async def test_metrics_parse_and_move_under_load(shared_cluster: ProcessCluster)
         await client.lease_revoke(g.id)
         with pytest.raises(LeaseNotFound):
             await client.lease_revoke(g.id)
-        everywhere = {n: scrape(c.http[n]) for n in c.names}
+        # grpc.aio sends an aborted call's status before the handler's `finally` counts it, so
+        # the client can see NOT_FOUND a moment before any scrape does: wait for the count
+        deadline = time.monotonic() + 10
+        while True:
+            everywhere = {n: scrape(c.http[n]) for n in c.names}
+            if value(requests_total(everywhere), "grpc_server_handled_total", grpc_type="unary",
+                     grpc_service="raftreg.v1.Lease", grpc_method="LeaseRevoke",
+                     grpc_code="NOT_FOUND") >= 1 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
     b = before[leader]
 
     def most(name: str) -> float:  # whichever node leads by now: the one furthest along

@@ -414,3 +414,32 @@ def test_etcdctl_users_authenticate_with_their_token_as_password(
     assert "Authentication Status: true" in as_user("root", TOKENS["root"], "auth", "status")[1]
     r = ctl.run(*tls, "get", "/services/etcdctl", ok=False)  # no credential at all
     assert r.code != 0 and "etcdserver: invalid auth token" in r.err
+
+
+# --- the dashboard: the gateway's auth, over the node's own TLS client ---------------------------
+
+
+async def test_dashboard_reads_with_the_pages_token(secure_cluster: ProcessCluster) -> None:
+    addr = secure_cluster.http[secure_cluster.names[1]]
+
+    async def get(path: str, token: str | None) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s, \
+                s.get(f"http://{addr}{path}", headers=headers) as r:
+            return r.status, await r.text()
+
+    status, page = await get("/ui/", None)  # the page holds no data
+    assert status == 200 and "<title>raftreg</title>" in page
+    status, out = await get("/ui/api/services", None)
+    assert status == 401 and json.loads(out)["code"] == "UNAUTHENTICATED", out
+    status, out = await get("/ui/api/services", "not-a-token")
+    assert status == 401, out
+    status, out = await get("/ui/api/services", TOKENS["ro"])
+    assert status == 200 and "instances" in json.loads(out), out
+    status, out = await get("/ui/api/config", TOKENS["ro"])  # ro may not read /config/
+    assert status == 403 and json.loads(out)["code"] == "PERMISSION_DENIED", out
+    status, out = await get("/ui/api/keys?prefix=/secret/", TOKENS["rw"])
+    assert status == 403, out
+    status, out = await get("/ui/api/cluster", TOKENS["root"])
+    members = json.loads(out)["members"]
+    assert status == 200 and len(members) == 3 and all(m["healthy"] for m in members), out
