@@ -80,7 +80,7 @@ class ClusterSettings:
     # from the directory of cluster.toml). "" (the default) runs the plain transport. See
     # raftreg/consensus/raft.py `_FaultRules` and docs/fault-tests.md; never set in production.
     fault_file: str = ""
-    # --- Client API security (raftreg/api/auth.py). All off by default. Relative paths are
+    # --- Client API security (raftreg/api/auth/). All off by default. Relative paths are
     # taken from the directory of cluster.toml. The raft peer port is not affected: it is
     # protected by `secret`.
     # TLS on the client gRPC API: the server certificate (chain) and its key, PEM. TLS is on
@@ -97,7 +97,7 @@ class ClusterSettings:
     # calls to its own node). "" = the system trust store.
     tls_ca_file: str = ""
     # Token authentication and prefix authorization: a TOML file of roles and users (format in
-    # raftreg/api/auth.py). "" = off: every client may do everything.
+    # raftreg/api/auth/authfile.py). "" = off: every client may do everything.
     auth_file: str = ""
 
     def __post_init__(self) -> None:

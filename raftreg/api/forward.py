@@ -34,7 +34,7 @@ class LeaderLink:
         channel: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
     ) -> None:
         # `channel(addr)` opens the channel to a leader: TLS and the forwarded credentials
-        # are its business (raftreg.api.auth.NodeSecurity.leader_channel).
+        # are its business (raftreg.api.auth.security.NodeSecurity.leader_channel).
         self._new_channel = channel
         self._addr = leader_client_addr
         self._timeout = timeout

@@ -7,7 +7,7 @@ for the given hosts (default 127.0.0.1, ::1 and localhost) and a client certific
 
 The server certificate allows both serverAuth and clientAuth, so a node can also present it as
 its client certificate when it calls the client API of itself or of the leader with mutual TLS
-on (see `raftreg.api.auth`). Keys are EC P-256, written with mode 0600 and no passphrase.
+on (see `raftreg.api.auth.security`). Keys are EC P-256, written with mode 0600 and no passphrase.
 
 From a shell:  python -m raftreg.testing.certs DIR [HOST ...]
 then, in cluster.toml:

@@ -41,6 +41,7 @@ from raftreg import errors as E
 from raftreg.api.convert import event_from_pb
 from raftreg.client import GrpcRegistryClient, RegistryClient
 from raftreg.client.etcd import EtcdRegistryClient
+from raftreg.client.protocol import prefix_range_end
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.store.commands import (
@@ -176,10 +177,6 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
 ]
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 async def raw_watch(
@@ -498,7 +495,7 @@ class Workload:
     ) -> tuple[list[asyncio.Future[None]], list[asyncio.Future[None]]]:
         """Start the clients (until `stop_ops`) and the watchers (until `stop_watches`, so
         they can catch up after the faults are healed); returns both groups of tasks."""
-        key, end = PREFIX.encode(), _prefix_end(PREFIX.encode())
+        key, end = PREFIX.encode(), prefix_range_end(PREFIX.encode())
         ops: list[asyncio.Future[None]] = [
             asyncio.ensure_future(self.register_client(i, stop_ops))
             for i in range(self.cfg.register_clients)

@@ -529,7 +529,8 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_lines_only_on_a_terminal() -> None:
-    from raftreg.cli import _Ctx, _progress_line
+    from raftreg.cli.output import _Ctx
+    from raftreg.cli.snapshot import _progress_line
 
     def ctx(err: io.StringIO) -> _Ctx:
         return _Ctx(fmt="simple", endpoints=[], timeout=1.0, factory=_no_client,

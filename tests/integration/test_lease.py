@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
+from raftreg.client.protocol import prefix_range_end
 from raftreg.config import ClusterSettings, load_config
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
@@ -71,10 +72,6 @@ def write_stall_bound(s: ClusterSettings) -> float:
     """The longest a write may wait on a working leader: a leader that cannot commit steps down
     after leader_fallback_timeout, and a new one is elected within election_timeout_max."""
     return 2 * (s.leader_fallback_timeout + s.election_timeout_max)
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 def roles(c: ProcessCluster) -> tuple[str, list[str]]:
@@ -194,7 +191,7 @@ class EventLog:
 async def test_grant_attach_revoke_and_list(lcluster: ProcessCluster) -> None:
     leader, (f1, f2) = roles(lcluster)
     a, b, ld = Node(lcluster.client[f1]), Node(lcluster.client[f2]), Node(lcluster.client[leader])
-    watch = EventLog(b, b"lg/", prefix_end(b"lg/"))
+    watch = EventLog(b, b"lg/", prefix_range_end(b"lg/"))
     try:
         g1 = await a.grant(0)  # server-chosen id; TTL raised to the minimum
         assert g1.ID > 0 and g1.TTL == MIN_TTL
@@ -232,7 +229,7 @@ async def test_grant_attach_revoke_and_list(lcluster: ProcessCluster) -> None:
         assert evs == [(PUT, b"lg/one", r1), (PUT, b"lg/two", r2),
                        (DELETE, b"lg/one", rr), (DELETE, b"lg/two", rr)]
         for n in (a, b, ld):
-            assert await n.count(b"lg/", prefix_end(b"lg/")) == 0
+            assert await n.count(b"lg/", prefix_range_end(b"lg/")) == 0
             assert (await n.ttl(g2.ID)).TTL == -1
         ids = {s.ID for s in (await ld.lease.LeaseLeases(pb.LeaseLeasesRequest(), timeout=10)
                               ).leases}
@@ -293,7 +290,7 @@ async def test_expiry_deletes_on_every_node_not_early_and_soon_after(
 ) -> None:
     leader, (f1, f2) = roles(lcluster)
     nodes = {n: Node(lcluster.client[n]) for n in lcluster.names}
-    logs = {n: EventLog(nodes[n], b"ex/", prefix_end(b"ex/")) for n in lcluster.names}
+    logs = {n: EventLog(nodes[n], b"ex/", prefix_range_end(b"ex/")) for n in lcluster.names}
     try:
         ttl = 2
         settings = settings_of(lcluster)
@@ -395,7 +392,7 @@ async def test_mass_expiry_while_serving_puts(lcluster: ProcessCluster) -> None:
             latencies.append((t, time.monotonic() - t))
             i += 1
             if t > t_ka + ttl and i % 10 == 0 and await ld.count(
-                    b"me/", prefix_end(b"me/"), serializable=True) == 0:
+                    b"me/", prefix_range_end(b"me/"), serializable=True) == 0:
                 break
             assert t < t_acked + ttl + 15, f"the {n} leases were not all gone 15s after their TTL"
         t_gone = time.monotonic()
@@ -412,7 +409,7 @@ async def test_mass_expiry_while_serving_puts(lcluster: ProcessCluster) -> None:
         for name in lcluster.names:
             nd = Node(lcluster.client[name])
             try:
-                assert await nd.count(b"me/", prefix_end(b"me/")) == 0
+                assert await nd.count(b"me/", prefix_range_end(b"me/")) == 0
             finally:
                 await nd.close()
         left = {s.ID for s in (await ld.lease.LeaseLeases(pb.LeaseLeasesRequest(), timeout=10)
@@ -473,7 +470,7 @@ async def test_leader_kill_expires_no_kept_alive_lease(own_cluster: ProcessClust
             await asyncio.sleep(0.05)
         nl = Node(c.client[new_leader])
         try:
-            assert await nl.count(b"lk/", prefix_end(b"lk/")) == len(ids), errors
+            assert await nl.count(b"lk/", prefix_range_end(b"lk/")) == len(ids), errors
             for lid in ids:
                 assert (await nl.ttl(lid)).TTL > 0
         finally:

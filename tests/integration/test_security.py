@@ -1,5 +1,5 @@
 """Client API security on real node processes: TLS, mutual TLS, token auth with prefix roles,
-leader forwarding and the HTTP gateway with auth on (raftreg/api/auth.py).
+leader forwarding and the HTTP gateway with auth on (raftreg/api/auth/).
 
 Two module-scoped clusters: a one-node cluster with plain TLS, and a three-node cluster with
 mutual TLS and auth (the hardest path for node-internal calls: a follower forwards lease

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
+from raftreg.client.protocol import prefix_range_end
 from raftreg.config import ClusterSettings, load_config
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
@@ -36,10 +37,6 @@ def wcluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluste
         c.start()
         c.wait_leader()
         yield c
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 class Watcher:
@@ -171,7 +168,7 @@ async def test_one_stream_many_watches_key_prefix_and_range(wcluster: ProcessClu
     w, kv = Watcher(wcluster.client[f1]), KV(wcluster.client[f1])
     try:
         k_a = await w.watch(b"mw/a")
-        k_pre = await w.watch(b"mw/", prefix_end(b"mw/"))
+        k_pre = await w.watch(b"mw/", prefix_range_end(b"mw/"))
         k_rng = await w.watch(b"mw/b", b"mw/d")
         assert len({k_a, k_pre, k_rng}) == 3, "watch ids must be distinct"
         revs = {}
@@ -212,7 +209,7 @@ async def test_past_revision_catch_up_then_live_no_gap_no_dup(wcluster: ProcessC
                 acked.append(await kv.put(b"cu/%03d" % i, b"%d" % i))
 
         task = asyncio.create_task(writer())
-        wid = await w.watch(b"cu/", prefix_end(b"cu/"), start_revision=acked[0])
+        wid = await w.watch(b"cu/", prefix_range_end(b"cu/"), start_revision=acked[0])
         await task
         resps = await w.events_for(wid, lambda evs: len(evs) >= len(acked))
         got, _ = await w.until_progress()
@@ -222,7 +219,7 @@ async def test_past_revision_catch_up_then_live_no_gap_no_dup(wcluster: ProcessC
         keys = [e.kv.key for r in resps for e in r.events]
         assert keys == [b"cu/%03d" % i for i in range(n + 60)]
         # Starting at the current revision sees only what comes after.
-        wid2 = await w.watch(b"cu/", prefix_end(b"cu/"))
+        wid2 = await w.watch(b"cu/", prefix_range_end(b"cu/"))
         r_next = await kv.put(b"cu/after")
         (only,) = await w.events_for(wid2, lambda evs: len(evs) >= 1)
         assert flat([only]) == [(PUT, b"cu/after", r_next)]
@@ -263,7 +260,7 @@ async def test_txn_revision_is_never_split(wcluster: ProcessCluster) -> None:
     leader, _ = roles(wcluster)
     w, kv = Watcher(wcluster.client[leader]), KV(wcluster.client[leader])
     try:
-        wid = await w.watch(b"tx/", prefix_end(b"tx/"))
+        wid = await w.watch(b"tx/", prefix_range_end(b"tx/"))
         await kv.put(b"tx/gone")
         before = await kv.put(b"tx/before")
         txn = pb.TxnRequest(success=[
@@ -384,7 +381,7 @@ async def test_every_node_sees_exactly_the_committed_sequence(wcluster: ProcessC
     watchers = {n: Watcher(wcluster.client[n]) for n in wcluster.names}
     kv = KV(wcluster.client[f1])
     try:
-        wids = {n: await w.watch(b"seq/", prefix_end(b"seq/")) for n, w in watchers.items()}
+        wids = {n: await w.watch(b"seq/", prefix_range_end(b"seq/")) for n, w in watchers.items()}
         acked: list[int] = []
 
         async def writer(j: int) -> None:
@@ -445,8 +442,8 @@ async def test_slow_watcher_is_cancelled_without_slowing_anyone(
 
         _, baseline = await put_all(100, b"sl/warm/")
         base_watchers = (await kv.status()).watchers
-        slow_id = await slow.watch(b"sl/", prefix_end(b"sl/"))
-        fast_id = await fast.watch(b"sl/", prefix_end(b"sl/"))
+        slow_id = await slow.watch(b"sl/", prefix_range_end(b"sl/"))
+        fast_id = await fast.watch(b"sl/", prefix_range_end(b"sl/"))
         assert (await kv.status()).watchers == base_watchers + 2
         n = 4 * BUFFER_EVENTS + 500
         revs, during = await put_all(n, b"sl/k/")
@@ -545,7 +542,7 @@ async def test_catch_up_longer_than_the_buffer_is_delivered(wcluster: ProcessClu
                 acked.append(await kv.put(b"big/%04d" % i, b"y" * 1024))
 
         await asyncio.gather(*(put(i) for i in range(n)))
-        wid = await w.watch(b"big/", prefix_end(b"big/"), start_revision=min(acked))
+        wid = await w.watch(b"big/", prefix_range_end(b"big/"), start_revision=min(acked))
         resps = await w.events_for(wid, lambda evs: len(evs) >= n, timeout=20)
         assert [e.kv.mod_revision for r in resps for e in r.events] == sorted(acked)
         assert max(len(r.events) for r in resps) <= BUFFER_EVENTS
@@ -563,7 +560,7 @@ async def test_progress_revision_never_runs_ahead_of_events(wcluster: ProcessClu
     w = Watcher(wcluster.client[f1])
     kvs = [KV(wcluster.client[n]) for n in (leader, f2)]
     try:
-        wid = await w.watch(b"pr/", prefix_end(b"pr/"))
+        wid = await w.watch(b"pr/", prefix_range_end(b"pr/"))
         stop = asyncio.Event()
 
         async def writer(kv: KV, j: int) -> None:

@@ -17,6 +17,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftreg.client.protocol import prefix_range_end
 from raftreg.server.watch import (
     ALL_KEYS,
     MAX_MSG_EVENTS,
@@ -133,10 +134,6 @@ def cancel_of(msgs: list[Outgoing], wid: int) -> Outgoing | None:
     return next((m for m in msgs if m.watch_id == wid and m.canceled), None)
 
 
-def prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
 def watch(node: Node, stream: WatchStream, spec: WatchSpec) -> int:
     w = node.hub.create(stream, spec)
     assert w is not None
@@ -150,14 +147,14 @@ def watch(node: Node, stream: WatchStream, spec: WatchSpec) -> int:
 def test_live_events_arrive_as_whole_revisions_in_order() -> None:
     node = Node()
     s = node.hub.open_stream()
-    spec = WatchSpec(b"a/", prefix_end(b"a/"))
+    spec = WatchSpec(b"a/", prefix_range_end(b"a/"))
     wid = watch(node, s, spec)
     start = node.store.revision + 1
     node.put(b"a/1")
     node.put(b"b/1")  # outside the watch
     node.apply(Txn(success=tuple(Put(b"a/%d" % i, b"t") for i in range(2, 12))))
     node.put(b"a/1", b"again")
-    node.delete(b"a/", prefix_end(b"a/"))  # one revision, many deletes
+    node.delete(b"a/", prefix_range_end(b"a/"))  # one revision, many deletes
     msgs = take(s)
     assert msgs[0].created and msgs[0].watch_id == wid
     got = events_of(msgs, wid)
@@ -178,7 +175,7 @@ def test_catch_up_then_live_is_exactly_once_even_when_publishing_lags() -> None:
     for i in range(30, 40):  # applied, not yet handed to the hub
         node.put(b"k/%02d" % i, publish=False)
     s = node.hub.open_stream()
-    spec = WatchSpec(b"k/", prefix_end(b"k/"), start_revision=first)
+    spec = WatchSpec(b"k/", prefix_range_end(b"k/"), start_revision=first)
     wid = watch(node, s, spec)
     node.publish()
     for i in range(40, 50):  # live
@@ -204,7 +201,7 @@ def test_catch_up_longer_than_the_buffer_is_paced_not_cancelled() -> None:
     for i in range(7 * limit):
         node.put(b"p/%04d" % i)
     s = node.hub.open_stream()
-    spec = WatchSpec(b"p/", prefix_end(b"p/"), start_revision=1)
+    spec = WatchSpec(b"p/", prefix_range_end(b"p/"), start_revision=1)
     w = node.hub.create(s, spec)
     assert w is not None
     assert s.queued_events <= limit and not w.synced, "history beyond the buffer waits"
@@ -225,9 +222,9 @@ def test_one_revision_larger_than_a_message_is_still_sent_whole() -> None:
     n = MAX_MSG_EVENTS + 5
     for i in range(n):
         last_put = node.put(b"t/%05d" % i)
-    big = node.delete(b"t/", prefix_end(b"t/"))  # one revision of n events
+    big = node.delete(b"t/", prefix_range_end(b"t/"))  # one revision of n events
     s = node.hub.open_stream()
-    spec = WatchSpec(b"t/", prefix_end(b"t/"), start_revision=last_put)
+    spec = WatchSpec(b"t/", prefix_range_end(b"t/"), start_revision=last_put)
     wid = watch(node, s, spec)
     msgs = take(s)
     assert events_of(msgs, wid) == node.expected(spec, last_put)
@@ -318,7 +315,7 @@ def test_compaction_during_a_paced_catch_up_cancels_with_the_compact_revision() 
     for i in range(100):
         node.put(b"c/%03d" % i)
     s = node.hub.open_stream()
-    w = node.hub.create(s, WatchSpec(b"c/", prefix_end(b"c/"), start_revision=1))
+    w = node.hub.create(s, WatchSpec(b"c/", prefix_range_end(b"c/"), start_revision=1))
     assert w is not None and not w.synced
     compact_at = node.store.revision - 5
     node.apply(Compact(compact_at))
@@ -346,7 +343,7 @@ def test_slow_watcher_is_buffered_up_to_the_limit_then_cancelled() -> None:
     limit = 100
     node = Node(buffer_limit=limit)
     slow_stream = node.hub.open_stream()  # nobody ever reads it
-    spec = WatchSpec(b"s/", prefix_end(b"s/"))
+    spec = WatchSpec(b"s/", prefix_range_end(b"s/"))
     slow = watch(node, slow_stream, spec)
     start = node.store.revision + 1
     for i in range(limit):
@@ -371,7 +368,7 @@ async def test_stuck_consumer_never_blocks_the_publisher_nor_other_watchers() ->
     waits for either (it only yields the loop between writes)."""
     limit, n = 100, 2000
     node = Node(buffer_limit=limit)
-    spec = WatchSpec(b"s/", prefix_end(b"s/"))
+    spec = WatchSpec(b"s/", prefix_range_end(b"s/"))
     slow_stream, fast_stream = node.hub.open_stream(), node.hub.open_stream()
     slow, fast = watch(node, slow_stream, spec), watch(node, fast_stream, spec)
     start = node.store.revision + 1
@@ -423,7 +420,7 @@ def test_publisher_with_no_consumer_running_at_all_completes() -> None:
     node = Node(buffer_limit=limit)
     streams = [node.hub.open_stream() for _ in range(10)]
     for s in streams:
-        watch(node, s, WatchSpec(b"s/", prefix_end(b"s/")))
+        watch(node, s, WatchSpec(b"s/", prefix_range_end(b"s/")))
     for i in range(n):
         node.put(b"s/%d" % i)
     assert len(node.hub) == 0
@@ -434,7 +431,7 @@ def test_slow_watcher_on_a_stream_does_not_cancel_a_quiet_one_on_the_same_stream
     limit = 10
     node = Node(buffer_limit=limit)
     s = node.hub.open_stream()
-    busy = watch(node, s, WatchSpec(b"busy/", prefix_end(b"busy/")))
+    busy = watch(node, s, WatchSpec(b"busy/", prefix_range_end(b"busy/")))
     quiet = watch(node, s, WatchSpec(b"quiet"))
     for i in range(limit + 1):
         node.put(b"busy/%d" % i)
@@ -501,7 +498,7 @@ def test_progress_of_a_stream_waits_for_a_watcher_still_catching_up() -> None:
     for i in range(50):
         node.put(b"q/%d" % i)
     s = node.hub.open_stream()
-    w = node.hub.create(s, WatchSpec(b"q/", prefix_end(b"q/"), start_revision=1))
+    w = node.hub.create(s, WatchSpec(b"q/", prefix_range_end(b"q/"), start_revision=1))
     assert w is not None and not w.synced
     node.hub.progress(s)
     progress = [m for m in drain_raw(s) if m is not None and m.watch_id == -1]
@@ -519,7 +516,7 @@ def drain_raw(stream: WatchStream) -> list[Outgoing | None]:
 def test_resync_after_a_snapshot_install_fills_the_hole() -> None:
     node = Node()
     s = node.hub.open_stream()
-    spec = WatchSpec(b"r/", prefix_end(b"r/"))
+    spec = WatchSpec(b"r/", prefix_range_end(b"r/"))
     wid = watch(node, s, spec)
     start = node.store.revision + 1
     node.put(b"r/1")
@@ -543,7 +540,7 @@ def test_resync_after_a_snapshot_install_fills_the_hole() -> None:
 KEYS = [b"k/a", b"k/b", b"k/c", b"l/a"]
 SPECS = [
     WatchSpec(b"k/a"),
-    WatchSpec(b"k/", prefix_end(b"k/")),
+    WatchSpec(b"k/", prefix_range_end(b"k/")),
     WatchSpec(b"k/a", b"k/c", prev_kv=True),
     WatchSpec(b"k/", ALL_KEYS, no_put=True),
     WatchSpec(b"k/", ALL_KEYS, no_delete=True, prev_kv=True),
