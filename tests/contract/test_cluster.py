@@ -1,15 +1,18 @@
-"""Cluster membership and status: one contract for both backends (see conftest)."""
+"""Cluster membership and status: one contract for every backend (see conftest)."""
 
 from __future__ import annotations
 
 import pytest
 
 from raftreg.client import NodeStatus, RegistryClient
-from tests.contract.conftest import Backend, backend_differs, settled
+from tests.contract.conftest import Backend, backend_differs, process_only, settled
 
 pytestmark = pytest.mark.slow
 
 
+# Process backends only: three real members and their endpoints; memory is one in-process
+# member with no client URL of a real server.
+@process_only
 async def test_member_list_names_three_members_and_one_leader(
     registry: RegistryClient, backend: Backend
 ) -> None:
@@ -25,6 +28,9 @@ async def test_member_list_names_three_members_and_one_leader(
     assert all(m.connected for m in members)
 
 
+# Process backends only: each real member's status, its Raft term and index; memory has one
+# endpoint and no Raft.
+@process_only
 async def test_status_of_each_endpoint_agrees_on_the_leader(
     registry: RegistryClient, backend: Backend, prefix: str
 ) -> None:

@@ -1,8 +1,10 @@
-"""Locks and elections (`raftreg.concurrency`): one contract for both backends (see conftest).
+"""Locks and elections (`raftreg.concurrency`): one contract for every backend (see conftest).
 
 Every participant that must be independent has a client of its own (as separate processes
-would). Waits are on the recipes' own events (an acquire returning, a key appearing) bounded by
-`WAIT`; lease-related bounds come from the session TTL with 2x room."""
+would) on the process backends; on memory they share `registry` (the memory client's watches
+and leases live in the client object) and are independent through their sessions (leases).
+Waits are on the recipes' own events (an acquire returning, a key appearing) bounded by `WAIT`;
+lease-related bounds come from the session TTL with 2x room."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from raftreg.concurrency import Election, Lock, NotLeader, Session, SessionExpir
 from raftreg.store.commands import Put, Txn
 from raftreg.testing.etcd import etcd_binary
 from raftreg.testing.procs import ProcessGroup
-from tests.contract.conftest import WAIT, Backend, eventually
+from tests.contract.conftest import WAIT, Backend, eventually, process_only
 
 pytestmark = pytest.mark.slow
 # Sessions renew every TTL/3; 4 s leaves each renewal 2/3 of the TTL on a loaded machine (as in
@@ -34,11 +36,17 @@ TTL = 4
 
 
 @pytest.fixture
-async def new_client(backend: Backend) -> AsyncIterator[Callable[[], RegistryClient]]:
-    """Makes more clients of `backend` (one per independent participant), all closed after."""
+async def new_client(
+    backend: Backend, registry: RegistryClient
+) -> AsyncIterator[Callable[[], RegistryClient]]:
+    """Makes more clients of `backend` (one per independent participant), all closed after.
+    On memory it gives `registry` itself: a second `MemoryRegistryClient` would not see the
+    first one's writes in its watches (see conftest)."""
     made: list[RegistryClient] = []
 
     def make() -> RegistryClient:
+        if backend.name == "memory":
+            return registry
         c = connect(backend.url, timeout=3.0)
         made.append(c)
         return c
@@ -107,6 +115,9 @@ async def test_waiters_are_served_in_create_revision_order(
         await b.release()
 
 
+# Process backends only: the holder learns the loss at its keeper's next renewal, a timer that
+# on memory runs on a ManualClock only `advance()` moves.
+@process_only
 async def test_a_revoked_holder_frees_the_lock_and_knows_it_lost_it(
     registry: RegistryClient, new_client: Callable[[], RegistryClient], prefix: str
 ) -> None:
@@ -167,6 +178,10 @@ async def test_acquires_cancelled_at_any_moment_leave_no_key(
             await holder.release()
 
 
+# Process backends only: the waiter watches its predecessor, not its own key, so it learns the
+# loss at its keeper's next renewal, a timer that on memory runs on a ManualClock only
+# `advance()` moves.
+@process_only
 async def test_a_lost_session_ends_a_waiting_acquire(
     registry: RegistryClient, new_client: Callable[[], RegistryClient], prefix: str
 ) -> None:
@@ -233,6 +248,8 @@ async def test_a_campaign_reuses_its_sessions_existing_key(
         assert (await registry.get(name + "/", prefix=True)).count == 0
 
 
+# Process backends only: the CLI is given the backend's URL, which memory does not have.
+@process_only
 async def test_cli_lock_runs_the_command_while_holding_the_lock(
     registry: RegistryClient, backend: Backend, prefix: str, tmp_path: Path
 ) -> None:
@@ -249,6 +266,8 @@ async def test_cli_lock_runs_the_command_while_holding_the_lock(
     assert (await registry.get(name + "/", prefix=True)).count == 0  # released after it
 
 
+# Process backends only: CLI processes are given the backend's URL, which memory does not have.
+@process_only
 async def test_cli_elect_campaigns_and_observes_until_ctrl_c(
     registry: RegistryClient, backend: Backend, prefix: str, tmp_path: Path
 ) -> None:
@@ -276,6 +295,8 @@ async def test_cli_elect_campaigns_and_observes_until_ctrl_c(
         assert (await registry.get(name + "/", prefix=True)).count == 0
 
 
+# Process backends only: etcdctl is a process given the backend's endpoints.
+@process_only
 def test_etcdctl_lock_and_our_lock_exclude_each_other(backend: Backend, tmp_path: Path) -> None:
     """Same key layout as etcd's concurrency package: `etcdctl lock` waits for our Lock, and
     our Lock for `etcdctl lock`; on raftreg etcdctl speaks etcd's API to the same nodes."""

@@ -1,4 +1,4 @@
-"""Service registration, discovery and balanced calls: one contract for both backends.
+"""Service registration, discovery and balanced calls: one contract for every backend.
 
 Every test uses its own service name, so tests share each backend's cluster safely.
 """
@@ -17,7 +17,7 @@ import pytest
 
 from raftreg.client import RegistryClient, connect
 from raftreg.discovery import Instance, Registration, Resolver, ServiceChannels, encode_instance
-from tests.contract.conftest import MIN_LEASE_TTL, WAIT, Backend
+from tests.contract.conftest import MIN_LEASE_TTL, WAIT, Backend, process_only
 
 pytestmark = pytest.mark.slow
 _seq = itertools.count(1)
@@ -29,8 +29,13 @@ def service(backend: Backend) -> str:
 
 
 @pytest.fixture
-async def other(backend: Backend) -> AsyncIterator[RegistryClient]:
-    """A second client: another process's view of the registry."""
+async def other(backend: Backend, registry: RegistryClient) -> AsyncIterator[RegistryClient]:
+    """A second client: another process's view of the registry. On memory `registry` itself:
+    a second `MemoryRegistryClient` would not see the first one's writes in its watches (see
+    conftest)."""
+    if backend.name == "memory":
+        yield registry
+        return
     c = connect(backend.url, timeout=3.0)
     try:
         yield c
@@ -60,6 +65,9 @@ async def test_a_registered_instance_is_discovered_and_gone_at_once_on_stop(
         assert time.monotonic() - t0 < WAIT  # deregistered at once, not at lease expiry (30 s)
 
 
+# Process backends only: renewals across TTLs of real time; on memory no lease time passes
+# (a ManualClock only `advance()` moves), so it would pass without renewing anything.
+@process_only
 async def test_registration_stays_across_many_ttls(
     registry: RegistryClient, other: RegistryClient, service: str
 ) -> None:
@@ -76,6 +84,8 @@ async def test_registration_stays_across_many_ttls(
         assert reg.registrations == 1
 
 
+# Process backends only: expiry in real time; memory's leases expire only through `advance()`.
+@process_only
 async def test_an_instance_that_stops_renewing_is_dropped_after_its_ttl_never_before(
     registry: RegistryClient, other: RegistryClient, service: str
 ) -> None:
@@ -92,6 +102,9 @@ async def test_an_instance_that_stops_renewing_is_dropped_after_its_ttl_never_be
         assert MIN_LEASE_TTL - 0.05 <= gone <= 2 * MIN_LEASE_TTL + 1.0, gone
 
 
+# Process backends only: the registration learns the loss at its keeper's next renewal, a
+# timer that on memory runs on a ManualClock only `advance()` moves.
+@process_only
 async def test_a_revoked_lease_is_replaced_by_a_new_registration(
     registry: RegistryClient, other: RegistryClient, service: str
 ) -> None:

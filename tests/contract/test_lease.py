@@ -1,4 +1,4 @@
-"""Leases and the keepalive manager: one contract for both backends (see conftest)."""
+"""Leases and the keepalive manager: one contract for every backend (see conftest)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from raftreg.client import RegistryClient
 from raftreg.errors import AlreadyExists, LeaseNotFound
 from raftreg.store.commands import EventType
-from tests.contract.conftest import MIN_LEASE_TTL, WAIT, eventually
+from tests.contract.conftest import MIN_LEASE_TTL, WAIT, eventually, process_only
 
 pytestmark = pytest.mark.slow
 # The keepalive manager's lease: renewed every TTL/3, so each renewal has 2/3 of the TTL to be
@@ -56,6 +56,9 @@ async def test_a_client_chosen_lease_id_is_used_once(registry: RegistryClient) -
     await registry.lease_revoke(lid)
 
 
+# Process backends only: the remaining TTL must drop in real time; memory's lease clock is
+# a ManualClock that only `advance()` moves.
+@process_only
 async def test_keepalive_once_renews_to_the_full_ttl(registry: RegistryClient) -> None:
     g = await registry.lease_grant(10)
     await asyncio.sleep(2.5)  # the remaining TTL drops: the point of the test
@@ -79,6 +82,8 @@ async def test_a_ttl_below_the_minimum_is_raised_to_it(registry: RegistryClient)
     await registry.lease_revoke(g.id)
 
 
+# Process backends only: expiry in real time; memory's leases expire only through `advance()`.
+@process_only
 async def test_expiry_deletes_the_keys_and_watchers_see_it(
     registry: RegistryClient, prefix: str
 ) -> None:
@@ -99,6 +104,9 @@ async def test_expiry_deletes_the_keys_and_watchers_see_it(
     w.cancel()
 
 
+# Process backends only: renewals and expiry in real time; memory's keeper and leases run on
+# a ManualClock that only `advance()` moves.
+@process_only
 async def test_the_keepalive_manager_keeps_a_lease_past_its_ttl(
     registry: RegistryClient, prefix: str
 ) -> None:
@@ -125,6 +133,9 @@ async def test_the_keepalive_manager_keeps_a_lease_past_its_ttl(
     assert early <= 0.05, f"the lease expired {early:.2f}s before its acknowledged deadline"
 
 
+# Process backends only: the loss is learnt at the keeper's next renewal, a timer that on
+# memory runs on a ManualClock only `advance()` moves.
+@process_only
 async def test_the_keepalive_manager_reports_a_revoked_lease_lost(
     registry: RegistryClient,
 ) -> None:

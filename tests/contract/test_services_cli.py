@@ -1,4 +1,4 @@
-"""`raftreg services list`: instances registered under a lease, on both backends (see
+"""`raftreg services list`: instances registered under a lease, on both process backends (see
 conftest). The command runs in-process through `raftreg.cli.run` with the backend's URL as
 `--endpoints` (on a thread: it runs its own event loop)."""
 
@@ -14,9 +14,10 @@ import pytest
 from raftreg.cli import run
 from raftreg.client import RegistryClient
 from raftreg.discovery.instance import Instance, encode_instance
-from tests.contract.conftest import MIN_LEASE_TTL, Backend
+from tests.contract.conftest import MIN_LEASE_TTL, Backend, process_only
 
-pytestmark = pytest.mark.slow
+# Process backends only: the CLI is given the backend's URL, which memory does not have.
+pytestmark = [pytest.mark.slow, process_only]
 
 
 async def services(backend: Backend, *argv: str) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""The example services end to end, one contract for both backends: the same `user` and
+"""The example services end to end, one contract for both process backends: the same `user` and
 `gateway` processes registered in a raftreg cluster or a real etcd, chosen only by the
 `--registry` URL they are given."""
 
@@ -23,9 +23,11 @@ from services.testing import (
     send_user_traffic,
     wait_stats,
 )
-from tests.contract.conftest import Backend
+from tests.contract.conftest import Backend, process_only
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+# Process backends only: the services are processes given the backend's URL (`--registry`),
+# which memory does not have.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120), process_only]
 _seq = itertools.count(1)
 TTL = 2  # the instance that is killed: its lease runs out
 LONG_TTL = 30  # the instance that is stopped: gone well within it means deregistered

@@ -1,4 +1,4 @@
-"""Transactions: one contract for both backends (see conftest)."""
+"""Transactions: one contract for every backend (see conftest)."""
 
 from __future__ import annotations
 
