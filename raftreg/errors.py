@@ -1,7 +1,7 @@
 """raftreg's one exception tree.
 
 Every layer raises these; the API maps them to gRPC status codes in one table
-(`raftreg.api.status`) and the gRPC client maps status codes back into them, so callers of any
+(`raftreg.common.status`) and the gRPC client maps status codes back into them, so callers of any
 `RegistryClient` implementation catch the same classes whatever the backend.
 """
 

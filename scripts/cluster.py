@@ -27,7 +27,7 @@ def _pid(cfg: ClusterConfig, node: NodeConfig) -> int | None:
     except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
         return None
     cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists() and b"raftreg.server" not in cmdline.read_bytes():
+    if cmdline.exists() and b"raftreg.daemon" not in cmdline.read_bytes():
         return None  # a recycled pid that is not ours
     return pid
 
@@ -55,7 +55,7 @@ def start(cfg: ClusterConfig, timeout: float) -> int:
             continue
         with open(d / "node.log", "ab") as log:
             p = subprocess.Popen(
-                [sys.executable, "-m", "raftreg.server", "--config", str(cfg.path),
+                [sys.executable, "-m", "raftreg.daemon", "--config", str(cfg.path),
                  "--name", node.name],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,

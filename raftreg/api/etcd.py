@@ -4,7 +4,7 @@ a raftreg node.
 
 raftreg.v1's messages carry etcd's field numbers (its extensions use numbers etcd does not),
 so the same servicer code answers both names. What differs under etcd's names:
-- errors are worded as etcd's (`raftreg.api.status.etcd_status_for`), because etcd clients
+- errors are worded as etcd's (`raftreg.common.status.etcd_status_for`), because etcd clients
   match the messages;
 - `Maintenance.Snapshot` frames the backup as etcd frames its file (trailing SHA-256);
 - a stream opened with etcd's `hasleader: true` metadata (clientv3's `WithRequireLeader`, used
@@ -24,7 +24,7 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
-from raftreg.api.status import etcd_status_for
+from raftreg.common.status import etcd_status_for
 from raftreg.errors import Unavailable
 from raftreg.pb import raftreg_pb2 as pb
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from raftreg.api.status import error_from_status
+from raftreg.common.status import error_from_status
 from raftreg.errors import Unavailable
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg

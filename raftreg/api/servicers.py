@@ -1,7 +1,7 @@
 """grpc.aio servicers for raftreg.v1 over a `RegistryNode`.
 
 Every handler is wrapped by `_rpc`, the single place where a `RegistryError` becomes a gRPC
-status, through the servicer's `status_for` (`raftreg.api.status`: raftreg's wording, or etcd's
+status, through the servicer's `status_for` (`raftreg.common.status`: raftreg's wording, or etcd's
 when the servicer serves etcd's service names, see `raftreg.api.etcd`). Handlers only convert
 and delegate; they hold no state.
 """
@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import grpc
 
 from raftreg import __version__
-from raftreg.api import convert
 from raftreg.api.forward import LeaderLink
-from raftreg.api.status import (
+from raftreg.common import convert
+from raftreg.common.status import (
     COMPACT_KEY,
     ERROR_KEY,
     NOTE_KEY,

@@ -23,7 +23,7 @@ def _serve_node() -> Callable[..., int]:
     """Imported only when a server command runs: client commands never load the server (and
     `pip install raftreg` does not install what it needs)."""
     try:
-        from raftreg.server.main import serve_node
+        from raftreg.daemon.main import serve_node
     except ModuleNotFoundError as e:
         raise FailedPrecondition(
             f"running a node needs the server extra ({e.name} is missing): "

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from raftreg.client.clock import Clock, LoopClock, ManualClock, SteppingClock
 from raftreg.client.endpoints import DEFAULT_ENDPOINT, default_endpoints, normalize_endpoint
 from raftreg.client.grpc_client import GrpcRegistryClient, rpc_error
 from raftreg.client.keepalive import KeepAliveSource, KeepAliveStream, LeaseKeeper
@@ -38,6 +37,7 @@ from raftreg.client.protocol import (
 from raftreg.client.security import ClientSecurity, endpoints_want_tls
 from raftreg.client.sync import SyncRegistryClient, SyncWatch
 from raftreg.client.watch import Watch, WatchBatch, WatchFilter, WatchOptions
+from raftreg.common.clock import Clock, LoopClock, ManualClock, SteppingClock
 from raftreg.errors import InvalidArgument
 
 

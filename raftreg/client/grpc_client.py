@@ -40,10 +40,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from raftreg import errors as E
-from raftreg.api import convert
-from raftreg.api.status import ERROR_KEY, error_from_status
 from raftreg.client.bidi import KeepAliveCall
-from raftreg.client.clock import Clock
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
 from raftreg.client.grpc_watch import WIRE as WATCH_WIRE
 from raftreg.client.kvmux import KVMux, StreamFailure
@@ -59,6 +56,9 @@ from raftreg.client.protocol import (
 )
 from raftreg.client.security import ClientSecurity, wants_tls
 from raftreg.client.watch import Watch
+from raftreg.common import convert
+from raftreg.common.clock import Clock
+from raftreg.common.status import ERROR_KEY, error_from_status
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.store.commands import (

@@ -3,7 +3,7 @@
 `raftreg.client.watch_stream` owns the algorithm (one bidi Watch stream per client, FIFO create
 matching, resume without gap or duplicate, cancels, compaction, progress, reconnect with
 backoff); this module owns only what is raftreg's: the messages (`raftreg.pb`), the call on a
-connection's `WatchStub`, event conversion (`raftreg.api.convert`) and the status -> exception
+connection's `WatchStub`, event conversion (`raftreg.common.convert`) and the status -> exception
 mapping (`raftreg.client.grpc_client.rpc_error`).
 """
 
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import grpc.aio
 
 from raftreg import errors as E
-from raftreg.api import convert
 from raftreg.client.watch_stream import WatchCall, WatchWire
+from raftreg.common import convert
 from raftreg.pb import raftreg_pb2 as pb
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
-from raftreg.client.clock import Clock, LoopClock
+from raftreg.common.clock import Clock, LoopClock
 from raftreg.errors import FailedPrecondition, InvalidArgument, RegistryError
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from raftreg import errors as E
-from raftreg.api.status import COMPACT_KEY, ERROR_KEY, error_from_status
 from raftreg.client import aio
+from raftreg.common.status import COMPACT_KEY, ERROR_KEY, error_from_status
 from raftreg.pb import raftreg_pb2 as pb
 
 

@@ -31,7 +31,6 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
 
-from raftreg.client.clock import ManualClock
 from raftreg.client.keepalive import LeaseKeeper
 from raftreg.client.protocol import (
     KeyLike,
@@ -42,6 +41,7 @@ from raftreg.client.protocol import (
     to_bytes,
 )
 from raftreg.client.watch import Watch, WatchFilter, WatchOptions
+from raftreg.common.clock import ManualClock
 from raftreg.errors import Compacted, FailedPrecondition, InvalidArgument, Unavailable
 from raftreg.store import Store, failure_to_error
 from raftreg.store.commands import (

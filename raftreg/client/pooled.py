@@ -35,13 +35,13 @@ from google.protobuf.message import Message
 
 from raftreg import errors as E
 from raftreg.client.bidi import BidiCall, KeepAliveCall
-from raftreg.client.clock import Clock, LoopClock
 from raftreg.client.keepalive import KeepAliveStream, LeaseKeeper
 from raftreg.client.pool import EndpointPool
 from raftreg.client.protocol import KeyLike, resolve_range
 from raftreg.client.security import ClientSecurity
 from raftreg.client.watch import Watch, WatchFilter, WatchOptions
 from raftreg.client.watch_stream import WatchMux, WatchWire
+from raftreg.common.clock import Clock, LoopClock
 
 C = TypeVar("C")
 

@@ -676,7 +676,7 @@ Global___BatchRequest: _TypeAlias = BatchRequest  # noqa: Y015
 @_typing.final
 class OpError(_message.Message):
     """A failed operation: the gRPC status code and details the unary call would have returned,
-    plus raftreg's error kind (see raftreg/api/status.py).
+    plus raftreg's error kind (see raftreg/common/status.py).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -9,7 +9,7 @@ classification that retry and breaker share (`rpc`), `EndpointHealth` (`endpoint
 server interceptors (`server_interceptors`), `wrap_handler` / `refusing_handler` which any server
 interceptor (e.g. the node's metrics and auth) uses to observe or refuse a call of any of the four
 kinds (`_handlers`), and client
-interceptors (`client_interceptors`). Clocks are `raftreg.client.clock`'s plus `MonotonicClock`
+interceptors (`client_interceptors`). Clocks are `raftreg.common.clock`'s plus `MonotonicClock`
 (`clock`); every time-dependent part takes a `Clock`, so tests drive it with `ManualClock`.
 Every threshold is a constructor argument and can be changed live (`configure`), because the
 gateway reloads them from the config center. Everything is single-event-loop (not thread-safe).
@@ -26,12 +26,13 @@ few hundred lines here.
 
 from __future__ import annotations
 
-from raftreg.resilience._handlers import (
+from raftreg.common.handlers import (
     handler_behavior,
     rebuild_handler,
     refusing_handler,
     wrap_handler,
 )
+from raftreg.common.status import NOT_EXECUTED_KEY, NOT_EXECUTED_METADATA
 from raftreg.resilience.backoff import Backoff, Jitter
 from raftreg.resilience.breaker import (
     FAILURE_CODES,
@@ -74,8 +75,6 @@ from raftreg.resilience.retry import (
     retry_call,
 )
 from raftreg.resilience.rpc import (
-    NOT_EXECUTED_KEY,
-    NOT_EXECUTED_METADATA,
     Failure,
     MethodSet,
     classify,

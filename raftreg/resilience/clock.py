@@ -1,6 +1,6 @@
 """Clocks for the resilience parts.
 
-`Clock`, `LoopClock` and `ManualClock` are `raftreg.client.clock`'s (one clock abstraction in the
+`Clock`, `LoopClock` and `ManualClock` are `raftreg.common.clock`'s (one clock abstraction in the
 project). `MonotonicClock` adds a real clock that also works outside a running loop
 (`time.monotonic()`, which is what asyncio's default loop clock reads), so breakers and limiters
 can be queried from synchronous code; `MONOTONIC` is the shared stateless instance used as every
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from raftreg.client.clock import Clock, LoopClock, ManualClock
+from raftreg.common.clock import Clock, LoopClock, ManualClock
 
 
 class MonotonicClock:

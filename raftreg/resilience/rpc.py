@@ -25,10 +25,12 @@ import grpc
 import grpc.aio
 
 from raftreg import errors as E
-from raftreg.api.status import ERROR_KEY, status_for
-
-NOT_EXECUTED_KEY = "raftreg-not-executed"
-NOT_EXECUTED_METADATA: tuple[tuple[str, str], ...] = ((NOT_EXECUTED_KEY, "1"),)
+from raftreg.common.status import (
+    ERROR_KEY,
+    NOT_EXECUTED_KEY,
+    NOT_EXECUTED_METADATA,
+    status_for,
+)
 
 
 def method_name(method: str | bytes) -> str:

@@ -6,7 +6,7 @@ Pass them to `grpc.aio.server(interceptors=[...])`; the first in the list is the
 ServerRateLimitInterceptor(...)]`: every call is logged, including the refused ones.
 
 Refusals (auth, rate limit, an already-passed deadline) happen before the method's behaviour
-runs and carry the not-executed marker (`raftreg.resilience.rpc.NOT_EXECUTED_KEY`) in their
+runs and carry the not-executed marker (`raftreg.common.status.NOT_EXECUTED_KEY`) in their
 trailing metadata, so a client may retry even a non-idempotent call after them. A method the
 server does not implement is left to gRPC (UNIMPLEMENTED) and uses no rate-limit bucket.
 
@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from raftreg.resilience._handlers import (
+from raftreg.common.handlers import (
     Context,
     is_async_handler,
     rejecting_handler,
     wrap_handler,
 )
+from raftreg.common.status import NOT_EXECUTED_METADATA
 from raftreg.resilience.clock import MONOTONIC, Clock
 from raftreg.resilience.deadline import (
     Deadline,
@@ -42,7 +43,7 @@ from raftreg.resilience.deadline import (
     set_current_deadline,
 )
 from raftreg.resilience.ratelimit import RateLimiter
-from raftreg.resilience.rpc import NOT_EXECUTED_METADATA, MethodSet, metadata_pairs
+from raftreg.resilience.rpc import MethodSet, metadata_pairs
 
 if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]

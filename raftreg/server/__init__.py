@@ -1,2 +1,4 @@
-"""Node wiring: the registry node over the consensus seam (`node`), and the process that serves
-it over gRPC (`main.serve_node`)."""
+"""Node wiring over the consensus seam: the registry node (`node.RegistryNode`: store +
+consensus, reads and proposals), the lessor (`lessor`, leader only: expiry decided here,
+carried out as a replicated command), the watch hub (`watch`) and the offline snapshot restore
+(`restore`). The process that serves it is `raftreg.daemon`."""

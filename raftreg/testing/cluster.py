@@ -1,7 +1,7 @@
 """Real raftreg node processes on loopback with free ports, for tests and benchmarks.
 
 `ProcessCluster` writes a cluster.toml into its own directory, starts one process per node
-(`python -m raftreg.server`), and can kill -9, pause, resume and restart any of them. Every
+(`python -m raftreg.daemon`), and can kill -9, pause, resume and restart any of them. Every
 process it started is stopped by `close()` (also on `with` exit).
 
 Network faults (TEST ONLY): a cluster made with `faults=True` runs every node with the
@@ -135,7 +135,7 @@ class ProcessCluster(ProcessGroup):
         for n in names or self.names:
             if self.disks is not None and not self.alive(n):
                 self.disks[n].mount()
-            self.spawn(n, [sys.executable, "-m", "raftreg.server",
+            self.spawn(n, [sys.executable, "-m", "raftreg.daemon",
                            "--config", str(self.config_path), "--name", n,
                            *(["--join"] if join else [])], env)
 

@@ -78,9 +78,9 @@ from typing import Any, Protocol
 import grpc
 
 from raftreg import errors as E
-from raftreg.api.convert import event_from_pb, range_result_from_pb
 from raftreg.client import GrpcRegistryClient
 from raftreg.client.etcd import EtcdRegistryClient
+from raftreg.common.convert import event_from_pb, range_result_from_pb
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.store.commands import Event, EventType, KeyValue

@@ -38,10 +38,10 @@ from typing import Any, Literal
 import grpc
 
 from raftreg import errors as E
-from raftreg.api.convert import event_from_pb
 from raftreg.client import GrpcRegistryClient, RegistryClient
 from raftreg.client.etcd import EtcdRegistryClient
 from raftreg.client.protocol import prefix_range_end
+from raftreg.common.convert import event_from_pb
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.store.commands import (

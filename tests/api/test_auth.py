@@ -18,10 +18,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from raftreg.api import auth as A
-from raftreg.api.status import ERROR_KEY
 from raftreg.client import security
 from raftreg.client.protocol import prefix_range_end
 from raftreg.client.security import ClientSecurity, endpoints_want_tls, wants_tls
+from raftreg.common.status import ERROR_KEY
 from raftreg.config import ClusterSettings, parse_config
 from raftreg.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from raftreg.pb import raftreg_pb2 as pb

@@ -8,7 +8,7 @@ import pytest
 
 from raftreg import errors as E
 from raftreg.api.auth import native_method
-from raftreg.api.status import ERROR_KEY, etcd_status_for, status_for
+from raftreg.common.status import ERROR_KEY, etcd_status_for, status_for
 from raftreg.store.mvcc import COMPACTED_MESSAGE
 
 

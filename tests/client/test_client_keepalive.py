@@ -18,8 +18,8 @@ import grpc.aio
 import pytest
 
 from raftreg.client import GrpcRegistryClient, LeaseKeeper, MemoryRegistryClient
-from raftreg.client.clock import ManualClock
 from raftreg.client.keepalive import KeepAliveSource
+from raftreg.common.clock import ManualClock
 from raftreg.errors import InvalidArgument
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg

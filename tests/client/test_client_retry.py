@@ -20,8 +20,8 @@ import grpc
 import grpc.aio
 import pytest
 
-from raftreg.api.status import COMPACT_KEY, ERROR_KEY, status_for
 from raftreg.client import GrpcRegistryClient, SteppingClock, SyncRegistryClient, rpc_error
+from raftreg.common.status import COMPACT_KEY, ERROR_KEY, status_for
 from raftreg.errors import (
     Compacted,
     DeadlineExceeded,

@@ -10,7 +10,7 @@ import grpc.aio
 import pytest
 
 from raftreg import errors as E
-from raftreg.api.status import ERROR_KEY
+from raftreg.common.status import ERROR_KEY
 from raftreg.resilience import (
     NOT_EXECUTED_KEY,
     Attempt,

@@ -7,7 +7,7 @@ matching a user (`raftreg.api.auth.policy.AuthPolicy.authenticate`; etcd's `toke
 stands for it); otherwise UNAUTHENTICATED and nothing runs.
 
 Authorization, per request, before the servicer sees it (PERMISSION_DENIED, nothing changed).
-Refusals are worded by `raftreg.api.status.status_for`, and under etcd's service names
+Refusals are worded by `raftreg.common.status.status_for`, and under etcd's service names
 (`/etcdserverpb.KV/Put`, ...) as etcd's (`etcd_status_for`). On KV.Batch and Watch.Watch a
 refused operation or create is answered on the stream, which carries on (see
 `raftreg.api.auth.rules`). The cluster-internal principal "(cluster)" may ONLY call
@@ -59,10 +59,10 @@ from raftreg.api.auth.rules import (
     check_txn,
     native_method,
 )
-from raftreg.api.status import ERROR_KEY, StatusFor, etcd_status_for, status_for
+from raftreg.common.handlers import handler_behavior, rebuild_handler, refusing_handler
+from raftreg.common.status import ERROR_KEY, StatusFor, etcd_status_for, status_for
 from raftreg.errors import PermissionDenied, RegistryError, Unauthenticated
 from raftreg.pb import raftreg_pb2 as pb
-from raftreg.resilience import handler_behavior, rebuild_handler, refusing_handler
 
 if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]

@@ -44,7 +44,6 @@ from google.protobuf.message import Message
 
 from raftreg import errors as E
 from raftreg.client.bidi import KeepAliveCall
-from raftreg.client.clock import Clock
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
 from raftreg.client.etcd import convert
 from raftreg.client.etcd.errors import not_applied, retryable, rpc_error
@@ -56,6 +55,7 @@ from raftreg.client.pooled import PooledClient
 from raftreg.client.protocol import KeyLike, LeaseTTL, Member, NodeStatus, resolve_range, to_bytes
 from raftreg.client.security import ClientSecurity, wants_tls
 from raftreg.client.watch import Watch
+from raftreg.common.clock import Clock
 from raftreg.store.commands import (
     DeleteRange,
     DeleteResult,

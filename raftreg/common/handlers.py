@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from raftreg.resilience.rpc import NOT_EXECUTED_METADATA
+from raftreg.common.status import NOT_EXECUTED_METADATA
 
 Context = Any  # grpc.aio.ServicerContext; its stubs type `code()`/`time_remaining()` wrongly
 Start = Callable[[Context], Any]

@@ -1,4 +1,4 @@
-"""`python -m raftreg.server --config cluster.toml --name n1` runs one node (as `raftreg node`)."""
+"""`python -m raftreg.daemon --config cluster.toml --name n1` runs one node (as `raftreg node`)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import sys
 
 from raftreg.config import load_config
+from raftreg.daemon.main import serve_node
 from raftreg.errors import RegistryError
-from raftreg.server.main import serve_node
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m raftreg.server")
+    p = argparse.ArgumentParser(prog="python -m raftreg.daemon")
     p.add_argument("--config", default="cluster.toml")
     p.add_argument("--name", required=True)
     p.add_argument("--join", action="store_true",

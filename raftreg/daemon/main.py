@@ -35,15 +35,15 @@ from raftreg.api.servicers import (
 from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import RegistryClient
 from raftreg.config import ClusterConfig, split_hostport
+from raftreg.daemon.metrics import add_metrics_route, metrics_registry
 from raftreg.dashboard import add_dashboard_routes
 from raftreg.errors import RegistryError
 from raftreg.logfmt import LEVELS, setup_logging
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.server.metrics import add_metrics_route, metrics_registry
 from raftreg.server.node import RegistryNode
 
-log = logging.getLogger("raftreg.server")
+log = logging.getLogger("raftreg.daemon")
 
 HealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 

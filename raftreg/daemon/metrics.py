@@ -47,7 +47,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from raftreg.resilience import wrap_handler
+from raftreg.common.handlers import wrap_handler
 from raftreg.server.node import RegistryNode
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"

@@ -23,6 +23,10 @@ COMPACT_KEY = "raftreg-compact-revision"
 # Trailing metadata of a call that succeeded but did less than its name says (etcd's
 # Defragment on raftreg).
 NOTE_KEY = "raftreg-note"
+# Trailing metadata of a call refused before its handler ran: safe to retry even when not
+# idempotent (the "not executed" rule, raftreg.resilience.rpc).
+NOT_EXECUTED_KEY = "raftreg-not-executed"
+NOT_EXECUTED_METADATA: tuple[tuple[str, str], ...] = ((NOT_EXECUTED_KEY, "1"),)
 
 # Ordered most specific first: the first matching class wins.
 STATUS_TABLE: tuple[tuple[type[E.RegistryError], grpc.StatusCode], ...] = (
