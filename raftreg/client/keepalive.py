@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
+from raftreg.common.backoff import Backoff
 from raftreg.common.clock import Clock, LoopClock
 from raftreg.errors import FailedPrecondition, InvalidArgument, RegistryError
 
@@ -143,10 +144,10 @@ class LeaseKeeper:
         self._clock: Clock = clock or LoopClock()
         self._fraction = renew_fraction
         self._jitter = jitter
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
         self._response_timeout = response_timeout
         self._rng = rng or random.Random()
+        self._retry = Backoff(base=backoff_base, max_delay=backoff_max, jitter="equal",
+                              rng=self._rng)
         self._leases: dict[int, _Kept] = {}
         self._stream: KeepAliveStream | None = None
         self._wake = asyncio.Event()
@@ -361,8 +362,7 @@ class LeaseKeeper:
             await asyncio.sleep(self._backoff(attempt))
 
     def _backoff(self, attempt: int) -> float:
-        d = min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
-        return d / 2 + self._rng.uniform(0, d / 2)
+        return self._retry.delay(attempt)
 
     async def _sleep_until(self, t: float) -> None:
         # The time left is read when the sleep starts, not when it was decided: the clock may

@@ -34,6 +34,8 @@ from typing import Any, Generic, TypeVar
 import grpc
 import grpc.aio
 
+from raftreg.common.backoff import Backoff
+
 C = TypeVar("C")
 
 
@@ -76,9 +78,9 @@ class EndpointPool(Generic[C]):
         self._close_conn = close
         self._options = [*DEFAULT_CHANNEL_OPTIONS, *channel_options]
         self._penalty = failure_penalty
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
         self._rng = random.Random()
+        self._backoff = Backoff(base=backoff_base, max_delay=backoff_max, jitter="equal",
+                                rng=self._rng)
         self._conns: dict[str, tuple[grpc.aio.Channel, C]] = {}
         self._failed_at: dict[str, float] = {}
 
@@ -121,8 +123,7 @@ class EndpointPool(Generic[C]):
         self._failed_at.pop(endpoint, None)
 
     def backoff(self, attempt: int) -> float:
-        d = min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
-        return d / 2 + self._rng.uniform(0, d / 2)
+        return self._backoff.delay(attempt)
 
     async def connect(self, endpoint: str, limit: float) -> None:
         """Return once `endpoint`'s channel is READY; raise `NotConnected` if it is failing

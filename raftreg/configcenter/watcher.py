@@ -33,6 +33,7 @@ from typing import Any, Generic, Self, TypeVar
 
 from raftreg.client.protocol import RegistryClient
 from raftreg.client.watch import Watch, WatchBatch
+from raftreg.common.backoff import Backoff
 from raftreg.configcenter.layout import BadValue, config_prefix, decode_value, name_of
 from raftreg.errors import FailedPrecondition, InvalidArgument, RegistryError
 from raftreg.store.commands import EventType, KeyValue
@@ -309,7 +310,9 @@ class ConfigWatcher(Generic[T]):
     async def _relist(self) -> Watch | None:
         """Read the config again and watch from there (retrying with backoff); None once the
         client is closed."""
-        delay = self._retry_delay
+        retry = Backoff(base=self._retry_delay, max_delay=self._max_retry_delay, jitter="none")
+        delays = iter(retry)
+        delay = next(delays)
         while True:
             try:
                 snapshot, watch = await self._client.list_then_watch(self._prefix)
@@ -322,7 +325,7 @@ class ConfigWatcher(Generic[T]):
                     self._service, e, delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_retry_delay)
+                delay = next(delays)
                 continue
             try:
                 self._load(snapshot.kvs)

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Self
 
 from raftreg.client.protocol import RegistryClient
+from raftreg.common.backoff import Backoff
 from raftreg.discovery.instance import Instance, encode_instance
 from raftreg.errors import FailedPrecondition, InvalidArgument, RegistryError, Unavailable
 
@@ -56,10 +57,10 @@ class Registration:
         self._client = client
         self.instance = instance
         self._ttl = ttl
-        self._retry_base = retry_base
-        self._retry_max = retry_max
         self._deregister_timeout = deregister_timeout
         self._rng = rng or random.Random()
+        self._retry = Backoff(base=retry_base, max_delay=retry_max, jitter="equal",
+                              rng=self._rng)
         self._lease_id = 0
         self._registered = asyncio.Event()
         self._lost = asyncio.Event()
@@ -174,8 +175,7 @@ class Registration:
                 log.warning("registering %s stopped: %s", self.key, e)
                 return
             except RegistryError as e:
-                delay = min(self._retry_max, self._retry_base * 2**attempt)
-                delay *= self._rng.uniform(0.5, 1.0)
+                delay = self._retry.delay(attempt + 1)
                 attempt += 1
                 log.warning(
                     "registering %s failed (%s); retrying in %.2fs", self.key, e, delay

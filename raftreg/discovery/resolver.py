@@ -28,6 +28,7 @@ from typing import Self
 
 from raftreg.client.protocol import RegistryClient
 from raftreg.client.watch import Watch
+from raftreg.common.backoff import Backoff
 from raftreg.discovery.instance import (
     Instance,
     InvalidInstance,
@@ -60,9 +61,9 @@ class Resolver:
         self.service = service
         self._prefix = service_range_prefix(service)
         self._progress_interval = progress_interval
-        self._retry_base = retry_base
-        self._retry_max = retry_max
         self._rng = rng or random.Random()
+        self._retry = Backoff(base=retry_base, max_delay=retry_max, jitter="equal",
+                              rng=self._rng)
         self._by_key: dict[bytes, Instance] = {}
         self._instances: tuple[Instance, ...] = ()
         self._revision = 0
@@ -221,8 +222,7 @@ class Resolver:
                 log.warning("resolving %s stopped: %s", self.service, e)
                 return
             except RegistryError as e:
-                delay = min(self._retry_max, self._retry_base * 2**attempt)
-                delay *= self._rng.uniform(0.5, 1.0)
+                delay = self._retry.delay(attempt + 1)
                 attempt += 1
                 log.warning("listing %s failed (%s); retrying in %.2fs", self._prefix, e, delay)
                 await asyncio.sleep(delay)
@@ -242,7 +242,7 @@ class Resolver:
                         self._heard()
             except RegistryError as e:
                 log.warning("watch of %s failed (%s); listing again", self._prefix, e)
-                await asyncio.sleep(self._retry_base)
+                await asyncio.sleep(self._retry.base)
             finally:
                 watch.cancel()
                 self._watch = None

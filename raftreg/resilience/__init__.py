@@ -2,15 +2,15 @@
 propagation, retries with exponential backoff, endpoint health, circuit breakers, rate limits,
 and grpc.aio server and client interceptors built from them.
 
-This package owns: `Deadline` and the current-deadline context variable (`deadline`), `Backoff`
-(`backoff`), `RetryPolicy`/`retry_call` (`retry`), the "not executed" rule and failure
-classification that retry and breaker share (`rpc`), `EndpointHealth` (`endpoint_health`),
+This package owns: `Deadline` and the current-deadline context variable (`deadline`),
+`RetryPolicy`/`retry_call` (`retry`), the "not executed" rule and failure classification that
+retry and breaker share (`rpc`), `EndpointHealth` (`endpoint_health`),
 `CircuitBreaker`/`BreakerGroup` (`breaker`), `TokenBucket`/`RateLimiter` (`ratelimit`), the
-server interceptors (`server_interceptors`), `wrap_handler` / `refusing_handler` which any server
-interceptor (e.g. the node's metrics and auth) uses to observe or refuse a call of any of the four
-kinds (`_handlers`), and client
-interceptors (`client_interceptors`). Clocks are `raftreg.common.clock`'s plus `MonotonicClock`
-(`clock`); every time-dependent part takes a `Clock`, so tests drive it with `ManualClock`.
+server interceptors (`server_interceptors`) and client interceptors (`client_interceptors`).
+It re-exports what it builds on from `raftreg.common`: `Backoff`, the clocks (plus its own
+`MonotonicClock`, `clock`), and `wrap_handler` / `refusing_handler`, with which any server
+interceptor (the node's metrics and auth too) observes or refuses a call of any of the four
+kinds. Every time-dependent part takes a `Clock`, so tests drive it with `ManualClock`.
 Every threshold is a constructor argument and can be changed live (`configure`), because the
 gateway reloads them from the config center. Everything is single-event-loop (not thread-safe).
 
@@ -26,6 +26,7 @@ few hundred lines here.
 
 from __future__ import annotations
 
+from raftreg.common.backoff import Backoff, Jitter
 from raftreg.common.handlers import (
     handler_behavior,
     rebuild_handler,
@@ -33,7 +34,6 @@ from raftreg.common.handlers import (
     wrap_handler,
 )
 from raftreg.common.status import NOT_EXECUTED_KEY, NOT_EXECUTED_METADATA
-from raftreg.resilience.backoff import Backoff, Jitter
 from raftreg.resilience.breaker import (
     FAILURE_CODES,
     BreakerGroup,

@@ -26,8 +26,8 @@ from typing import TypeVar
 
 import grpc
 
+from raftreg.common.backoff import Backoff
 from raftreg.errors import DeadlineExceeded
-from raftreg.resilience.backoff import Backoff
 from raftreg.resilience.clock import MONOTONIC, Clock
 from raftreg.resilience.deadline import Deadline, current_deadline, earliest
 from raftreg.resilience.rpc import Failure, classify
