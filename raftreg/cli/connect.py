@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raftreg.cli.output import ClientFactory, Command, _Ctx
+from raftreg.client import connect
 from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import RegistryClient
-from raftreg.client.security import ClientSecurity, endpoints_want_tls
+from raftreg.client.security import endpoints_want_tls
 from raftreg.config import split_hostport
 from raftreg.errors import InvalidArgument, RegistryError
 
@@ -29,38 +30,23 @@ def _default_factory(endpoints: Sequence[str], timeout: float) -> RegistryClient
 
 
 def _secured_factory(backend: str, ns: argparse.Namespace) -> ClientFactory:
-    """The client factory of `backend` with TLS / token from --cacert, --cert, --key, --token
-    (else RAFTREG_CACERT, RAFTREG_CERT, RAFTREG_KEY, RAFTREG_TOKEN); https:// endpoints and any
-    certificate file imply TLS (raftreg.client.security). Each connection attempt is bounded by
-    --dial-timeout, each command's requests with their retries by --command-timeout."""
+    """The client factory of `backend`: `raftreg.client.connect` with TLS / token from
+    --cacert, --cert, --key, --token (else RAFTREG_CACERT, RAFTREG_CERT, RAFTREG_KEY,
+    RAFTREG_TOKEN); https:// endpoints and any certificate file imply TLS
+    (raftreg.client.security). Each connection attempt is bounded by --dial-timeout, each
+    command's requests with their retries by --command-timeout."""
     dial = ns.dial_timeout
-    sec = ClientSecurity.resolve(
-        tls=endpoints_want_tls(ns.endpoints or None, config_path=ns.config, env=os.environ),
-        ca_file=ns.tls_cacert, cert_file=ns.tls_cert, key_file=ns.tls_key, token=ns.auth_token,
-        env=os.environ,
-    )
-    if backend == "etcd":
-        if sec.token:
-            raise InvalidArgument("--token: the etcd backend does not support token auth")
-        from raftreg.client.etcd.client import EtcdRegistryClient
+    tls = endpoints_want_tls(ns.endpoints or None, config_path=ns.config, env=os.environ)
 
-        def etcd(endpoints: Sequence[str], timeout: float) -> RegistryClient:
-            return EtcdRegistryClient(
-                endpoints, timeout=timeout, connect_timeout=min(dial, timeout),
-                retry_budget=timeout, tls=sec.tls, ca_file=sec.ca_file,
-                cert_file=sec.cert_file, key_file=sec.key_file,
-            )
-
-        return etcd
-
-    def raftreg(endpoints: Sequence[str], timeout: float) -> RegistryClient:
-        return GrpcRegistryClient(
-            endpoints, timeout=timeout, connect_timeout=min(dial, timeout), retry_budget=timeout,
-            tls=sec.tls, ca_file=sec.ca_file, cert_file=sec.cert_file, key_file=sec.key_file,
-            token=sec.token,
+    def factory(endpoints: Sequence[str], timeout: float) -> RegistryClient:
+        return connect(
+            list(endpoints), backend=backend, config_path=ns.config, timeout=timeout,
+            connect_timeout=min(dial, timeout), retry_budget=timeout, tls=tls,
+            ca_file=ns.tls_cacert, cert_file=ns.tls_cert, key_file=ns.tls_key,
+            token=ns.auth_token,
         )
 
-    return raftreg
+    return factory
 
 
 def _raftreg_only(client: RegistryClient, what: str) -> GrpcRegistryClient:

@@ -47,6 +47,7 @@ def connect(
     config_path: str | Path = "cluster.toml",
     timeout: float = 5.0,
     connect_timeout: float = 3.0,
+    retry_budget: float | None = None,
     backend: str | None = None,
     tls: bool | None = None,
     ca_file: str | None = None,
@@ -64,7 +65,8 @@ def connect(
     Security (`raftreg.client.security.ClientSecurity.resolve`): each of `ca_file`,
     `cert_file`, `key_file`, `token` not given comes from RAFTREG_CACERT, RAFTREG_CERT,
     RAFTREG_KEY, RAFTREG_TOKEN; TLS is on with `tls=True`, with any of the files, or when the
-    chosen endpoints are written https://. The etcd backend takes TLS but no token."""
+    chosen endpoints are written https://. The etcd backend takes TLS but no token.
+    `retry_budget` bounds a call with its retries (None: the client's default)."""
     from raftreg.client.etcd.backend import select_backend
 
     sel = select_backend(endpoints, config_path=config_path, backend=backend)
@@ -78,12 +80,14 @@ def connect(
         if sec.token:
             raise InvalidArgument("the etcd backend does not support token authentication")
         return EtcdRegistryClient(
-            sel.endpoints, timeout=timeout, connect_timeout=connect_timeout, tls=sec.tls,
-            ca_file=sec.ca_file, cert_file=sec.cert_file, key_file=sec.key_file,
+            sel.endpoints, timeout=timeout, connect_timeout=connect_timeout,
+            retry_budget=retry_budget, tls=sec.tls, ca_file=sec.ca_file, cert_file=sec.cert_file,
+            key_file=sec.key_file,
         )
     return GrpcRegistryClient(
-        list(sel.endpoints), timeout=timeout, connect_timeout=connect_timeout, tls=sec.tls,
-        ca_file=sec.ca_file, cert_file=sec.cert_file, key_file=sec.key_file, token=sec.token,
+        list(sel.endpoints), timeout=timeout, connect_timeout=connect_timeout,
+        retry_budget=retry_budget, tls=sec.tls, ca_file=sec.ca_file, cert_file=sec.cert_file,
+        key_file=sec.key_file, token=sec.token,
     )
 
 

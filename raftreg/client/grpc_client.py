@@ -51,6 +51,7 @@ from raftreg.client.protocol import (
     LeaseTTL,
     Member,
     NodeStatus,
+    list_then_watch,
     resolve_range,
     to_bytes,
 )
@@ -406,15 +407,8 @@ class GrpcRegistryClient(PooledClient[_Conn]):
     async def list_then_watch(
         self, prefix: KeyLike, *, prev_kv: bool = False, progress_notify: bool = False
     ) -> tuple[RangeResult, Watch]:
-        snapshot = await self.get(prefix, prefix=True)
-        w = await self.watch(
-            prefix,
-            prefix=True,
-            start_revision=snapshot.revision + 1,
-            prev_kv=prev_kv,
-            progress_notify=progress_notify,
-        )
-        return snapshot, w
+        return await list_then_watch(self, prefix, prev_kv=prev_kv,
+                                     progress_notify=progress_notify)
 
     @property
     def watch_streams_opened(self) -> int:

@@ -37,6 +37,7 @@ from raftreg.client.protocol import (
     LeaseTTL,
     Member,
     NodeStatus,
+    list_then_watch,
     resolve_range,
     to_bytes,
 )
@@ -363,15 +364,8 @@ class MemoryRegistryClient:
     async def list_then_watch(
         self, prefix: KeyLike, *, prev_kv: bool = False, progress_notify: bool = False
     ) -> tuple[RangeResult, Watch]:
-        snapshot = await self.get(prefix, prefix=True)
-        w = await self.watch(
-            prefix,
-            prefix=True,
-            start_revision=snapshot.revision + 1,
-            prev_kv=prev_kv,
-            progress_notify=progress_notify,
-        )
-        return snapshot, w
+        return await list_then_watch(self, prefix, prev_kv=prev_kv,
+                                     progress_notify=progress_notify)
 
     async def request_progress(self) -> None:
         self._check()

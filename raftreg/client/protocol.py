@@ -260,3 +260,17 @@ class LoopRunner(Protocol):
     def client(self) -> RegistryClient: ...
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T: ...
+
+
+async def list_then_watch(
+    client: RegistryClient, prefix: KeyLike, *, prev_kv: bool = False,
+    progress_notify: bool = False,
+) -> tuple[RangeResult, Watch]:
+    """`RegistryClient.list_then_watch`, written once for every client: a linearizable range of
+    `prefix`, then a watch from the revision after it, so no change is missed or seen twice."""
+    snapshot = await client.get(prefix, prefix=True)
+    w = await client.watch(
+        prefix, prefix=True, start_revision=snapshot.revision + 1, prev_kv=prev_kv,
+        progress_notify=progress_notify,
+    )
+    return snapshot, w

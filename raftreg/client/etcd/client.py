@@ -52,7 +52,15 @@ from raftreg.client.etcd.watch import REQUIRE_LEADER, WATCH_PATH
 from raftreg.client.etcd.watch import WIRE as WATCH_WIRE
 from raftreg.client.pool import NotConnected
 from raftreg.client.pooled import PooledClient
-from raftreg.client.protocol import KeyLike, LeaseTTL, Member, NodeStatus, resolve_range, to_bytes
+from raftreg.client.protocol import (
+    KeyLike,
+    LeaseTTL,
+    Member,
+    NodeStatus,
+    list_then_watch,
+    resolve_range,
+    to_bytes,
+)
 from raftreg.client.security import ClientSecurity, wants_tls
 from raftreg.client.watch import Watch
 from raftreg.common.clock import Clock
@@ -365,12 +373,8 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
     async def list_then_watch(
         self, prefix: KeyLike, *, prev_kv: bool = False, progress_notify: bool = False
     ) -> tuple[RangeResult, Watch]:
-        snapshot = await self.get(prefix, prefix=True)
-        w = await self.watch(
-            prefix, prefix=True, start_revision=snapshot.revision + 1, prev_kv=prev_kv,
-            progress_notify=progress_notify,
-        )
-        return snapshot, w
+        return await list_then_watch(self, prefix, prev_kv=prev_kv,
+                                     progress_notify=progress_notify)
 
     # --- cluster ---------------------------------------------------------------------------
 
