@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,11 +158,6 @@ class ClientSecurity:
             key_file=key,
             token=pick(token, ENV_TOKEN),
         )
-
-    @classmethod
-    def from_env(cls, **explicit: Any) -> ClientSecurity:
-        """`resolve` with the process environment."""
-        return cls.resolve(env=os.environ, **explicit)
 
     # --- channel pieces --------------------------------------------------------------------
 
