@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sys
 import time
@@ -34,15 +35,45 @@ from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.testing.powercut import Disks, cut_power
 from raftreg.testing.procs import ProcessGroup
 
+# Ports handed out for test processes lie below the kernel's ephemeral range, from which every
+# outgoing connection gets its local port: a port from bind(0) is an ephemeral one, and while a
+# node is down (killed, power cut) a client connection may take it as its local port, so the
+# restarted node cannot bind it (seen once under load: "address already in use" on restart).
+_PORT_FLOOR = 15000
+_RESERVED = range(23700, 23900)  # scripts/start-cluster.sh's fixed ports
+_rng = random.SystemRandom()  # never the seeded global generator: processes would agree
+
+
+def _ephemeral_floor() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
 
 def free_ports(n: int) -> list[int]:
-    """n distinct ports that were free a moment ago (all held open together, then released)."""
-    socks = []
+    """n distinct ports that were free a moment ago (all held open together, then released),
+    at random below the ephemeral range (see above); bind(0) where that range leaves no room."""
+    ceiling = _ephemeral_floor() - 1
+    socks: list[socket.socket] = []
     try:
         for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
+            for _attempt in range(200):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                port = _rng.randint(_PORT_FLOOR, ceiling) if ceiling - _PORT_FLOOR > 2000 else 0
+                if port in _RESERVED:
+                    s.close()
+                    continue
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    s.close()
+                    continue
+                socks.append(s)
+                break
+            else:
+                raise OSError("no free port found below the ephemeral range")
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
