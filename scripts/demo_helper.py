@@ -40,7 +40,7 @@ from raftreg.client.etcd.backend import ENV_ENDPOINTS, registry_table, select_ba
 from raftreg.config import load_config, new_secret
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.testing.cluster import free_ports
+from raftreg.testing.ports import free_ports
 from services.runtime import parse_ready
 from services.testing import get_json, instance_ids, post_json, send_user_traffic, wait_stats
 

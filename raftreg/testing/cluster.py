@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import sys
 import time
 from pathlib import Path
@@ -34,50 +32,6 @@ from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.testing.powercut import Disks, cut_power
 from raftreg.testing.procs import ProcessGroup
-
-# Ports handed out for test processes lie below the kernel's ephemeral range, from which every
-# outgoing connection gets its local port: a port from bind(0) is an ephemeral one, and while a
-# node is down (killed, power cut) a client connection may take it as its local port, so the
-# restarted node cannot bind it (seen once under load: "address already in use" on restart).
-_PORT_FLOOR = 15000
-_RESERVED = range(23700, 23900)  # scripts/start-cluster.sh's fixed ports
-_rng = random.SystemRandom()  # never the seeded global generator: processes would agree
-
-
-def _ephemeral_floor() -> int:
-    try:
-        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
-        return int(text.split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct ports that were free a moment ago (all held open together, then released),
-    at random below the ephemeral range (see above); bind(0) where that range leaves no room."""
-    ceiling = _ephemeral_floor() - 1
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            for _attempt in range(200):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                port = _rng.randint(_PORT_FLOOR, ceiling) if ceiling - _PORT_FLOOR > 2000 else 0
-                if port in _RESERVED:
-                    s.close()
-                    continue
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    s.close()
-                    continue
-                socks.append(s)
-                break
-            else:
-                raise OSError("no free port found below the ephemeral range")
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _toml_value(v: Any) -> str:
@@ -93,7 +47,7 @@ class ProcessCluster(ProcessGroup):
                  power_cuts: bool = False, sync_delay_ms: float = 0.0,
                  disk_metadata: str = "strict", **settings: Any) -> None:
         super().__init__(root)
-        ports = free_ports(3 * size)
+        ports = self.reserve_ports(3 * size)
         self.names = [f"n{i + 1}" for i in range(size)]
         self.raft = {n: f"127.0.0.1:{ports[3 * i]}" for i, n in enumerate(self.names)}
         self.client = {n: f"127.0.0.1:{ports[3 * i + 1]}" for i, n in enumerate(self.names)}
@@ -135,7 +89,7 @@ class ProcessCluster(ProcessGroup):
         while f"n{i}" in self.raft:
             i += 1
         name = f"n{i}"
-        raft, client, http = (f"127.0.0.1:{p}" for p in free_ports(3))
+        raft, client, http = (f"127.0.0.1:{p}" for p in self.reserve_ports(3))
         self.names.append(name)
         self.raft[name], self.client[name], self.http[name] = raft, client, http
         self._rules[name] = {}

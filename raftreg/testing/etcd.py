@@ -25,7 +25,6 @@ from typing import Any
 import grpc
 
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
-from raftreg.testing.cluster import free_ports
 from raftreg.testing.powercut import Disks, cut_power
 from raftreg.testing.procs import ProcessGroup
 
@@ -76,7 +75,7 @@ class EtcdCluster(ProcessGroup):
     ) -> None:
         super().__init__(root)
         self.binary = etcd_binary()
-        ports = free_ports(2 * size)
+        ports = self.reserve_ports(2 * size)
         self.names = [f"e{i + 1}" for i in range(size)]
         self.peer = {n: f"127.0.0.1:{ports[2 * i]}" for i, n in enumerate(self.names)}
         self.client = {n: f"127.0.0.1:{ports[2 * i + 1]}" for i, n in enumerate(self.names)}

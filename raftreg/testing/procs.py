@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from raftreg.testing.ports import free_ports, release_ports
+
 # argv = [parent pid, program, args...]
 _LAUNCHER = """
 import ctypes, os, signal, sys
@@ -43,9 +45,16 @@ class ProcessGroup:
         self.root.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.paused: set[str] = set()
+        self._ports: list[int] = []
 
     def start(self, *names: str) -> None:
         raise NotImplementedError
+
+    def reserve_ports(self, n: int) -> list[int]:
+        """n free ports, reserved for this group until `close` (see raftreg.testing.ports)."""
+        ports = free_ports(n)
+        self._ports += ports
+        return ports
 
     def spawn(
         self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
@@ -96,6 +105,8 @@ class ProcessGroup:
             self.kill(n)
         self.procs.clear()
         self.paused.clear()
+        release_ports(self._ports)
+        self._ports.clear()
 
     def __enter__(self) -> Self:
         return self

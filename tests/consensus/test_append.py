@@ -17,7 +17,7 @@ from pysyncobj.node import TCPNode
 from raftreg.config import new_secret
 from raftreg.consensus.journal import DurableJournal
 from raftreg.consensus.raft import _Fsm
-from raftreg.testing.cluster import free_ports
+from raftreg.testing.ports import free_ports
 
 NOOP = b"\x01"  # entries that apply as nothing, whatever the command codec
 

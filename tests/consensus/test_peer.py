@@ -35,7 +35,7 @@ from raftreg.consensus.commands import (
     encode_group,
     encode_membership,
 )
-from raftreg.testing.cluster import free_ports
+from raftreg.testing.ports import free_ports
 
 SECRET = "peer-test-secret-0123456789abcdef"
 

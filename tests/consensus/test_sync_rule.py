@@ -23,7 +23,7 @@ from raftreg.config import new_secret
 from raftreg.consensus import raft as R
 from raftreg.consensus.journal import STATE_NAME
 from raftreg.consensus.raft import RaftNode, RaftSettings
-from raftreg.testing.cluster import free_ports
+from raftreg.testing.ports import free_ports
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from raftreg.testing import ProcessCluster
-from raftreg.testing.cluster import free_ports
+from raftreg.testing.ports import free_ports
 from raftreg.testing.procs import ProcessGroup
 
 from .ctl import Ctl
