@@ -45,7 +45,17 @@ class FutureRevision(RegistryError):
 
 
 class Unavailable(RegistryError):
-    """No quorum, no leader, or the node cannot be reached; the request was not applied."""
+    """The request could not be served now: no quorum or leader, the node is shutting down or
+    cannot be reached, the connection broke. On its own it says nothing about whether a write
+    was applied; the two subclasses do: `NotApplied` (certainly not) and `OutcomeUnknown`
+    (maybe). A plain `Unavailable` is treated as "maybe" wherever that matters."""
+
+
+class NotApplied(Unavailable):
+    """Refused before anything could take effect (not the leader, no leader, proposal queue
+    full, nothing sent): retrying is safe even for a write without a request identity.
+    Only the party that refused may say so (the server that did not propose it, or the client
+    that did not send it)."""
 
 
 class OutcomeUnknown(Unavailable):

@@ -25,12 +25,12 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
 from raftreg.common.status import etcd_status_for
-from raftreg.errors import Unavailable
+from raftreg.errors import NotApplied
 from raftreg.pb import raftreg_pb2 as pb
 
 ETCD_PACKAGE = "etcdserverpb"
 REQUIRE_LEADER = ("hasleader", "true")
-NO_LEADER = Unavailable("no leader")
+NO_LEADER = NotApplied("no leader")
 _NOT_OFFERED = frozenset({"Batch"})
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from raftreg.common.status import error_from_status
-from raftreg.errors import Unavailable
+from raftreg.errors import NotApplied, Unavailable
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 
@@ -50,7 +50,7 @@ class LeaderLink:
     def _leader_channel(self) -> grpc.aio.Channel:
         addr = self._addr()
         if addr is None:
-            raise Unavailable("no leader to forward to")
+            raise NotApplied("no leader to forward to")
         if addr != self._channel_addr:
             self._reset()
             self._channel = self._new_channel(addr)

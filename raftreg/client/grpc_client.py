@@ -59,7 +59,7 @@ from raftreg.client.security import ClientSecurity, wants_tls
 from raftreg.client.watch import Watch
 from raftreg.common import convert
 from raftreg.common.clock import Clock
-from raftreg.common.status import ERROR_KEY, error_from_status
+from raftreg.common.status import error_from_status
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.store.commands import (
@@ -93,21 +93,15 @@ def _trailing_metadata(e: grpc.aio.AioRpcError) -> tuple[tuple[str, str | bytes]
     return tuple((k, v) for k, v in md) if md else ()
 
 
-def _server_vouched(e: grpc.aio.AioRpcError) -> bool:
-    """True when a raftreg server itself produced the status (it then means what it says:
-    a plain `Unavailable` from the server was not applied)."""
-    return any(k == ERROR_KEY for k, _ in _trailing_metadata(e))
-
-
 def _retryable(err: E.RegistryError) -> bool:
     return isinstance(err, E.Unavailable | E.DeadlineExceeded)
 
 
-def _maybe_applied(e: grpc.aio.AioRpcError, err: E.RegistryError) -> bool:
-    """Whether a failed write attempt may nevertheless have been applied."""
-    if isinstance(err, E.OutcomeUnknown | E.DeadlineExceeded):
-        return True
-    return isinstance(err, E.Unavailable) and not _server_vouched(e)
+def _maybe_applied(err: E.RegistryError) -> bool:
+    """Whether a failed (retryable) write attempt may nevertheless have been applied: unless
+    the server vouched `NotApplied`, it may (a bare UNAVAILABLE can come from a connection
+    that broke after the request left)."""
+    return not isinstance(err, E.NotApplied)
 
 
 class _RetryableFailure(Exception):
@@ -396,7 +390,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             await self._pool.connect(ep, self._connect_timeout)
         except NotConnected as f:
             self._mark_failed(ep)
-            raise E.Unavailable(str(f)) from None
+            raise E.NotApplied(str(f)) from None
         call = self._pool.conn(ep).lease.LeaseKeepAlive(None)
         return self._keepalive_call(
             ep, call, pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse, rpc_error
@@ -617,23 +611,21 @@ class GrpcRegistryClient(PooledClient[_Conn]):
                 await self._pool.connect(ep, self._connect_limit(deadline))
                 result = await fn(self._pool.conn(ep), self._attempt_timeout(deadline))
             except NotConnected as f:  # nothing was sent
-                last = E.Unavailable(str(f))
+                last = E.NotApplied(str(f))
             except _RetryableFailure as f:
-                last = E.Unavailable(str(f))
+                last = E.Unavailable(str(f)) if f.maybe_applied else E.NotApplied(str(f))
                 maybe_applied = maybe_applied or (write and f.maybe_applied)
             except grpc.aio.AioRpcError as e:
                 err = rpc_error(e)
                 if not _retryable(err):
                     raise err from None
                 last = err
-                maybe_applied = maybe_applied or (write and _maybe_applied(e, err))
+                maybe_applied = maybe_applied or (write and _maybe_applied(err))
             except E.RegistryError as err:  # an operation's own error from a Batch stream
                 if not _retryable(err):
                     raise
                 last = err
-                maybe_applied = maybe_applied or (
-                    write and isinstance(err, E.OutcomeUnknown | E.DeadlineExceeded)
-                )
+                maybe_applied = maybe_applied or (write and _maybe_applied(err))
             else:
                 self._pool.mark_ok(ep)
                 return result

@@ -43,7 +43,7 @@ from raftreg.client.protocol import (
 )
 from raftreg.client.watch import Watch, WatchFilter, WatchOptions
 from raftreg.common.clock import ManualClock
-from raftreg.errors import Compacted, FailedPrecondition, InvalidArgument, Unavailable
+from raftreg.errors import Compacted, FailedPrecondition, InvalidArgument, NotApplied, Unavailable
 from raftreg.store import Store, failure_to_error
 from raftreg.store.commands import (
     Command,
@@ -178,7 +178,7 @@ class MemoryRegistryClient:
         if self._closed:
             raise FailedPrecondition("client is closed")
         if self._unavailable:
-            raise Unavailable("memory registry is unavailable")
+            raise NotApplied("memory registry is unavailable")
 
     def _apply(self, command: Command) -> Result:
         result, events = self._store.apply(

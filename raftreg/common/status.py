@@ -38,6 +38,7 @@ STATUS_TABLE: tuple[tuple[type[E.RegistryError], grpc.StatusCode], ...] = (
     (E.Compacted, grpc.StatusCode.OUT_OF_RANGE),
     (E.FutureRevision, grpc.StatusCode.OUT_OF_RANGE),
     (E.OutcomeUnknown, grpc.StatusCode.UNAVAILABLE),
+    (E.NotApplied, grpc.StatusCode.UNAVAILABLE),
     (E.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (E.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (E.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),

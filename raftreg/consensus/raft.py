@@ -9,7 +9,7 @@ Contract:
 - `read_barrier()` resolves once this node has applied a log entry that was proposed after the
   call began; reads served from the local state machine after it are linearizable. Concurrent
   readers share one barrier entry.
-- Outcomes: `Unavailable` means the command was certainly not applied; `OutcomeUnknown` means it
+- Outcomes: `NotApplied` means the command was certainly not applied; `OutcomeUnknown` means it
   may have been (leader change, timeout after proposing). Never anything in between.
 - `apply_one`, `snapshot` and `restore` run on PySyncObj's tick thread. They must not block; the
   owner hands anything slow to its event loop.
@@ -63,6 +63,7 @@ from raftreg.consensus.peer import PeerTransport
 from raftreg.errors import (
     FailedPrecondition,
     InvalidArgument,
+    NotApplied,
     OutcomeUnknown,
     ResourceExhausted,
     Unavailable,
@@ -506,7 +507,7 @@ class RaftNode:
 
     def _enqueue(self, data: bytes, fut: asyncio.Future[Any] | None) -> None:
         if self._closed:
-            raise Unavailable("node is shutting down")
+            raise NotApplied("node is shutting down")
         self._pending.append((data, fut))
         if self._flush_handle is None and self._inflight < self._s.max_inflight and not self._hold:
             # Go now, but let callers woken in this loop turn join in.
@@ -555,7 +556,7 @@ class RaftNode:
         exc: Exception | None = None
         if err != FAIL_REASON.SUCCESS:
             if err in _NOT_APPLIED:
-                kind = ResourceExhausted if err == FAIL_REASON.QUEUE_FULL else Unavailable
+                kind = ResourceExhausted if err == FAIL_REASON.QUEUE_FULL else NotApplied
                 exc = kind(_NOT_APPLIED[err])
             else:
                 exc = OutcomeUnknown(f"leader changed before the outcome was known (reason {err})")
@@ -661,7 +662,7 @@ class RaftNode:
                     "membership change refused: another change is in progress, the member is "
                     "(or is not) already present, or the leader was asked to remove itself"))
             elif err in _NOT_APPLIED:
-                fut.set_exception(Unavailable(_NOT_APPLIED[err]))
+                fut.set_exception(NotApplied(_NOT_APPLIED[err]))
             else:
                 fut.set_exception(OutcomeUnknown(f"membership change outcome unknown ({err})"))
 
@@ -769,6 +770,6 @@ class RaftNode:
         pending, self._pending = self._pending, []
         for _, fut in pending:
             if fut is not None and not fut.done():
-                fut.set_exception(Unavailable("node is shutting down"))
+                fut.set_exception(NotApplied("node is shutting down"))
         if self._barrier is not None and not self._barrier.done():
             self._barrier.set_exception(Unavailable("node is shutting down"))

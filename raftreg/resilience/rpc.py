@@ -6,11 +6,9 @@ callee did not execute the request only when
 - its trailing metadata carries `NOT_EXECUTED_KEY` (set by this package wherever it refuses a
   call before the handler runs: server auth/rate-limit/deadline interceptors, client breaker,
   client rate limit, an already-passed propagated deadline), or
-- a raftreg server vouched for `Unavailable` (`raftreg-error: Unavailable`, whose contract is
-  "not applied"; `OutcomeUnknown` is not), or
-- it is a raftreg exception with that contract: `raftreg.errors.Unavailable` but not
-  `OutcomeUnknown`, or any exception whose `not_executed` attribute is true (`CircuitOpen`,
-  `RateLimited`).
+- a raftreg server vouched for it (`raftreg-error: NotApplied`), or
+- it is `raftreg.errors.NotApplied`, or any exception whose `not_executed` attribute is true
+  (`CircuitOpen`, `RateLimited`).
 Nothing else counts: a bare UNAVAILABLE from gRPC may come from a connection that broke after
 the request left, and DEADLINE_EXCEEDED/CANCELLED/ABORTED say nothing about execution.
 """
@@ -108,7 +106,7 @@ def failure_of_status(code: grpc.StatusCode, trailing_metadata: object) -> Failu
     """Classify a finished call by its status and trailing metadata (see the module docstring)."""
     not_executed = metadata_value(trailing_metadata, NOT_EXECUTED_KEY) == "1" or (
         code is grpc.StatusCode.UNAVAILABLE
-        and metadata_value(trailing_metadata, ERROR_KEY) == E.Unavailable.__name__
+        and metadata_value(trailing_metadata, ERROR_KEY) == E.NotApplied.__name__
     )
     return Failure(code, not_executed)
 
@@ -120,8 +118,6 @@ def classify(exc: BaseException) -> Failure | None:
         return failure_of_status(exc.code(), exc.trailing_metadata())
     if isinstance(exc, E.RegistryError):
         code, _, _ = status_for(exc)
-        not_executed = bool(getattr(exc, "not_executed", False)) or (
-            isinstance(exc, E.Unavailable) and not isinstance(exc, E.OutcomeUnknown)
-        )
+        not_executed = bool(getattr(exc, "not_executed", False)) or isinstance(exc, E.NotApplied)
         return Failure(code, not_executed)
     return None

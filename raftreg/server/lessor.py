@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from raftreg.errors import LeaseNotFound, RegistryError, Unavailable
+from raftreg.errors import LeaseNotFound, NotApplied, RegistryError
 from raftreg.store.commands import Command, LeaderEpoch, LeaseExpire, LeaseInfo
 
 log = logging.getLogger("raftreg.lessor")
@@ -91,7 +91,7 @@ class Lessor:
             self._announcing = asyncio.create_task(self._announce(term))
         await asyncio.shield(self._announcing)
         if self._epoch() < term:
-            raise Unavailable("the new leader could not establish its lease epoch yet")
+            raise NotApplied("the new leader could not establish its lease epoch yet")
 
     async def _announce(self, term: int) -> None:
         try:
@@ -110,7 +110,7 @@ class Lessor:
         started = self._clock()
         await self._barrier()
         if not self._ensure_current():
-            raise Unavailable("not the leader")
+            raise NotApplied("not the leader")
         await self._await_epoch()
         lease = self._lease(lease_id)
         if lease is None or lease_id in self._expiring:
@@ -122,7 +122,7 @@ class Lessor:
         """Leader only: (remaining whole seconds, lease). Raises LeaseNotFound."""
         await self._barrier()
         if not self._ensure_current():
-            raise Unavailable("not the leader")
+            raise NotApplied("not the leader")
         await self._await_epoch()
         lease = self._lease(lease_id)
         if lease is None or lease_id in self._expiring:

@@ -25,6 +25,7 @@ from raftreg.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    NotApplied,
     NotFound,
     OutcomeUnknown,
     ResourceExhausted,
@@ -382,7 +383,7 @@ class RegistryNode:
 
     def _need_leader(self) -> None:
         if not self.raft.is_leader:
-            raise Unavailable("not the leader (membership changes are made on the leader)")
+            raise NotApplied("not the leader (membership changes are made on the leader)")
 
     def leader_client_addr(self) -> str | None:
         m = self.leader_member()

@@ -6,11 +6,11 @@ client times compare with the lease deadlines the leader keeps), its input, its 
 outcome:
 
 - ``ok``: the response was seen (`output` holds it, `revision` the header revision of a write);
-- ``fail``: the operation certainly had no effect (a refused write, a plain `Unavailable`,
-  which the client contract reserves for "not applied"); reads that failed are kept as
-  ``fail`` too and are simply not checked;
-- ``unknown``: a write whose fate is ambiguous (`OutcomeUnknown`, a deadline): it may have
-  applied at any time after its call, or never (``ret is None``).
+- ``fail``: the operation certainly had no effect (a refused write: `NotApplied`, or an error
+  outside `Unavailable` such as `InvalidArgument`); reads that failed are kept as ``fail`` too
+  and are simply not checked;
+- ``unknown``: a write whose fate is ambiguous (`OutcomeUnknown`, a deadline, any other
+  `Unavailable`): it may have applied at any time after its call, or never (``ret is None``).
 
 `History.lincheck_ops()` turns the register part (a few keys, every value unique) into
 `raftreg.testing.lincheck` operations for the per-key `KVModel`.
@@ -82,7 +82,9 @@ class Op:
 
 def _classify(e: BaseException, write: bool) -> tuple[Outcome, str]:
     text = f"{type(e).__name__}: {e}"
-    if isinstance(e, E.OutcomeUnknown | E.DeadlineExceeded | TimeoutError):
+    if isinstance(e, E.Unavailable | E.DeadlineExceeded | TimeoutError) and not isinstance(
+        e, E.NotApplied
+    ):
         return ("unknown" if write else "fail"), text
     if isinstance(e, E.RegistryError):
         return "fail", text

@@ -28,6 +28,7 @@ from raftreg.errors import (
     FailedPrecondition,
     InvalidArgument,
     LeaseNotFound,
+    NotApplied,
     NotFound,
     OutcomeUnknown,
     RegistryError,
@@ -236,10 +237,10 @@ def closed_port() -> int:
     [
         abort(grpc.StatusCode.UNAVAILABLE, "leader changed", "OutcomeUnknown"),
         abort(grpc.StatusCode.UNAVAILABLE, "connection reset"),
-        abort(grpc.StatusCode.UNAVAILABLE, "no leader", "Unavailable"),
+        abort(grpc.StatusCode.UNAVAILABLE, "no leader", "NotApplied"),
         hang,
     ],
-    ids=["outcome-unknown", "plain-unavailable", "vouched-unavailable", "deadline"],
+    ids=["outcome-unknown", "plain-unavailable", "vouched-not-applied", "deadline"],
 )
 async def test_retried_write_resends_the_same_request_id(failure: Step) -> None:
     fake = FakeServer()
@@ -320,11 +321,15 @@ async def test_write_that_may_have_applied_raises_outcome_unknown_when_budget_en
     assert 4.0 - 1.0 - 0.4 < clock.now() <= 4.0, clock.slept
 
 
-async def test_write_refused_by_the_server_every_time_is_unavailable_not_unknown() -> None:
+@pytest.mark.parametrize(("vouched", "raised"), [
+    ("NotApplied", NotApplied),  # refused before proposing, every time: certainly not applied
+    ("Unavailable", OutcomeUnknown),  # a plain Unavailable says nothing about the outcome
+])
+async def test_a_write_failing_every_time_is_not_applied_only_when_the_server_says_so(
+    vouched: str, raised: type[Unavailable]
+) -> None:
     fake = FakeServer()
-    fake.script["Put"] = Script(
-        always=abort(grpc.StatusCode.UNAVAILABLE, "no leader", "Unavailable")
-    )
+    fake.script["Put"] = Script(always=abort(grpc.StatusCode.UNAVAILABLE, "no leader", vouched))
     # Every attempt gets a real deadline of at least 1 s (a tenth of the budget): the fake
     # refuses at once, and an attempt that timed out would (rightly) make the outcome unknown,
     # which is not what this test is about.
@@ -332,14 +337,14 @@ async def test_write_refused_by_the_server_every_time_is_unavailable_not_unknown
     async with serving(fake) as eps, client(eps, **opts) as c:
         with pytest.raises(Unavailable) as info:
             await c.put("k", "v")
-    assert type(info.value) is Unavailable and "no leader" in str(info.value)
+    assert type(info.value) is raised and "no leader" in str(info.value)
     assert fake.methods().count("Put") >= 3
 
 
 async def test_one_ambiguous_attempt_makes_the_final_failure_outcome_unknown() -> None:
     fake = FakeServer()
     fake.script["Put"] = Script(
-        [hang] + [abort(grpc.StatusCode.UNAVAILABLE, "no leader", "Unavailable")] * 100
+        [hang] + [abort(grpc.StatusCode.UNAVAILABLE, "no leader", "NotApplied")] * 100
     )
     opts = {"timeout": 0.3, "retry_budget": 3.0, "backoff_base": 0.5, "backoff_max": 1.0}
     async with serving(fake) as eps, client(eps, **opts) as c:
@@ -378,7 +383,7 @@ async def test_unreachable_endpoint_raises_unavailable_for_writes() -> None:
     async with client([f"127.0.0.1:{closed_port()}"], timeout=0.2, retry_budget=0.4) as c:
         with pytest.raises(Unavailable) as info:
             await c.put("k", "v")
-    assert type(info.value) is Unavailable  # never sent: a plain failure, not OutcomeUnknown
+    assert type(info.value) is NotApplied  # never sent: certainly not applied
 
 
 # --- failover and routing ----------------------------------------------------------------------
@@ -478,6 +483,7 @@ def _rpc_error(
         Compacted("compacted", 12),
         OutcomeUnknown("leader changed"),
         Unavailable("no leader"),
+        NotApplied("not the leader"),
         InvalidArgument("empty key"),
         DeadlineExceeded("slow"),
     ],

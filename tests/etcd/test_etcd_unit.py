@@ -10,7 +10,6 @@ import pytest
 from raftreg import errors as E
 from raftreg.client import GrpcRegistryClient, connect
 from raftreg.client.etcd import EtcdRegistryClient, etcd_error, select_backend, split_etcd_endpoints
-from raftreg.client.etcd.errors import not_applied
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
 
 U = grpc.StatusCode
@@ -28,7 +27,7 @@ U = grpc.StatusCode
         (U.INVALID_ARGUMENT, "etcdserver: key is not provided", E.InvalidArgument),
         (U.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request", E.InvalidArgument),
         (U.UNAVAILABLE, "etcdserver: leader changed", E.Unavailable),
-        (U.UNAVAILABLE, "etcdserver: no leader", E.Unavailable),
+        (U.UNAVAILABLE, "etcdserver: no leader", E.NotApplied),
         (U.UNAVAILABLE, "etcdserver: request timed out", E.Unavailable),
         (U.UNAVAILABLE, "etcdserver: request timed out, possibly due to previous leader failure",
          E.Unavailable),
@@ -52,12 +51,17 @@ def test_etcd_errors_map_into_the_raftreg_tree(
 
 
 def test_only_refusals_before_proposing_count_as_not_applied() -> None:
+    def not_applied(code: grpc.StatusCode, details: str) -> bool:
+        return isinstance(etcd_error(code, details), E.NotApplied)
+
     assert not_applied(U.UNAVAILABLE, "etcdserver: no leader")
-    assert not_applied(U.UNAVAILABLE, "etcdserver: too many requests")
+    assert not_applied(U.UNAVAILABLE, "etcdserver: not capable")
+    assert not_applied(U.UNAVAILABLE, "etcdserver: rpc not supported for learner")
     assert not not_applied(U.UNAVAILABLE, "etcdserver: leader changed")
     assert not not_applied(U.UNAVAILABLE, "etcdserver: request timed out")
     assert not not_applied(U.DEADLINE_EXCEEDED, "Deadline Exceeded")
     assert not not_applied(U.UNAVAILABLE, "Socket closed")
+    assert not not_applied(U.RESOURCE_EXHAUSTED, "etcdserver: too many requests")
 
 
 def test_etcd_endpoint_urls() -> None:

@@ -92,7 +92,9 @@ async def test_max_attempts_bounds_the_calls_and_the_last_error_propagates() -> 
         status(grpc.StatusCode.DEADLINE_EXCEEDED),
         status(grpc.StatusCode.ABORTED),
         status(grpc.StatusCode.UNAVAILABLE, (ERROR_KEY, "OutcomeUnknown")),
+        status(grpc.StatusCode.UNAVAILABLE, (ERROR_KEY, "Unavailable")),  # says nothing
         E.OutcomeUnknown("maybe applied"),
+        E.Unavailable("connection reset"),
         E.DeadlineExceeded("late"),
     ],
 )
@@ -110,8 +112,8 @@ async def test_non_idempotent_call_is_not_retried_after_ambiguous_failures(
     "error",
     [
         status(grpc.StatusCode.UNAVAILABLE, (NOT_EXECUTED_KEY, "1")),
-        status(grpc.StatusCode.UNAVAILABLE, (ERROR_KEY, "Unavailable")),  # raftreg: not applied
-        E.Unavailable("no leader"),
+        status(grpc.StatusCode.UNAVAILABLE, (ERROR_KEY, "NotApplied")),  # raftreg vouches
+        E.NotApplied("no leader"),
         CircuitOpen("svc", 3.0),
     ],
 )

@@ -46,7 +46,7 @@ from raftreg import errors as E
 from raftreg.client.bidi import KeepAliveCall
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
 from raftreg.client.etcd import convert
-from raftreg.client.etcd.errors import not_applied, retryable, rpc_error
+from raftreg.client.etcd.errors import retryable, rpc_error
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
 from raftreg.client.etcd.watch import REQUIRE_LEADER, WATCH_PATH
 from raftreg.client.etcd.watch import WIRE as WATCH_WIRE
@@ -362,7 +362,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
             await self._pool.connect(ep, self.connect_timeout)
         except NotConnected as f:
             self._pool.mark_failed(ep)
-            raise E.Unavailable(str(f)) from None
+            raise E.NotApplied(str(f)) from None
         call = self._pool.conn(ep).lease_keepalive(None, metadata=REQUIRE_LEADER)
         return self._keepalive_call(
             ep, call, pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse, rpc_error
@@ -448,14 +448,14 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
             try:
                 await pool.connect(ep, self._connect_limit(deadline))
                 result = await fn(pool.conn(ep), self._attempt_timeout(deadline))
-            except NotConnected as f:
-                last = E.Unavailable(str(f))
+            except NotConnected as f:  # nothing was sent
+                last = E.NotApplied(str(f))
             except grpc.aio.AioRpcError as e:
                 err = rpc_error(e)
                 if not retryable(err):
                     raise err from None
                 last = err
-                if not idempotent and not not_applied(e.code(), e.details() or ""):
+                if not idempotent and not isinstance(err, E.NotApplied):
                     pool.mark_failed(ep)
                     raise E.OutcomeUnknown(
                         f"{what}: outcome unknown ({err}); not retried, as etcd cannot tell "

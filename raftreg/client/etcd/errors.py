@@ -5,10 +5,10 @@ etcd's api/v3rpc/rpctypes). The message decides when it is known (several etcd e
 status code but mean different things to a caller: OUT_OF_RANGE is a compacted revision, a
 future revision or a too large lease TTL); otherwise the status code does.
 
-`etcd_error(code, details)` gives the exception; `not_applied(code, details)` says whether an
-UNAVAILABLE-class failure proves that a write was NOT applied (etcd refused it before proposing
-it), which is the only case in which the adapter may retry a non-idempotent write (etcd has no
-request identities, so a retry after an ambiguous failure could apply a write twice).
+`etcd_error(code, details)` gives the exception. Refusals etcd makes before proposing a request
+become `NotApplied`: the only failure after which the adapter may retry a non-idempotent write
+(etcd has no request identities, so a retry after an ambiguous failure could apply a write
+twice). Every other UNAVAILABLE is a plain `Unavailable`, which says nothing about the outcome.
 """
 
 from __future__ import annotations
@@ -42,26 +42,19 @@ _BY_MESSAGE: tuple[tuple[str, type[E.RegistryError]], ...] = (
     ("etcdserver: user name is empty", E.Unauthenticated),
     ("etcdserver: authentication failed", E.Unauthenticated),
     ("etcdserver: watch canceled", E.Cancelled),
-    ("etcdserver: no leader", E.Unavailable),
+    # refused before proposing: not applied
+    ("etcdserver: no leader", E.NotApplied),
+    ("etcdserver: not capable", E.NotApplied),
+    ("etcdserver: rpc not supported for learner", E.NotApplied),
     ("etcdserver: not leader", E.Unavailable),
     ("etcdserver: leader changed", E.Unavailable),
-    ("etcdserver: not capable", E.Unavailable),
     ("etcdserver: server stopped", E.Unavailable),
     ("etcdserver: request timed out", E.Unavailable),  # also "..., possibly due to ..."
     ("etcdserver: unhealthy cluster", E.Unavailable),
-    ("etcdserver: rpc not supported for learner", E.Unavailable),
     # The server's own context errors (sent with code UNKNOWN when the caller's deadline
     # passed or it cancelled while etcd was working on the request).
     ("context deadline exceeded", E.DeadlineExceeded),
     ("context canceled", E.Cancelled),
-)
-
-# Refusals made before the request was proposed: a write that got one was not applied.
-_NOT_APPLIED = (
-    "etcdserver: no leader",
-    "etcdserver: not capable",
-    "etcdserver: too many requests",
-    "etcdserver: rpc not supported for learner",
 )
 
 _BY_CODE: dict[grpc.StatusCode, type[E.RegistryError]] = {
@@ -101,11 +94,6 @@ def rpc_error(e: grpc.aio.AioRpcError | grpc.RpcError) -> E.RegistryError:
     """`etcd_error` for a failed grpc call (aio or blocking)."""
     call = cast(Any, e)
     return etcd_error(call.code(), call.details() or "")
-
-
-def not_applied(code: grpc.StatusCode, details: str) -> bool:
-    """True when etcd's answer proves the request was refused before it was proposed."""
-    return code is grpc.StatusCode.UNAVAILABLE and details.startswith(_NOT_APPLIED)
 
 
 def retryable(err: E.RegistryError) -> bool:
