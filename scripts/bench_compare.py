@@ -47,7 +47,7 @@ import grpc.aio
 
 from raftreg.client import RegistryClient, connect
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
-from raftreg.store.commands import EventType
+from raftreg.common.types import EventType
 from raftreg.testing import ProcessCluster
 from raftreg.testing.etcd import EtcdCluster
 

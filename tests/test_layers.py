@@ -5,6 +5,7 @@ docs/design.md draws it. Two packages in one layer may not import each other."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1] / "raftreg"
@@ -13,8 +14,9 @@ ROOT = Path(__file__).parents[1] / "raftreg"
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer.split()) for layer in (
     "raftreg errors logfmt pb",
     "config",
-    "store",          # the pure state machine; also home of the public value types (KeyValue...)
-    "common",         # status table, proto conversions, grpc.aio handler wrapping, clocks
+    "common",         # public value types (KeyValue...), status table, proto conversions,
+                      # grpc.aio handler wrapping, clocks
+    "store",          # the pure state machine: its commands, the log envelope, the codec
     "consensus",
     "server",         # RegistryNode, lessor, watch hub
     "api",            # gRPC servicers (raftreg.v1 and etcd's names), auth, JSON gateway
@@ -72,3 +74,22 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     assert imported(node) == ["client"] and RANK["client"] > RANK["server"]
     assert imported(ast.parse("from raftreg import errors as E\n").body[0]) == ["errors"]
     assert imported(ast.parse("import raftreg.api.auth\n").body[0]) == ["api"]
+
+
+def test_the_value_types_import_only_the_standard_library() -> None:
+    """`raftreg.common.types` sits below the pure store: importing it must not pull in grpc,
+    protobuf or anything else outside the standard library (and `raftreg/common/__init__.py`
+    imports nothing, so importing the module does not load its siblings)."""
+    def top_modules(path: Path) -> set[str]:
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and node.module, f"{path}:{node.lineno} relative import"
+                names.add(node.module.split(".")[0])
+        return names
+
+    assert top_modules(ROOT / "common" / "__init__.py") == set()
+    foreign = top_modules(ROOT / "common" / "types.py") - sys.stdlib_module_names
+    assert foreign == set(), f"raftreg/common/types.py imports {sorted(foreign)}"

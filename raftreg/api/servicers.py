@@ -28,6 +28,7 @@ from raftreg.common.status import (
     etcd_status_for,
     status_for,
 )
+from raftreg.common.types import DeleteResult, LeaseGrantResult, PutResult, TxnResult
 from raftreg.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -40,16 +41,7 @@ from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.server.node import RegistryNode
 from raftreg.server.watch import Outgoing, WatchSpec
 from raftreg.store.backup import encode_backup, with_etcd_trailer
-from raftreg.store.commands import (
-    Compact,
-    DeleteResult,
-    LeaseGrant,
-    LeaseGrantResult,
-    LeaseRevoke,
-    PutResult,
-    Result,
-    TxnResult,
-)
+from raftreg.store.commands import Compact, LeaseGrant, LeaseRevoke, Result
 from raftreg.store.validate import check_key_range
 
 log = logging.getLogger("raftreg.api")

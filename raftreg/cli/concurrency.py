@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from raftreg.cli.output import _Ctx, _interrupted, _text, kv_json
 from raftreg.client.protocol import RegistryClient
+from raftreg.common.types import KeyValue
 from raftreg.concurrency import Election, Lock, Session, observe
 from raftreg.errors import NotFound
-from raftreg.store.commands import KeyValue
 
 
 def _show_kv(ctx: _Ctx, kv: KeyValue) -> None:

@@ -21,14 +21,7 @@ from typing import Any, TextIO
 
 from raftreg.client.protocol import RegistryClient
 from raftreg.client.watch import WatchBatch
-from raftreg.store.commands import (
-    DeleteResult,
-    Event,
-    KeyValue,
-    PutResult,
-    RangeResult,
-    TxnResult,
-)
+from raftreg.common.types import DeleteResult, Event, KeyValue, PutResult, RangeResult, TxnResult
 
 ClientFactory = Callable[[Sequence[str], float], RegistryClient]
 OpResult = RangeResult | PutResult | DeleteResult | TxnResult

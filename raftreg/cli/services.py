@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from raftreg.cli.output import _Ctx, _interrupted, _text
 from raftreg.client.protocol import RegistryClient
+from raftreg.common.types import EventType, KeyValue
 from raftreg.discovery.catalog import (
     Malformed,
     decode_registrations,
@@ -22,7 +23,6 @@ from raftreg.discovery.instance import (
     Instance,
     instance_json,
 )
-from raftreg.store.commands import EventType, KeyValue
 
 
 def _age(seconds: float) -> str:

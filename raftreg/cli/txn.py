@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from raftreg.client.protocol import prefix_range_end
-from raftreg.errors import InvalidArgument
-from raftreg.store.commands import (
+from raftreg.common.types import (
     Compare,
     CompareResult,
     CompareTarget,
@@ -27,6 +26,7 @@ from raftreg.store.commands import (
     SortTarget,
     Txn,
 )
+from raftreg.errors import InvalidArgument
 
 _SORT_TARGETS = {
     "KEY": SortTarget.KEY,

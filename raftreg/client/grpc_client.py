@@ -60,9 +60,7 @@ from raftreg.client.watch import Watch
 from raftreg.common import convert
 from raftreg.common.clock import Clock
 from raftreg.common.status import error_from_status
-from raftreg.pb import raftreg_pb2 as pb
-from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.store.commands import (
+from raftreg.common.types import (
     DeleteRange,
     DeleteResult,
     LeaseGrantResult,
@@ -75,6 +73,8 @@ from raftreg.store.commands import (
     Txn,
     TxnResult,
 )
+from raftreg.pb import raftreg_pb2 as pb
+from raftreg.pb import raftreg_pb2_grpc as pbg
 
 T = TypeVar("T")
 Route = Literal["leader", "any"]

@@ -43,29 +43,31 @@ from raftreg.client.protocol import (
 )
 from raftreg.client.watch import Watch, WatchFilter, WatchOptions
 from raftreg.common.clock import ManualClock
+from raftreg.common.types import (
+    DeleteRange,
+    DeleteResult,
+    Event,
+    LeaseGrantResult,
+    Put,
+    PutResult,
+    Range,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    Txn,
+    TxnResult,
+)
 from raftreg.errors import Compacted, FailedPrecondition, InvalidArgument, NotApplied, Unavailable
 from raftreg.store import Store, failure_to_error
 from raftreg.store.commands import (
     Command,
     Compact,
-    DeleteRange,
-    DeleteResult,
-    Event,
     Failure,
     LeaseExpire,
     LeaseGrant,
-    LeaseGrantResult,
     LeaseRevoke,
-    Put,
-    PutResult,
-    Range,
-    RangeResult,
     Request,
     Result,
-    SortOrder,
-    SortTarget,
-    Txn,
-    TxnResult,
 )
 
 MEMBER_ID = 1

@@ -18,8 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
 from raftreg.client.watch import Watch, WatchFilter
-from raftreg.errors import InvalidArgument
-from raftreg.store.commands import (
+from raftreg.common.types import (
     DeleteResult,
     LeaseGrantResult,
     PutResult,
@@ -29,6 +28,7 @@ from raftreg.store.commands import (
     Txn,
     TxnResult,
 )
+from raftreg.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from raftreg.client.keepalive import LeaseKeeper

@@ -23,8 +23,7 @@ from typing import Any, Self, TypeVar
 from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import KeyLike, LeaseTTL, Member, NodeStatus, RegistryClient
 from raftreg.client.watch import Watch, WatchBatch
-from raftreg.errors import FailedPrecondition
-from raftreg.store.commands import (
+from raftreg.common.types import (
     DeleteResult,
     LeaseGrantResult,
     PutResult,
@@ -34,6 +33,7 @@ from raftreg.store.commands import (
     Txn,
     TxnResult,
 )
+from raftreg.errors import FailedPrecondition
 
 T = TypeVar("T")
 

@@ -29,8 +29,8 @@ from enum import IntEnum
 from types import TracebackType
 from typing import Self
 
+from raftreg.common.types import Event, EventType
 from raftreg.errors import InvalidArgument, RegistryError
-from raftreg.store.commands import Event, EventType
 
 ALL_KEYS = b"\0"
 

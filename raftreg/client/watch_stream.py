@@ -45,7 +45,7 @@ from raftreg.client import aio
 from raftreg.client.bidi import BidiCall, write_all
 from raftreg.client.pool import EndpointPool, NotConnected
 from raftreg.client.watch import Watch, WatchOptions
-from raftreg.store.commands import Event
+from raftreg.common.types import Event
 
 C = TypeVar("C")
 

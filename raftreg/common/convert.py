@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from raftreg.errors import InvalidArgument
-from raftreg.pb import raftreg_pb2 as pb
-from raftreg.store.commands import (
+from raftreg.common.types import (
     Compare,
     CompareResult,
     CompareTarget,
@@ -30,6 +28,8 @@ from raftreg.store.commands import (
     Txn,
     TxnResult,
 )
+from raftreg.errors import InvalidArgument
+from raftreg.pb import raftreg_pb2 as pb
 
 Op = Range | Put | DeleteRange | Txn
 OpResult = RangeResult | PutResult | DeleteResult | TxnResult

@@ -31,10 +31,7 @@ import logging
 
 from raftreg.client.protocol import KeyLike, RegistryClient, to_bytes
 from raftreg.client.watch import WatchFilter
-from raftreg.concurrency.errors import SessionExpired
-from raftreg.concurrency.session import Session
-from raftreg.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RegistryError
-from raftreg.store.commands import (
+from raftreg.common.types import (
     Compare,
     CompareResult,
     CompareTarget,
@@ -48,6 +45,9 @@ from raftreg.store.commands import (
     SortTarget,
     Txn,
 )
+from raftreg.concurrency.errors import SessionExpired
+from raftreg.concurrency.session import Session
+from raftreg.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RegistryError
 
 log = logging.getLogger("raftreg.concurrency")
 

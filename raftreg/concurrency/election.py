@@ -24,11 +24,11 @@ from typing import Self
 
 from raftreg.client.protocol import KeyLike, RegistryClient, to_bytes
 from raftreg.client.watch import Watch
+from raftreg.common.types import EventType, KeyValue, Put, Txn
 from raftreg.concurrency._queue import KeyQueue, _CancelCheck, head, queue_prefix
 from raftreg.concurrency.errors import NotLeader
 from raftreg.concurrency.session import Session
 from raftreg.errors import FailedPrecondition
-from raftreg.store.commands import EventType, KeyValue, Put, Txn
 
 
 async def leader(client: RegistryClient, name: KeyLike) -> KeyValue | None:

@@ -27,10 +27,10 @@ from types import TracebackType
 from typing import Self
 
 from raftreg.client.protocol import KeyLike
+from raftreg.common.types import Compare, KeyValue
 from raftreg.concurrency._queue import KeyQueue, head
 from raftreg.concurrency.session import Session
 from raftreg.errors import FailedPrecondition, RegistryError
-from raftreg.store.commands import Compare, KeyValue
 
 log = logging.getLogger("raftreg.concurrency")
 

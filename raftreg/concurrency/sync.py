@@ -20,11 +20,11 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from raftreg.client.protocol import KeyLike, LoopRunner
+from raftreg.common.types import KeyValue
 from raftreg.concurrency.election import Election
 from raftreg.concurrency.lock import Lock
 from raftreg.concurrency.session import DEFAULT_SESSION_TTL, Session
 from raftreg.errors import DeadlineExceeded
-from raftreg.store.commands import KeyValue
 
 T = TypeVar("T")
 

@@ -27,17 +27,7 @@ from typing import Any, Literal, overload
 
 from raftreg.client.protocol import RegistryClient, prefix_range_end
 from raftreg.client.watch import ALL_KEYS, WatchBatch
-from raftreg.configcenter.layout import (
-    BadValue,
-    check_name,
-    config_key,
-    config_prefix,
-    decode_value,
-    encode_value,
-    name_of,
-)
-from raftreg.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
-from raftreg.store.commands import (
+from raftreg.common.types import (
     Compare,
     CompareResult,
     CompareTarget,
@@ -48,6 +38,16 @@ from raftreg.store.commands import (
     Put,
     Txn,
 )
+from raftreg.configcenter.layout import (
+    BadValue,
+    check_name,
+    config_key,
+    config_prefix,
+    decode_value,
+    encode_value,
+    name_of,
+)
+from raftreg.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
 
 class _Delete(enum.Enum):

@@ -34,9 +34,9 @@ from typing import Any, Generic, Self, TypeVar
 from raftreg.client.protocol import RegistryClient
 from raftreg.client.watch import Watch, WatchBatch
 from raftreg.common.backoff import Backoff
+from raftreg.common.types import EventType, KeyValue
 from raftreg.configcenter.layout import BadValue, config_prefix, decode_value, name_of
 from raftreg.errors import FailedPrecondition, InvalidArgument, RegistryError
-from raftreg.store.commands import EventType, KeyValue
 
 log = logging.getLogger("raftreg.config")
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from raftreg.client.protocol import RegistryClient
 from raftreg.client.watch import ALL_KEYS
+from raftreg.common.types import KeyValue
 from raftreg.configcenter import CONFIG_ROOT, ConfigCenter, config_prefix, snapshot_of, value_text
 from raftreg.discovery.catalog import list_instances
 from raftreg.discovery.instance import instance_json
 from raftreg.errors import InvalidArgument, RegistryError
-from raftreg.store.commands import KeyValue
 
 MAX_VALUE_CHARS = 4096
 MAX_KEYS = 1000

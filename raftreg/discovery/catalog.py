@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from raftreg.client.protocol import LeaseTTL, RegistryClient
+from raftreg.common.types import KeyValue
 from raftreg.discovery.instance import (
     SERVICES_ROOT,
     Instance,
@@ -22,7 +23,6 @@ from raftreg.discovery.instance import (
     service_of,
     service_range_prefix,
 )
-from raftreg.store.commands import KeyValue
 
 
 @dataclass(frozen=True, slots=True)

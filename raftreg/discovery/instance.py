@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from raftreg.common.types import KeyValue
 from raftreg.errors import InvalidArgument
-from raftreg.store.commands import KeyValue
 
 SERVICES_ROOT = "/services/"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")

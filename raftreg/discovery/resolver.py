@@ -29,6 +29,7 @@ from typing import Self
 from raftreg.client.protocol import RegistryClient
 from raftreg.client.watch import Watch
 from raftreg.common.backoff import Backoff
+from raftreg.common.types import Event, EventType, KeyValue
 from raftreg.discovery.instance import (
     Instance,
     InvalidInstance,
@@ -37,7 +38,6 @@ from raftreg.discovery.instance import (
     service_range_prefix,
 )
 from raftreg.errors import FailedPrecondition, RegistryError, Unavailable
-from raftreg.store.commands import Event, EventType, KeyValue
 
 log = logging.getLogger("raftreg.discovery")
 

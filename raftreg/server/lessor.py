@@ -24,7 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from raftreg.errors import LeaseNotFound, NotApplied, RegistryError
-from raftreg.store.commands import Command, LeaderEpoch, LeaseExpire, LeaseInfo
+from raftreg.store import LeaseInfo
+from raftreg.store.commands import Command, LeaderEpoch, LeaseExpire
 
 log = logging.getLogger("raftreg.lessor")
 

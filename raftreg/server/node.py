@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raftreg.common.types import Event, Range, RangeResult
 from raftreg.config import ClusterConfig, NodeConfig, split_hostport
 from raftreg.consensus import RaftNode, RaftSettings, RaftStatus
 from raftreg.errors import (
@@ -33,18 +34,14 @@ from raftreg.errors import (
 )
 from raftreg.server.lessor import Lessor
 from raftreg.server.watch import WatchHub
-from raftreg.store import Store, decode_request, encode_request, failure_to_error
+from raftreg.store import LeaseInfo, Store, decode_request, encode_request, failure_to_error
 from raftreg.store.commands import (
     Command,
     Compact,
-    Event,
     ExpireClients,
     Failure,
     LeaseGrant,
-    LeaseInfo,
     MemberUpdate,
-    Range,
-    RangeResult,
     Request,
     Result,
 )

@@ -28,8 +28,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from raftreg.common.types import Event, EventType
 from raftreg.errors import Compacted, RegistryError
-from raftreg.store.commands import Event, EventType
 
 log = logging.getLogger("raftreg.watch")
 

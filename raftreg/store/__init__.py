@@ -4,12 +4,16 @@ Owns: the MVCC key space (revisions, per-key history, range reads, compaction; `
 lease table (`lease`), the request-identity table that applies retried writes once
 (`identity`), txn compares (`txn`), static command validation (`validate`), the one msgpack
 codec for log entries and snapshots (`codec`), Failure <-> exception mapping (`failures`) and
-the `Store` facade tying them together (`store`). Command and result types are in `commands`.
+the `Store` facade tying them together (`store`). The store's own commands (compaction, leases,
+leader epochs, member records, barriers), the `Request` envelope and the `Done`/`Failure`
+results are in `commands`. The public value types it applies and returns (`KeyValue`, `Event`,
+`Put`, `DeleteRange`, `Txn`, `Compare`, `Range` and their results) are not the store's: they
+live in `raftreg.common.types`, below this package, and are imported from there.
 
 No I/O, clocks, threads, randomness or logging: time enters only as `Request.now_ms`, and the
 same requests in the same order give identical state, results, events and snapshot bytes on
 every replica. Everything above this package (consensus, server, api) depends on it, never
-the other way round.
+the other way round; below it are only `raftreg.errors` and `raftreg.common.types`.
 """
 
 from raftreg.store.codec import decode_batch, decode_request, encode_batch, encode_request
@@ -17,73 +21,39 @@ from raftreg.store.commands import (
     Barrier,
     Command,
     Compact,
-    Compare,
-    CompareResult,
-    CompareTarget,
-    DeleteRange,
-    DeleteResult,
     Done,
-    Event,
-    EventType,
     ExpireClients,
     Failure,
-    KeyValue,
     LeaderEpoch,
     LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
-    LeaseGrantResult,
-    LeaseInfo,
     LeaseRevoke,
     MemberUpdate,
-    Put,
-    PutResult,
-    Range,
-    RangeResult,
     Request,
     Result,
-    SortOrder,
-    SortTarget,
-    Txn,
-    TxnResult,
 )
 from raftreg.store.failures import error_to_failure, failure_to_error
+from raftreg.store.lease import LeaseInfo
 from raftreg.store.store import Store
 
 __all__ = [
     "Barrier",
     "Command",
     "Compact",
-    "Compare",
-    "CompareResult",
-    "CompareTarget",
-    "DeleteRange",
-    "DeleteResult",
     "Done",
-    "Event",
-    "EventType",
     "ExpireClients",
     "Failure",
-    "KeyValue",
     "LeaderEpoch",
     "LeaseCheckpoint",
     "LeaseExpire",
     "LeaseGrant",
-    "LeaseGrantResult",
     "LeaseInfo",
     "LeaseRevoke",
     "MemberUpdate",
-    "Put",
-    "PutResult",
-    "Range",
-    "RangeResult",
     "Request",
     "Result",
-    "SortOrder",
-    "SortTarget",
     "Store",
-    "Txn",
-    "TxnResult",
     "decode_batch",
     "decode_request",
     "encode_batch",

@@ -20,37 +20,39 @@ from typing import Any, Final, TypeVar
 
 import msgpack
 
-from raftreg.errors import InvalidArgument
-from raftreg.store.commands import (
-    Barrier,
-    Command,
-    Compact,
+from raftreg.common.types import (
     Compare,
     CompareResult,
     CompareTarget,
     DeleteRange,
     DeleteResult,
-    Done,
-    ExpireClients,
-    Failure,
     KeyValue,
-    LeaderEpoch,
-    LeaseCheckpoint,
-    LeaseExpire,
-    LeaseGrant,
     LeaseGrantResult,
-    LeaseRevoke,
-    MemberUpdate,
     Put,
     PutResult,
     Range,
     RangeResult,
-    Request,
-    Result,
     SortOrder,
     SortTarget,
     Txn,
     TxnResult,
+)
+from raftreg.errors import InvalidArgument
+from raftreg.store.commands import (
+    Barrier,
+    Command,
+    Compact,
+    Done,
+    ExpireClients,
+    Failure,
+    LeaderEpoch,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseRevoke,
+    MemberUpdate,
+    Request,
+    Result,
 )
 
 __all__ = [

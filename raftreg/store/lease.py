@@ -7,11 +7,23 @@ are derivable from the key space and snapshots do not store them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from raftreg.errors import InvalidArgument
 from raftreg.store.codec import read_int, read_list
-from raftreg.store.commands import LeaseInfo
 
-__all__ = ["LeaseTable"]
+__all__ = ["LeaseInfo", "LeaseTable"]
+
+
+@dataclass(slots=True)
+class LeaseInfo:
+    """The store's (replicated) view of a lease. Deadlines are not here: only the leader keeps
+    them, on its own clock. `remaining_ms` is the last checkpointed remaining TTL, or -1."""
+
+    id: int
+    ttl: int
+    keys: set[bytes] = field(default_factory=set)
+    remaining_ms: int = -1
 
 
 class LeaseTable:

@@ -24,9 +24,9 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
+from raftreg.common.types import Event, EventType, KeyValue
 from raftreg.errors import Compacted, FutureRevision, InvalidArgument
 from raftreg.store.codec import read_bytes, read_int, read_list
-from raftreg.store.commands import Event, EventType, KeyValue
 
 __all__ = ["KeySpace", "in_range"]
 

@@ -20,6 +20,22 @@ from dataclasses import replace
 from operator import attrgetter
 from typing import Final
 
+from raftreg.common.types import (
+    DeleteRange,
+    DeleteResult,
+    Event,
+    EventType,
+    KeyValue,
+    LeaseGrantResult,
+    Put,
+    PutResult,
+    Range,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    Txn,
+    TxnResult,
+)
 from raftreg.errors import (
     AlreadyExists,
     Compacted,
@@ -42,35 +58,20 @@ from raftreg.store.commands import (
     Barrier,
     Command,
     Compact,
-    DeleteRange,
-    DeleteResult,
     Done,
-    Event,
-    EventType,
     ExpireClients,
-    KeyValue,
     LeaderEpoch,
     LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
-    LeaseGrantResult,
-    LeaseInfo,
     LeaseRevoke,
     MemberUpdate,
-    Put,
-    PutResult,
-    Range,
-    RangeResult,
     Request,
     Result,
-    SortOrder,
-    SortTarget,
-    Txn,
-    TxnResult,
 )
 from raftreg.store.failures import error_to_failure
 from raftreg.store.identity import ClientTable
-from raftreg.store.lease import LeaseTable
+from raftreg.store.lease import LeaseInfo, LeaseTable
 from raftreg.store.mvcc import ALL_KEYS, COMPACTED_MESSAGE, FUTURE_MESSAGE, KeySpace
 from raftreg.store.txn import txn_path
 from raftreg.store.validate import check_key_range, validate_command, validate_range

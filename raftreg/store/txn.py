@@ -8,7 +8,7 @@ consume it in the same order.
 
 from __future__ import annotations
 
-from raftreg.store.commands import Compare, CompareResult, CompareTarget, KeyValue, Txn
+from raftreg.common.types import Compare, CompareResult, CompareTarget, KeyValue, Txn
 from raftreg.store.mvcc import KeySpace
 
 __all__ = ["compare_holds", "txn_path"]

@@ -7,15 +7,22 @@ on the store's state, so the API can reject early and every replica reaches the 
 
 from __future__ import annotations
 
+from raftreg.common.types import (
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRange,
+    Put,
+    Range,
+    SortOrder,
+    SortTarget,
+    Txn,
+)
 from raftreg.errors import InvalidArgument
 from raftreg.store.codec import MAX_TXN_DEPTH
 from raftreg.store.commands import (
     Barrier,
     Compact,
-    Compare,
-    CompareResult,
-    CompareTarget,
-    DeleteRange,
     ExpireClients,
     LeaderEpoch,
     LeaseCheckpoint,
@@ -23,11 +30,6 @@ from raftreg.store.commands import (
     LeaseGrant,
     LeaseRevoke,
     MemberUpdate,
-    Put,
-    Range,
-    SortOrder,
-    SortTarget,
-    Txn,
 )
 
 __all__ = ["validate_command", "validate_range"]

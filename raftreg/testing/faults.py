@@ -81,9 +81,9 @@ from raftreg import errors as E
 from raftreg.client import GrpcRegistryClient
 from raftreg.client.etcd import EtcdRegistryClient
 from raftreg.common.convert import event_from_pb, range_result_from_pb
+from raftreg.common.types import Event, EventType, KeyValue
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.store.commands import Event, EventType, KeyValue
 from raftreg.testing import lincheck as L
 from raftreg.testing.cluster import ProcessCluster
 from raftreg.testing.etcd import EtcdCluster

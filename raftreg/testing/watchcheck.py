@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from raftreg.store.commands import Event, EventType, KeyValue
+from raftreg.common.types import Event, EventType, KeyValue
 from raftreg.testing.history import WatchRecord
 
 ALL_KEYS = b"\0"

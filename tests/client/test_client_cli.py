@@ -25,8 +25,7 @@ from raftreg.cli import (
     simple_lines,
 )
 from raftreg.client.protocol import LeaseTTL, Member, NodeStatus, resolve_range, to_bytes
-from raftreg.errors import LeaseNotFound, RegistryError, Unavailable
-from raftreg.store.commands import (
+from raftreg.common.types import (
     DeleteRange,
     DeleteResult,
     KeyValue,
@@ -40,6 +39,7 @@ from raftreg.store.commands import (
     Txn,
     TxnResult,
 )
+from raftreg.errors import LeaseNotFound, RegistryError, Unavailable
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -14,8 +14,9 @@ import pytest
 
 from raftreg.cli import run
 from raftreg.client import MemoryRegistryClient
+from raftreg.common.types import Put
 from raftreg.store import Store
-from raftreg.store.commands import Compact, LeaseGrant, Put, Request
+from raftreg.store.commands import Compact, LeaseGrant, Request
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -20,10 +20,10 @@ import pytest
 from raftreg.client import GrpcRegistryClient, LeaseKeeper, MemoryRegistryClient
 from raftreg.client.keepalive import KeepAliveSource
 from raftreg.common.clock import ManualClock
+from raftreg.common.types import LeaseGrantResult
 from raftreg.errors import InvalidArgument
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.store.commands import LeaseGrantResult
 
 pytestmark = pytest.mark.timeout(20)
 

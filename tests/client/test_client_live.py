@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from raftreg.client import GrpcRegistryClient, WatchBatch
+from raftreg.common.types import EventType
 from raftreg.errors import OutcomeUnknown, RegistryError
-from raftreg.store.commands import EventType
 from raftreg.testing import ProcessCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

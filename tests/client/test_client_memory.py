@@ -16,6 +16,16 @@ from raftreg.client import (
     WatchFilter,
 )
 from raftreg.client.watch import WatchOptions
+from raftreg.common.types import (
+    Compare,
+    CompareResult,
+    CompareTarget,
+    Event,
+    EventType,
+    KeyValue,
+    Put,
+    Txn,
+)
 from raftreg.errors import (
     Compacted,
     FailedPrecondition,
@@ -24,18 +34,7 @@ from raftreg.errors import (
     Unavailable,
 )
 from raftreg.store import Store
-from raftreg.store.commands import (
-    Compare,
-    CompareResult,
-    CompareTarget,
-    Event,
-    EventType,
-    KeyValue,
-    LeaseGrant,
-    Put,
-    Request,
-    Txn,
-)
+from raftreg.store.commands import LeaseGrant, Request
 
 pytestmark = pytest.mark.timeout(10)
 

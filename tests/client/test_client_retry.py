@@ -22,6 +22,7 @@ import pytest
 
 from raftreg.client import GrpcRegistryClient, SteppingClock, SyncRegistryClient, rpc_error
 from raftreg.common.status import COMPACT_KEY, ERROR_KEY, status_for
+from raftreg.common.types import Put, Txn
 from raftreg.errors import (
     Compacted,
     DeadlineExceeded,
@@ -36,7 +37,6 @@ from raftreg.errors import (
 )
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.store.commands import Put, Txn
 
 pytestmark = pytest.mark.timeout(30)
 

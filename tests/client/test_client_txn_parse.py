@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raftreg.cli import parse_compare, parse_lease_id, parse_op, parse_txn, read_txn
-from raftreg.errors import InvalidArgument
-from raftreg.store.commands import (
+from raftreg.common.types import (
     Compare,
     CompareResult,
     CompareTarget,
@@ -17,6 +16,7 @@ from raftreg.store.commands import (
     SortTarget,
     Txn,
 )
+from raftreg.errors import InvalidArgument
 
 pytestmark = pytest.mark.timeout(10)
 

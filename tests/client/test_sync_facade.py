@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from raftreg.client import MemoryRegistryClient, SyncRegistryClient, connect_sync
+from raftreg.common.types import EventType
 from raftreg.discovery import Instance, SyncRegistration, SyncResolver
-from raftreg.store.commands import EventType
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -16,9 +16,10 @@ import pytest
 
 from raftreg.cli import run
 from raftreg.client import MemoryRegistryClient
+from raftreg.common.types import Put, Range
 from raftreg.concurrency import Election, Session
 from raftreg.store import Store
-from raftreg.store.commands import LeaseGrant, Put, Range, Request
+from raftreg.store.commands import LeaseGrant, Request
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from raftreg.client import MemoryRegistryClient, SyncRegistryClient, Watch
+from raftreg.common.types import Put, Txn
 from raftreg.concurrency import (
     Election,
     Lock,
@@ -28,7 +29,6 @@ from raftreg.concurrency import (
     observe,
 )
 from raftreg.errors import DeadlineExceeded, FailedPrecondition
-from raftreg.store.commands import Put, Txn
 
 pytestmark = pytest.mark.timeout(30)
 

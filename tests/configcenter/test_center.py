@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from raftreg.client import MemoryRegistryClient, Watch
+from raftreg.common.types import EventType
 from raftreg.configcenter import (
     DELETE,
     BadValue,
@@ -25,7 +26,6 @@ from raftreg.errors import (
     FutureRevision,
     InvalidArgument,
 )
-from raftreg.store.commands import EventType
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -187,7 +187,7 @@ async def test_rollback_restores_an_earlier_revision_in_one_txn(
 
 
 def test_versions_in_groups_events_by_revision() -> None:
-    from raftreg.store.commands import Event, KeyValue
+    from raftreg.common.types import Event, KeyValue
 
     def ev(t: EventType, key: bytes, rev: int, value: bytes = b"") -> Event:
         return Event(t, KeyValue(key, 1, rev, 1, value))

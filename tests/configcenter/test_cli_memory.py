@@ -16,9 +16,10 @@ import pytest
 
 from raftreg.cli import parse_setting, parse_setting_value, run
 from raftreg.client import MemoryRegistryClient
+from raftreg.common.types import Put
 from raftreg.discovery.instance import Instance, encode_instance
 from raftreg.store import Store
-from raftreg.store.commands import Compact, Put, Request
+from raftreg.store.commands import Compact, Request
 
 pytestmark = pytest.mark.timeout(20)
 

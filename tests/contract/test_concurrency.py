@@ -23,8 +23,8 @@ import pytest
 
 from raftreg.cli import run
 from raftreg.client import RegistryClient, connect
+from raftreg.common.types import Put, Txn
 from raftreg.concurrency import Election, Lock, NotLeader, Session, SessionExpired, observe
-from raftreg.store.commands import Put, Txn
 from raftreg.testing.etcd import etcd_binary
 from raftreg.testing.procs import ProcessGroup
 from tests.contract.conftest import WAIT, Backend, eventually, process_only

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from raftreg.client import RegistryClient
+from raftreg.common.types import EventType
 from raftreg.configcenter import (
     DELETE,
     BadValue,
@@ -19,7 +20,6 @@ from raftreg.configcenter import (
     dataclass_parser,
 )
 from raftreg.errors import Compacted, FailedPrecondition, FutureRevision
-from raftreg.store.commands import EventType
 from tests.contract.conftest import WAIT
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from raftreg.client import RegistryClient
+from raftreg.common.types import SortOrder, SortTarget
 from raftreg.errors import Compacted, FutureRevision, InvalidArgument
-from raftreg.store.commands import SortOrder, SortTarget
 from tests.contract.conftest import Backend, backend_differs, eventually
 
 pytestmark = pytest.mark.slow

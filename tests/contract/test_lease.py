@@ -8,8 +8,8 @@ import time
 import pytest
 
 from raftreg.client import RegistryClient
+from raftreg.common.types import EventType
 from raftreg.errors import AlreadyExists, LeaseNotFound
-from raftreg.store.commands import EventType
 from tests.contract.conftest import MIN_LEASE_TTL, WAIT, eventually, process_only
 
 pytestmark = pytest.mark.slow

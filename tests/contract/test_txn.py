@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raftreg.client import RegistryClient
-from raftreg.errors import InvalidArgument
-from raftreg.store.commands import (
+from raftreg.common.types import (
     Compare,
     CompareResult,
     CompareTarget,
@@ -19,6 +18,7 @@ from raftreg.store.commands import (
     Txn,
     TxnResult,
 )
+from raftreg.errors import InvalidArgument
 
 pytestmark = pytest.mark.slow
 

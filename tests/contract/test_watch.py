@@ -8,7 +8,7 @@ import time
 import pytest
 
 from raftreg.client import RegistryClient, Watch, WatchBatch, WatchFilter
-from raftreg.store.commands import Event, EventType
+from raftreg.common.types import Event, EventType
 from tests.contract.conftest import WAIT, Backend, backend_differs
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ import pytest
 from raftreg.cli import run
 from raftreg.client import connect
 from raftreg.client.etcd import EtcdRegistryClient
+from raftreg.common.types import KeyValue
 from raftreg.errors import OutcomeUnknown, RegistryError
-from raftreg.store.commands import KeyValue
 from raftreg.testing.etcd import EtcdCluster
 from raftreg.testing.tcpproxy import Http2Streams, TcpProxy
 

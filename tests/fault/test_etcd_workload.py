@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from raftreg.client.etcd import EtcdRegistryClient
-from raftreg.store.commands import EventType
+from raftreg.common.types import EventType
 from raftreg.testing.faults import (
     ETCD_KINDS,
     SENTINEL,

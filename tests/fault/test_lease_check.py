@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pytest
 
 from raftreg.client import MemoryRegistryClient
-from raftreg.store.commands import LeaseGrantResult
+from raftreg.common.types import LeaseGrantResult
 from raftreg.testing.history import History, Workload, WorkloadConfig
 
 pytestmark = pytest.mark.timeout(30)

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from raftreg.client import RegistryClient, connect
+from raftreg.common.types import Put, Txn
 from raftreg.concurrency import Lock, Session, SessionExpired
 from raftreg.errors import OutcomeUnknown, RegistryError
 from raftreg.server.lessor import TICK_S
-from raftreg.store.commands import Put, Txn
 from raftreg.testing import ProcessCluster
 from raftreg.testing.etcd import EtcdCluster
 from raftreg.testing.procs import ProcessGroup

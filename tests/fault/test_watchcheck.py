@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raftreg.store.commands import Event, EventType, KeyValue
+from raftreg.common.types import Event, EventType, KeyValue
 from raftreg.testing.history import WatchRecord
 from raftreg.testing.watchcheck import check_committed, check_watch
 

@@ -9,10 +9,10 @@ import grpc
 import pytest
 
 from raftreg.client import GrpcRegistryClient
+from raftreg.common.types import Compare, CompareResult, CompareTarget, Put, Txn
 from raftreg.errors import InvalidArgument, LeaseNotFound
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.store.commands import Compare, CompareResult, CompareTarget, Put, Txn
 from raftreg.testing import ProcessCluster
 
 pytestmark = pytest.mark.slow

@@ -22,13 +22,13 @@ import pytest
 from raftreg.api.auth import token_sha256
 from raftreg.cli import run as cli_run
 from raftreg.client import GrpcRegistryClient
+from raftreg.common.types import Compare, CompareResult, CompareTarget, Put, Range, Txn
 from raftreg.errors import (
     PermissionDenied,
     RegistryError,
     Unauthenticated,
     Unavailable,
 )
-from raftreg.store.commands import Compare, CompareResult, CompareTarget, Put, Range, Txn
 from raftreg.testing import ProcessCluster
 from raftreg.testing.certs import CertFiles, make_certs
 

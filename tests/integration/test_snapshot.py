@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from raftreg.client import GrpcRegistryClient
+from raftreg.common.types import KeyValue
 from raftreg.config import load_config
 from raftreg.errors import FailedPrecondition, InvalidArgument
 from raftreg.server.restore import restore_cluster
 from raftreg.store.backup import decode_backup
-from raftreg.store.commands import KeyValue
 from raftreg.testing import ProcessCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

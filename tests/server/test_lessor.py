@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftreg.common.types import Put
 from raftreg.errors import LeaseNotFound, OutcomeUnknown, RegistryError, Unavailable
 from raftreg.server.lessor import EXPIRE_BATCH, Lessor
 from raftreg.store import (
@@ -24,7 +25,6 @@ from raftreg.store import (
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
-    Put,
     Request,
     Store,
 )

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raftreg.client.protocol import prefix_range_end
+from raftreg.common.types import DeleteRange, Event, EventType, Put, Txn
 from raftreg.server.watch import (
     ALL_KEYS,
     MAX_MSG_EVENTS,
@@ -26,18 +27,7 @@ from raftreg.server.watch import (
     WatchSpec,
     WatchStream,
 )
-from raftreg.store import (
-    Command,
-    Compact,
-    DeleteRange,
-    Event,
-    EventType,
-    Failure,
-    Put,
-    Request,
-    Store,
-    Txn,
-)
+from raftreg.store import Command, Compact, Failure, Request, Store
 
 PUT, DELETE = EventType.PUT, EventType.DELETE
 

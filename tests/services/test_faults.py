@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 
 from raftreg.client import RegistryClient, connect
+from raftreg.common.types import KeyValue
 from raftreg.discovery import Instance, Resolver, decode_instance, service_prefix
-from raftreg.store.commands import KeyValue
 from raftreg.testing import ProcessCluster
 from services.testing import (
     ServiceGroup,

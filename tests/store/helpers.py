@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from raftreg.store import (
-    Command,
-    Event,
-    Failure,
-    KeyValue,
-    Put,
-    Range,
-    Request,
-    Result,
-    Store,
-)
+from raftreg.common.types import Event, KeyValue, Put, Range
+from raftreg.store import Command, Failure, Request, Result, Store
 
 
 def run(store: Store, command: Command, **request: int) -> Result:

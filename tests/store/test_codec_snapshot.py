@@ -9,6 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftreg.common.types import (
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRange,
+    Put,
+    Range,
+    SortOrder,
+    SortTarget,
+    Txn,
+)
 from raftreg.errors import (
     AlreadyExists,
     Compacted,
@@ -21,10 +32,6 @@ from raftreg.store import (
     Barrier,
     Command,
     Compact,
-    Compare,
-    CompareResult,
-    CompareTarget,
-    DeleteRange,
     Done,
     ExpireClients,
     Failure,
@@ -34,13 +41,8 @@ from raftreg.store import (
     LeaseGrant,
     LeaseRevoke,
     MemberUpdate,
-    Put,
-    Range,
     Request,
-    SortOrder,
-    SortTarget,
     Store,
-    Txn,
     decode_batch,
     decode_request,
     encode_batch,

@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from raftreg.common.types import DeleteRange, Event, EventType, KeyValue, Put, Range, Txn
 from raftreg.errors import Compacted, InvalidArgument
-from raftreg.store import (
-    Compact,
-    DeleteRange,
-    Done,
-    Event,
-    EventType,
-    KeyValue,
-    LeaseGrant,
-    LeaseRevoke,
-    Put,
-    Range,
-    Request,
-    Store,
-    Txn,
-)
+from raftreg.store import Compact, Done, LeaseGrant, LeaseRevoke, Request, Store
 
 from .helpers import failure, get, keys, put, run
 

@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from raftreg.errors import Compacted, FutureRevision, InvalidArgument
-from raftreg.store import (
-    Barrier,
-    Compact,
+from raftreg.common.types import (
     Compare,
     CompareResult,
     CompareTarget,
     DeleteRange,
     DeleteResult,
-    Done,
     EventType,
     KeyValue,
-    LeaseGrant,
     Put,
     PutResult,
     Range,
     RangeResult,
     SortOrder,
     SortTarget,
-    Store,
     Txn,
 )
+from raftreg.errors import Compacted, FutureRevision, InvalidArgument
+from raftreg.store import Barrier, Compact, Done, LeaseGrant, Store
 
 from .helpers import failure, get, keys, put, run, run_events
 

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+from raftreg.common.types import (
+    DeleteRange,
+    EventType,
+    KeyValue,
+    LeaseGrantResult,
+    Put,
+    PutResult,
+    Txn,
+    TxnResult,
+)
 from raftreg.store import (
     Barrier,
-    DeleteRange,
     Done,
-    EventType,
     ExpireClients,
-    KeyValue,
     LeaderEpoch,
     LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
-    LeaseGrantResult,
     LeaseInfo,
     LeaseRevoke,
-    Put,
-    PutResult,
     Request,
     Store,
-    Txn,
-    TxnResult,
 )
 
 from .helpers import failure, get, keys, put, run, run_events

@@ -6,25 +6,21 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from raftreg.store import (
-    Compact,
+from raftreg.common.types import (
     Compare,
     CompareResult,
     CompareTarget,
     DeleteRange,
     DeleteResult,
-    Done,
     EventType,
-    Failure,
     KeyValue,
     Put,
     PutResult,
     Range,
-    Request,
-    Store,
     Txn,
     TxnResult,
 )
+from raftreg.store import Compact, Done, Failure, Request, Store
 
 KEYS = [b"a", b"b", b"ba", b"c", b"d"]
 keys = st.sampled_from(KEYS)

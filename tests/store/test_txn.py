@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raftreg.store import (
-    Compact,
+from raftreg.common.types import (
     Compare,
     CompareResult,
     CompareTarget,
@@ -13,15 +12,14 @@ from raftreg.store import (
     DeleteResult,
     EventType,
     KeyValue,
-    LeaseGrant,
     Put,
     PutResult,
     Range,
     RangeResult,
-    Store,
     Txn,
     TxnResult,
 )
+from raftreg.store import Compact, LeaseGrant, Store
 
 from .helpers import failure, get, keys, put, run, run_events
 

@@ -64,7 +64,7 @@ from raftreg.client.protocol import (
 from raftreg.client.security import ClientSecurity, wants_tls
 from raftreg.client.watch import Watch
 from raftreg.common.clock import Clock
-from raftreg.store.commands import (
+from raftreg.common.types import (
     DeleteRange,
     DeleteResult,
     LeaseGrantResult,

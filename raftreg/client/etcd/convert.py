@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
-from raftreg.errors import InvalidArgument
-from raftreg.store.commands import (
+from raftreg.common.types import (
     Compare,
     CompareTarget,
     DeleteRange,
@@ -26,6 +25,7 @@ from raftreg.store.commands import (
     Txn,
     TxnResult,
 )
+from raftreg.errors import InvalidArgument
 
 Op = Range | Put | DeleteRange | Txn
 OpResult = RangeResult | PutResult | DeleteResult | TxnResult
