@@ -32,8 +32,8 @@ import contextlib
 import itertools
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Literal, TypeVar, cast
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -45,7 +45,7 @@ from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
 from raftreg.client.grpc_watch import WIRE as WATCH_WIRE
 from raftreg.client.kvmux import KVMux, StreamFailure
 from raftreg.client.pool import NotConnected
-from raftreg.client.pooled import PooledClient
+from raftreg.client.pooled import PooledClient, Route, retryable
 from raftreg.client.protocol import (
     KeyLike,
     LeaseTTL,
@@ -77,7 +77,6 @@ from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 
 T = TypeVar("T")
-Route = Literal["leader", "any"]
 
 _MAX_CLIENT_ID = (1 << 63) - 1
 
@@ -91,27 +90,6 @@ def _trailing_metadata(e: grpc.aio.AioRpcError) -> tuple[tuple[str, str | bytes]
     # grpc.aio returns an aio.Metadata (iterates as (key, value)); the stubs say otherwise.
     md: Iterable[tuple[str, str | bytes]] | None = cast(Any, e.trailing_metadata())
     return tuple((k, v) for k, v in md) if md else ()
-
-
-def _retryable(err: E.RegistryError) -> bool:
-    return isinstance(err, E.Unavailable | E.DeadlineExceeded)
-
-
-def _maybe_applied(err: E.RegistryError) -> bool:
-    """Whether a failed (retryable) write attempt may nevertheless have been applied: unless
-    the server vouched `NotApplied`, it may (a bare UNAVAILABLE can come from a connection
-    that broke after the request left)."""
-    return not isinstance(err, E.NotApplied)
-
-
-class _RetryableFailure(Exception):
-    """Internal: a stream ended without an answer. Always retryable; never means "maybe
-    applied" unless `maybe_applied` is set. (Not connected is the pool's `NotConnected`:
-    nothing was sent.)"""
-
-    def __init__(self, message: str, maybe_applied: bool = False) -> None:
-        super().__init__(message)
-        self.maybe_applied = maybe_applied
 
 
 class _Conn:
@@ -272,7 +250,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             assert isinstance(resp, pb.RangeResponse)
             return convert.range_result_from_pb(resp)
 
-        return await self._call("any" if serializable else "leader", call, "get")
+        return await self._call(call, "get", route="any" if serializable else "leader")
 
     async def put(
         self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False
@@ -285,7 +263,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             assert isinstance(resp, pb.PutResponse)
             return convert.put_result_from_pb(resp)
 
-        return await self._call("leader", call, "put", write=True)
+        return await self._call(call, "put", route="leader", write=True)
 
     async def delete(
         self,
@@ -304,7 +282,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             assert isinstance(resp, pb.DeleteRangeResponse)
             return convert.delete_result_from_pb(resp)
 
-        return await self._call("leader", call, "delete", write=True)
+        return await self._call(call, "delete", route="leader", write=True)
 
     async def txn(self, txn: Txn) -> TxnResult:
         req = convert.txn_to_pb(txn)
@@ -315,7 +293,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             assert isinstance(resp, pb.TxnResponse)
             return convert.txn_result_from_pb(resp)
 
-        return await self._call("leader", call, "txn", write=True)
+        return await self._call(call, "txn", route="leader", write=True)
 
     async def compact(self, revision: int) -> int:
         req = pb.CompactionRequest(revision=revision)
@@ -323,7 +301,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         async def call(c: _Conn, t: float) -> int:
             return (await c.kv.Compact(req, timeout=t)).header.revision
 
-        return await self._call("leader", call, "compact", write=True)
+        return await self._call(call, "compact", route="leader", write=True)
 
     # --- leases ----------------------------------------------------------------------------
 
@@ -336,7 +314,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
                 raise E.RegistryError(resp.error)
             return LeaseGrantResult(resp.header.revision, resp.ID, resp.TTL)
 
-        return await self._call("leader", call, "lease grant", write=True)
+        return await self._call(call, "lease grant", route="leader", write=True)
 
     async def lease_revoke(self, id: int) -> None:
         req = pb.LeaseRevokeRequest(ID=id, request_id=self._next_request_id())
@@ -344,7 +322,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         async def call(c: _Conn, t: float) -> None:
             await c.lease.LeaseRevoke(req, timeout=t)
 
-        await self._call("leader", call, "lease revoke", write=True)
+        await self._call(call, "lease revoke", route="leader", write=True)
 
     async def lease_time_to_live(self, id: int, *, keys: bool = False) -> LeaseTTL:
         req = pb.LeaseTimeToLiveRequest(ID=id, keys=keys)
@@ -353,14 +331,14 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             r = await c.lease.LeaseTimeToLive(req, timeout=t)
             return LeaseTTL(r.ID or id, r.TTL, r.grantedTTL, tuple(r.keys))
 
-        return await self._call("leader", call, "lease timetolive")
+        return await self._call(call, "lease timetolive", route="leader")
 
     async def lease_list(self) -> list[int]:
         async def call(c: _Conn, t: float) -> list[int]:
             r = await c.lease.LeaseLeases(pb.LeaseLeasesRequest(), timeout=t)
             return [s.ID for s in r.leases]
 
-        return await self._call("leader", call, "lease list")
+        return await self._call(call, "lease list", route="leader")
 
     async def lease_keepalive_once(self, id: int) -> int:
         async def call(c: _Conn, t: float) -> int:
@@ -371,12 +349,12 @@ class GrpcRegistryClient(PooledClient[_Conn]):
                     await stream.write(pb.LeaseKeepAliveRequest(ID=id))
                 resp = await stream.read()
                 if not isinstance(resp, pb.LeaseKeepAliveResponse):
-                    raise _RetryableFailure("keepalive stream ended without an answer")
+                    raise E.Unavailable("keepalive stream ended without an answer")
                 return resp.TTL
             finally:
                 stream.cancel()
 
-        return await self._call("leader", call, "lease keepalive")
+        return await self._call(call, "lease keepalive", route="leader")
 
     async def open_keepalive_stream(self) -> KeepAliveCall:
         """A LeaseKeepAlive stream (for `LeaseKeeper`), to the leader when known, else to the
@@ -417,7 +395,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             self._learn_members(r.members)
             return [_member(m) for m in r.members]
 
-        return await self._call("any", call, "member list")
+        return await self._call(call, "member list", route="any")
 
     async def member_add(self, name: str, peer_url: str, client_url: str) -> list[Member]:
         """Add a member (raftreg only; start the new node after this returns). Returns the
@@ -430,7 +408,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             self._learn_members(r.members)
             return [_member(r.member)] + [_member(m) for m in r.members if m.ID != r.member.ID]
 
-        return await self._call("leader", call, "member add", write=True)
+        return await self._call(call, "member add", route="leader", write=True)
 
     async def member_remove(self, member_id: int) -> list[Member]:
         """Remove a member (raftreg only; the leader too: it hands over first). Returns the
@@ -440,7 +418,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             r = await c.cluster.MemberRemove(pb.MemberRemoveRequest(ID=member_id), timeout=t)
             return [_member(m) for m in r.members]
 
-        return await self._call("leader", call, "member remove", write=True)
+        return await self._call(call, "member remove", route="leader", write=True)
 
     async def status(self, endpoint: str | None = None) -> NodeStatus:
         async def call(c: _Conn, t: float) -> NodeStatus:
@@ -450,8 +428,8 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             return _node_status(c.endpoint, r)
 
         if endpoint is None:
-            return await self._call("any", call, "status")
-        return await self._call("any", call, "status", endpoint=normalize_endpoint(endpoint))
+            return await self._call(call, "status", route="any")
+        return await self._call(call, "status", route="any", endpoint=normalize_endpoint(endpoint))
 
     async def snapshot(
         self, *, timeout: float = 60.0, progress: Callable[[int, int], None] | None = None
@@ -472,13 +450,24 @@ class GrpcRegistryClient(PooledClient[_Conn]):
                     return b"".join(parts)
             raise E.Unavailable("the snapshot stream ended early")
 
-        return await self._call("any", call, "snapshot")
+        return await self._call(call, "snapshot", route="any")
 
     # --- internals -------------------------------------------------------------------------
 
     def _next_request_id(self) -> pb.RequestId:
         """The identity of one logical write; retries of that write reuse it."""
         return pb.RequestId(client_id=self._client_id, seq=next(self._seq))
+
+    identified_writes = True  # every write carries a RequestId that its retries reuse
+
+    def _rpc_error(self, e: grpc.aio.AioRpcError) -> E.RegistryError:
+        return rpc_error(e)
+
+    async def _pick_endpoint(self, route: Route, deadline: float) -> str:
+        """The leader for leader-routed calls when known, else the best endpoint (a follower
+        forwards)."""
+        leader = await self._leader_endpoint(deadline) if route == "leader" else None
+        return leader or self._pool.ordered()[0]
 
     def _mark_failed(self, endpoint: str) -> None:
         """Mark `endpoint` failed in the pool and forget the leader if it was the leader (the
@@ -541,7 +530,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
                 pool.mark_failed(ep)  # the pool's mark only: discovery is what is running
                 continue
             except grpc.aio.AioRpcError as e:
-                if _retryable(rpc_error(e)):
+                if retryable(rpc_error(e)):
                     pool.mark_failed(ep)
                 continue
             self._member_endpoints[st.header.member_id] = ep
@@ -576,64 +565,6 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             try:
                 return await c.mux().submit(op, timeout)
             except StreamFailure as e:
-                raise _RetryableFailure(str(e), maybe_applied=True) from None
+                raise E.Unavailable(str(e)) from None  # may have been applied
         finally:
             c.inflight -= 1
-
-    async def _call(
-        self,
-        route: Route,
-        fn: Callable[[_Conn, float], Awaitable[T]],
-        what: str,
-        *,
-        write: bool = False,
-        endpoint: str | None = None,
-    ) -> T:
-        """Run `fn(conn, per_attempt_timeout)` with routing, failover and retries.
-
-        With `endpoint` given, exactly one attempt is made against it. For a write, once any
-        attempt may have been applied, running out of budget raises `OutcomeUnknown`."""
-        if self._closed:
-            raise E.FailedPrecondition("client is closed")
-        deadline = self._call_deadline()
-        maybe_applied = False
-        attempts = 0
-        last: E.RegistryError | None = None
-        while True:
-            attempts += 1
-            if endpoint is not None:
-                ep = endpoint
-            else:
-                ep = (await self._leader_endpoint(deadline) if route == "leader" else None) or (
-                    self._pool.ordered()[0]
-                )
-            try:
-                await self._pool.connect(ep, self._connect_limit(deadline))
-                result = await fn(self._pool.conn(ep), self._attempt_timeout(deadline))
-            except NotConnected as f:  # nothing was sent
-                last = E.NotApplied(str(f))
-            except _RetryableFailure as f:
-                last = E.Unavailable(str(f)) if f.maybe_applied else E.NotApplied(str(f))
-                maybe_applied = maybe_applied or (write and f.maybe_applied)
-            except grpc.aio.AioRpcError as e:
-                err = rpc_error(e)
-                if not _retryable(err):
-                    raise err from None
-                last = err
-                maybe_applied = maybe_applied or (write and _maybe_applied(err))
-            except E.RegistryError as err:  # an operation's own error from a Batch stream
-                if not _retryable(err):
-                    raise
-                last = err
-                maybe_applied = maybe_applied or (write and _maybe_applied(err))
-            else:
-                self._pool.mark_ok(ep)
-                return result
-            self._mark_failed(ep)
-            if endpoint is not None or not await self._pause_before_retry(attempts, deadline):
-                break
-        assert last is not None
-        tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
-        if write and maybe_applied:
-            raise E.OutcomeUnknown(f"{what}: outcome unknown after {tries}; last error: {last}")
-        raise type(last)(f"{what} failed after {tries}; last error: {last}")

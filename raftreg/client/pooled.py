@@ -3,9 +3,11 @@
 
 It owns: the `EndpointPool` (channels, ranking, failure marks, connection waits, backoff), the
 shared watch stream (`raftreg.client.watch_stream.WatchMux`, fed by the backend's
-`WatchWire`), the one `LeaseKeeper` and its `KeepAliveCall` streams, the per-attempt deadline
-and the lifecycle (`close`, `async with`). A backend owns its calls: routing, retries, the
-write-safety rules, message conversion and error mapping.
+`WatchWire`), the one `LeaseKeeper` and its `KeepAliveCall` streams, the one call loop
+(`_call`: routing hook, failover, retries within the budget, per-attempt deadlines, the
+write-safety rule) and the lifecycle (`close`, `async with`). A backend owns its messages:
+its calls, their conversion, its error mapping (`_rpc_error`), where a call goes
+(`_pick_endpoint`) and whether its writes carry request identities (`identified_writes`).
 
 Contracts:
 - `_mark_failed(endpoint)` is how every shared mechanism reports a failed endpoint (a backend
@@ -13,6 +15,12 @@ Contracts:
 - A failed keepalive stream marks its endpoint failed unless the client is closed, so the
   keeper's next stream goes elsewhere.
 - After `close()` every call raises `FailedPrecondition`; watches end and the keeper stops.
+- Retries: after `Unavailable` or `DeadlineExceeded` only, on the next endpoint, with the
+  pool's backoff. A write is retried after an attempt that may have applied (anything but
+  `NotApplied`) only if the backend's writes carry request identities (raftreg's do, so the
+  store applies a retry at most once); it then raises `OutcomeUnknown` if the budget runs out.
+  Without identities (etcd) such a write raises `OutcomeUnknown` at once: a retry could apply
+  it twice. A write that fails with every attempt refused raises `NotApplied`.
 - Time is `clock` (default: the loop's): every call's budget, per-attempt deadline and retry
   pause are measured on it, so tests drive retries with a `SteppingClock` instead of racing
   real budgets. A retry starts only if, after its pause, at least `min(timeout, budget / 10)`
@@ -28,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Generic, Self, TypeVar
+from typing import Generic, Literal, Self, TypeVar
 
 import grpc.aio
 from google.protobuf.message import Message
@@ -36,7 +44,7 @@ from google.protobuf.message import Message
 from raftreg import errors as E
 from raftreg.client.bidi import BidiCall, KeepAliveCall
 from raftreg.client.keepalive import KeepAliveStream, LeaseKeeper
-from raftreg.client.pool import EndpointPool
+from raftreg.client.pool import EndpointPool, NotConnected
 from raftreg.client.protocol import KeyLike, resolve_range
 from raftreg.client.security import ClientSecurity
 from raftreg.client.watch import Watch, WatchFilter, WatchOptions
@@ -44,6 +52,8 @@ from raftreg.client.watch_stream import WatchMux, WatchWire
 from raftreg.common.clock import Clock, LoopClock
 
 C = TypeVar("C")
+T = TypeVar("T")
+Route = Literal["leader", "any"]
 
 
 class PooledClient(Generic[C]):
@@ -214,6 +224,71 @@ class PooledClient(Generic[C]):
     ) -> None:
         await self.close()
 
+    # --- the call loop ---------------------------------------------------------------------
+
+    #: Whether this backend's writes carry request identities that make a retry apply at most
+    #: once (see the module docstring's "Retries").
+    identified_writes = False
+
+    def _rpc_error(self, e: grpc.aio.AioRpcError) -> E.RegistryError:
+        """The backend's one mapping from a failed call to `raftreg.errors`."""
+        raise NotImplementedError
+
+    async def _pick_endpoint(self, route: Route, deadline: float) -> str:
+        """Where the next attempt of a call routed `route` goes (default: the best endpoint)."""
+        return self._pool.ordered()[0]
+
+    async def _call(
+        self,
+        fn: Callable[[C, float], Awaitable[T]],
+        what: str,
+        *,
+        route: Route = "any",
+        write: bool = False,
+        endpoint: str | None = None,
+    ) -> T:
+        """Run `fn(conn, per_attempt_timeout)` with routing, failover and retries (see the
+        module docstring). With `endpoint` given, exactly one attempt is made against it.
+        `fn` raises a `RegistryError` of its own for a stream that ended without an answer
+        (`Unavailable`, or `NotApplied` when nothing can have been applied)."""
+        if self._closed:
+            raise E.FailedPrecondition("client is closed")
+        deadline = self._call_deadline()
+        maybe_applied = False
+        attempts = 0
+        while True:
+            attempts += 1
+            ep = endpoint or await self._pick_endpoint(route, deadline)
+            try:
+                await self._pool.connect(ep, self._connect_limit(deadline))
+                result = await fn(self._pool.conn(ep), self._attempt_timeout(deadline))
+            except NotConnected as f:  # nothing was sent
+                err: E.RegistryError = E.NotApplied(str(f))
+            except grpc.aio.AioRpcError as e:
+                err = self._rpc_error(e)
+            except E.RegistryError as own:  # a stream's end, or an operation's own error
+                err = own
+            else:
+                self._pool.mark_ok(ep)
+                return result
+            if not retryable(err):
+                raise err from None
+            last = err
+            self._mark_failed(ep)
+            if write and not isinstance(err, E.NotApplied):
+                if not self.identified_writes:
+                    raise E.OutcomeUnknown(
+                        f"{what}: outcome unknown ({err}); not retried, as the server cannot "
+                        "tell a retried write from a new one"
+                    ) from None
+                maybe_applied = True
+            if endpoint is not None or not await self._pause_before_retry(attempts, deadline):
+                break
+        tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+        if maybe_applied:
+            raise E.OutcomeUnknown(f"{what}: outcome unknown after {tries}; last error: {last}")
+        raise type(last)(f"{what} failed after {tries}; last error: {last}")
+
     # --- internals -------------------------------------------------------------------------
 
     def _mark_failed(self, endpoint: str) -> None:
@@ -244,3 +319,6 @@ class PooledClient(Generic[C]):
         return True
 
 
+def retryable(err: E.RegistryError) -> bool:
+    """Errors after which another attempt (maybe on another endpoint) can succeed."""
+    return isinstance(err, E.Unavailable | E.DeadlineExceeded)

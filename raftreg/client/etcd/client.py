@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -46,7 +46,7 @@ from raftreg import errors as E
 from raftreg.client.bidi import KeepAliveCall
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
 from raftreg.client.etcd import convert
-from raftreg.client.etcd.errors import retryable, rpc_error
+from raftreg.client.etcd.errors import rpc_error
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
 from raftreg.client.etcd.watch import REQUIRE_LEADER, WATCH_PATH
 from raftreg.client.etcd.watch import WIRE as WATCH_WIRE
@@ -251,7 +251,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         async def call(c: EtcdConn, t: float) -> RangeResult:
             return convert.range_result_from_pb(await c.range(req, timeout=t))
 
-        return await self._call(call, "get", idempotent=True)
+        return await self._call(call, "get")
 
     async def put(
         self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False
@@ -261,7 +261,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         async def call(c: EtcdConn, t: float) -> PutResult:
             return convert.put_result_from_pb(await c.put(req, timeout=t))
 
-        return await self._call(call, "put", idempotent=False)
+        return await self._call(call, "put", write=True)
 
     async def delete(
         self,
@@ -277,7 +277,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         async def call(c: EtcdConn, t: float) -> DeleteResult:
             return convert.delete_result_from_pb(await c.delete_range(req, timeout=t))
 
-        return await self._call(call, "delete", idempotent=False)
+        return await self._call(call, "delete", write=True)
 
     async def txn(self, txn: Txn) -> TxnResult:
         req = convert.txn_to_pb(txn)
@@ -287,7 +287,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         async def call(c: EtcdConn, t: float) -> TxnResult:
             return convert.txn_result_from_pb(await c.txn(req, timeout=t))
 
-        return await self._call(call, "txn", idempotent=read_only)
+        return await self._call(call, "txn", write=not read_only)
 
     async def compact(self, revision: int) -> int:
         req = pb.CompactionRequest(revision=revision)
@@ -296,7 +296,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
             resp: pb.CompactionResponse = await c.compact(req, timeout=t)
             return resp.header.revision
 
-        return await self._call(call, "compact", idempotent=False)
+        return await self._call(call, "compact", write=True)
 
     # --- leases ----------------------------------------------------------------------------
 
@@ -309,7 +309,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
                 raise E.RegistryError(resp.error)
             return LeaseGrantResult(resp.header.revision, resp.ID, resp.TTL)
 
-        return await self._call(call, "lease grant", idempotent=False)
+        return await self._call(call, "lease grant", write=True)
 
     async def lease_revoke(self, id: int) -> None:
         req = pb.LeaseRevokeRequest(ID=id)
@@ -317,7 +317,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         async def call(c: EtcdConn, t: float) -> None:
             await c.lease_revoke(req, timeout=t)
 
-        await self._call(call, "lease revoke", idempotent=False)
+        await self._call(call, "lease revoke", write=True)
 
     async def lease_time_to_live(self, id: int, *, keys: bool = False) -> LeaseTTL:
         req = pb.LeaseTimeToLiveRequest(ID=id, keys=keys)
@@ -326,14 +326,14 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
             r: pb.LeaseTimeToLiveResponse = await c.lease_ttl(req, timeout=t)
             return LeaseTTL(r.ID or id, r.TTL, r.grantedTTL, tuple(r.keys))
 
-        return await self._call(call, "lease timetolive", idempotent=True)
+        return await self._call(call, "lease timetolive")
 
     async def lease_list(self) -> list[int]:
         async def call(c: EtcdConn, t: float) -> list[int]:
             r: pb.LeaseLeasesResponse = await c.lease_leases(pb.LeaseLeasesRequest(), timeout=t)
             return [s.ID for s in r.leases]
 
-        return await self._call(call, "lease list", idempotent=True)
+        return await self._call(call, "lease list")
 
     async def lease_keepalive_once(self, id: int) -> int:
         async def call(c: EtcdConn, t: float) -> int:
@@ -349,7 +349,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
             finally:
                 stream.cancel()
 
-        return await self._call(call, "lease keepalive", idempotent=True)
+        return await self._call(call, "lease keepalive")
 
     async def open_keepalive_stream(self) -> KeepAliveCall:
         """A LeaseKeepAlive stream for `LeaseKeeper`, to the first healthy endpoint. Raises
@@ -390,7 +390,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
                     self._names[m.ID] = m.name
             return [_member(m, st.leader) for m in r.members]
 
-        return await self._call(call, "member list", idempotent=True)
+        return await self._call(call, "member list")
 
     async def status(self, endpoint: str | None = None) -> NodeStatus:
         """etcd's Status of `endpoint` (or of any reachable one). etcd does not report keys,
@@ -420,58 +420,14 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
             )
 
         if endpoint is None:
-            return await self._call(call, "status", idempotent=True)
+            return await self._call(call, "status")
         ep = split_etcd_endpoints(endpoint)[0]
-        return await self._call(call, "status", idempotent=True, endpoint=ep)
+        return await self._call(call, "status", endpoint=ep)
 
     # --- internals -------------------------------------------------------------------------
 
-    async def _call(
-        self,
-        fn: Callable[[EtcdConn, float], Awaitable[T]],
-        what: str,
-        *,
-        idempotent: bool,
-        endpoint: str | None = None,
-    ) -> T:
-        """Run `fn(conn, per_attempt_timeout)` with failover and retries (see the module
-        docstring). With `endpoint` given, exactly one attempt is made against it."""
-        if self._closed:
-            raise E.FailedPrecondition("client is closed")
-        deadline = self._call_deadline()
-        attempts = 0
-        last: E.RegistryError | None = None
-        pool = self._pool
-        while True:
-            attempts += 1
-            ep = endpoint or pool.ordered()[0]
-            try:
-                await pool.connect(ep, self._connect_limit(deadline))
-                result = await fn(pool.conn(ep), self._attempt_timeout(deadline))
-            except NotConnected as f:  # nothing was sent
-                last = E.NotApplied(str(f))
-            except grpc.aio.AioRpcError as e:
-                err = rpc_error(e)
-                if not retryable(err):
-                    raise err from None
-                last = err
-                if not idempotent and not isinstance(err, E.NotApplied):
-                    pool.mark_failed(ep)
-                    raise E.OutcomeUnknown(
-                        f"{what}: outcome unknown ({err}); not retried, as etcd cannot tell "
-                        "a retried write from a new one"
-                    ) from None
-            except E.Unavailable as err:  # a stream ended without an answer (idempotent only)
-                last = err
-            else:
-                pool.mark_ok(ep)
-                return result
-            pool.mark_failed(ep)
-            if endpoint is not None or not await self._pause_before_retry(attempts, deadline):
-                break
-        assert last is not None
-        tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
-        raise type(last)(f"{what} failed after {tries}; last error: {last}")
+    def _rpc_error(self, e: grpc.aio.AioRpcError) -> E.RegistryError:
+        return rpc_error(e)
 
 
 def _read_only(txn: Txn) -> bool:

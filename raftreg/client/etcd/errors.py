@@ -94,8 +94,3 @@ def rpc_error(e: grpc.aio.AioRpcError | grpc.RpcError) -> E.RegistryError:
     """`etcd_error` for a failed grpc call (aio or blocking)."""
     call = cast(Any, e)
     return etcd_error(call.code(), call.details() or "")
-
-
-def retryable(err: E.RegistryError) -> bool:
-    """Errors after which another attempt (maybe on another endpoint) can succeed."""
-    return isinstance(err, E.Unavailable | E.DeadlineExceeded)
