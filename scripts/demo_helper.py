@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 import grpc
 
-from raftreg.client.etcd.backend import ENV_ENDPOINTS, registry_table, select_backend
+from raftreg.client.backend_choice import ENV_ENDPOINTS, registry_table, select_backend
 from raftreg.config import load_config, new_secret
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg

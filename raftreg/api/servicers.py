@@ -39,7 +39,7 @@ from raftreg.errors import (
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.server.node import RegistryNode
-from raftreg.server.watch import Outgoing, WatchSpec
+from raftreg.server.watch_hub import Outgoing, WatchSpec
 from raftreg.store.backup import encode_backup, with_etcd_trailer
 from raftreg.store.commands import Compact, LeaseGrant, LeaseRevoke, Result
 from raftreg.store.validate import check_key_range

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from raftreg.cli.output import ClientFactory, Command, _Ctx
 from raftreg.client import connect
-from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import RegistryClient
+from raftreg.client.raftreg_client import GrpcRegistryClient
 from raftreg.client.security import endpoints_want_tls
 from raftreg.config import split_hostport
 from raftreg.errors import InvalidArgument, RegistryError

@@ -24,8 +24,8 @@ from raftreg.cli.connect import (
 )
 from raftreg.cli.output import ClientFactory, _Ctx
 from raftreg.cli.parser import _env, build_parser
+from raftreg.client.backend_choice import select_backend
 from raftreg.client.endpoints import normalize_endpoints
-from raftreg.client.etcd.backend import select_backend
 from raftreg.errors import InvalidArgument, RegistryError
 
 _SERVER_COMMANDS = frozenset({"node", "dev", "secret"})
@@ -68,7 +68,7 @@ def run(
             )
         else:
             # The backend follows configuration: an etcd:// endpoint, RAFTREG_BACKEND, or the
-            # [registry] table of --config (raftreg.client.etcd.backend).
+            # [registry] table of --config (raftreg.client.backend_choice).
             sel = select_backend(ns.endpoints or None, config_path=ns.config)
             endpoints = list(sel.endpoints)
             dev = None if ns.endpoints or _env("RAFTREG_ENDPOINTS", None) else running_dev()

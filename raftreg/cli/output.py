@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from raftreg.client.protocol import RegistryClient
-from raftreg.client.watch import WatchBatch
+from raftreg.client.resumable_watch import WatchBatch
 from raftreg.common.types import DeleteResult, Event, KeyValue, PutResult, RangeResult, TxnResult
 
 ClientFactory = Callable[[Sequence[str], float], RegistryClient]

@@ -8,10 +8,13 @@ leader-aware, failover, retried writes made safe by request identity), the block
 (`LeaseKeeper`), TLS and token settings (`ClientSecurity`), clocks (`ManualClock` for tests)
 and `connect`, which picks the backend (raftreg, or a real etcd through
 `raftreg.client.etcd.EtcdRegistryClient`) from configuration. Every client raises only
-`raftreg.errors` exceptions. The two gRPC clients share one implementation of their
-mechanisms: `pool` (endpoints, failure marks, connection waits, backoff), `watch_stream` (the
-shared watch stream; each backend supplies a `WatchWire`), `bidi` (stream writer, keepalive
-stream) and `pooled` (`PooledClient`: what the clients share around their own calls).
+`raftreg.errors` exceptions. The two gRPC clients (`raftreg_client`, `etcd.client`) share one
+implementation of their mechanisms: `endpoint_pool` (endpoints, failure marks, connection
+waits, backoff), `watch_mux` (the shared watch stream; each backend supplies a `WatchWire`:
+`raftreg_watch_wire`, `etcd.watch_wire`), `bidi` (stream writer, keepalive stream) and
+`pooled_client` (`PooledClient`: the one call loop and everything else the clients share).
+`resumable_watch` is the caller's `Watch`, the same for every backend; `backend_choice` picks
+the backend.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from raftreg.client.endpoints import DEFAULT_ENDPOINT, default_endpoints, normalize_endpoint
-from raftreg.client.grpc_client import GrpcRegistryClient, rpc_error
 from raftreg.client.keepalive import KeepAliveSource, KeepAliveStream, LeaseKeeper
 from raftreg.client.memory import MemoryRegistryClient
 from raftreg.client.protocol import (
@@ -34,9 +36,10 @@ from raftreg.client.protocol import (
     prefix_range_end,
     to_bytes,
 )
+from raftreg.client.raftreg_client import GrpcRegistryClient, rpc_error
+from raftreg.client.resumable_watch import Watch, WatchBatch, WatchFilter, WatchOptions
 from raftreg.client.security import ClientSecurity, endpoints_want_tls
 from raftreg.client.sync import SyncRegistryClient, SyncWatch
-from raftreg.client.watch import Watch, WatchBatch, WatchFilter, WatchOptions
 from raftreg.common.clock import Clock, LoopClock, ManualClock, SteppingClock
 from raftreg.errors import InvalidArgument
 
@@ -56,7 +59,7 @@ def connect(
     token: str | None = None,
 ) -> RegistryClient:
     """A client of the configured backend. The backend and endpoints are chosen by
-    `raftreg.client.etcd.backend.select_backend`: a scheme in `endpoints` ("etcd://a:2379,b:2379"),
+    `raftreg.client.backend_choice.select_backend`: a scheme in `endpoints` ("etcd://a:2379,b:2379"),
     then `backend`, then RAFTREG_BACKEND / RAFTREG_ENDPOINTS, then the [registry] table of
     `config_path`; by default raftreg (`GrpcRegistryClient`) at the client addresses in
     `config_path`, or 127.0.0.1:2379 when that file does not exist. The etcd backend is
@@ -67,7 +70,7 @@ def connect(
     RAFTREG_KEY, RAFTREG_TOKEN; TLS is on with `tls=True`, with any of the files, or when the
     chosen endpoints are written https://. The etcd backend takes TLS but no token.
     `retry_budget` bounds a call with its retries (None: the client's default)."""
-    from raftreg.client.etcd.backend import select_backend
+    from raftreg.client.backend_choice import select_backend
 
     sel = select_backend(endpoints, config_path=config_path, backend=backend)
     sec = ClientSecurity.resolve(

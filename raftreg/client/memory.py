@@ -13,7 +13,7 @@ Contracts:
   `advance(seconds)` expires (through a `LeaseExpire` command, so watchers see the DELETE
   events) every lease whose deadline has been reached. TTLs below `min_lease_ttl` are raised to
   it, as the server does.
-- Watches have the gRPC client's semantics (`raftreg.client.watch`): catch-up from
+- Watches have the gRPC client's semantics (`raftreg.client.resumable_watch`): catch-up from
   `store.events_since(start_revision)`, then live events after every apply, whole revisions per
   batch, a compacted batch when the start is below the compaction point, progress on
   `request_progress()`.
@@ -41,7 +41,7 @@ from raftreg.client.protocol import (
     resolve_range,
     to_bytes,
 )
-from raftreg.client.watch import Watch, WatchFilter, WatchOptions
+from raftreg.client.resumable_watch import Watch, WatchFilter, WatchOptions
 from raftreg.common.clock import ManualClock
 from raftreg.common.types import (
     DeleteRange,

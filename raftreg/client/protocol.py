@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
-from raftreg.client.watch import Watch, WatchFilter
+from raftreg.client.resumable_watch import Watch, WatchFilter
 from raftreg.common.types import (
     DeleteResult,
     LeaseGrantResult,
@@ -190,7 +190,7 @@ class RegistryClient(Protocol):
         """Renew a lease once; returns the new remaining TTL, 0 when the lease is lost."""
         ...
 
-    # --- watches (see raftreg.client.watch for the guarantees) --------------------------------
+    # --- watches (see raftreg.client.resumable_watch for the guarantees) ----------------------
 
     async def watch(
         self,

@@ -80,11 +80,11 @@ def endpoints_want_tls(
     env: Mapping[str, str] | None = None,
 ) -> bool:
     """`wants_tls` of the endpoints a client will use, from the sources of
-    `raftreg.client.etcd.backend.select_backend` in its order: `endpoints`, then
+    `raftreg.client.backend_choice.select_backend` in its order: `endpoints`, then
     RAFTREG_ENDPOINTS in `env`, then the [registry] table of `config_path`."""
     if endpoints is not None:
         return wants_tls(endpoints)
-    from raftreg.client.etcd.backend import ENV_ENDPOINTS, registry_table
+    from raftreg.client.backend_choice import ENV_ENDPOINTS, registry_table
 
     if env is not None and env.get(ENV_ENDPOINTS, "").strip():
         return wants_tls(env[ENV_ENDPOINTS])

@@ -20,9 +20,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import KeyLike, LeaseTTL, Member, NodeStatus, RegistryClient
-from raftreg.client.watch import Watch, WatchBatch
+from raftreg.client.raftreg_client import GrpcRegistryClient
+from raftreg.client.resumable_watch import Watch, WatchBatch
 from raftreg.common.types import (
     DeleteResult,
     LeaseGrantResult,

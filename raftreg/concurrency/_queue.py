@@ -30,7 +30,7 @@ import contextlib
 import logging
 
 from raftreg.client.protocol import KeyLike, RegistryClient, to_bytes
-from raftreg.client.watch import WatchFilter
+from raftreg.client.resumable_watch import WatchFilter
 from raftreg.common.types import (
     Compare,
     CompareResult,

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Self
 
 from raftreg.client.protocol import KeyLike, RegistryClient, to_bytes
-from raftreg.client.watch import Watch
+from raftreg.client.resumable_watch import Watch
 from raftreg.common.types import EventType, KeyValue, Put, Txn
 from raftreg.concurrency._queue import KeyQueue, _CancelCheck, head, queue_prefix
 from raftreg.concurrency.errors import NotLeader

@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import Any, Literal, overload
 
 from raftreg.client.protocol import RegistryClient, prefix_range_end
-from raftreg.client.watch import ALL_KEYS, WatchBatch
+from raftreg.client.resumable_watch import ALL_KEYS, WatchBatch
 from raftreg.common.types import (
     Compare,
     CompareResult,

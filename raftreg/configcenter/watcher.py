@@ -32,7 +32,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from raftreg.client.protocol import RegistryClient
-from raftreg.client.watch import Watch, WatchBatch
+from raftreg.client.resumable_watch import Watch, WatchBatch
 from raftreg.common.backoff import Backoff
 from raftreg.common.types import EventType, KeyValue
 from raftreg.configcenter.layout import BadValue, config_prefix, decode_value, name_of

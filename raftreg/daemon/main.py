@@ -32,8 +32,8 @@ from raftreg.api.servicers import (
     MaintenanceServicer,
     WatchServicer,
 )
-from raftreg.client.grpc_client import GrpcRegistryClient
 from raftreg.client.protocol import RegistryClient
+from raftreg.client.raftreg_client import GrpcRegistryClient
 from raftreg.config import ClusterConfig, split_hostport
 from raftreg.daemon.metrics import add_metrics_route, metrics_registry
 from raftreg.dashboard import add_dashboard_routes

@@ -33,7 +33,7 @@ from aiohttp import web
 
 from raftreg.api.http_gateway import HTTP_STATUS
 from raftreg.client.protocol import RegistryClient
-from raftreg.client.watch import ALL_KEYS, WatchBatch
+from raftreg.client.resumable_watch import ALL_KEYS, WatchBatch
 from raftreg.common.status import status_for
 from raftreg.dashboard import views
 from raftreg.errors import InvalidArgument, RegistryError

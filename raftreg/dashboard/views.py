@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from raftreg.client.protocol import RegistryClient
-from raftreg.client.watch import ALL_KEYS
+from raftreg.client.resumable_watch import ALL_KEYS
 from raftreg.common.types import KeyValue
 from raftreg.configcenter import CONFIG_ROOT, ConfigCenter, config_prefix, snapshot_of, value_text
 from raftreg.discovery.catalog import list_instances

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Self
 
 from raftreg.client.protocol import RegistryClient
-from raftreg.client.watch import Watch
+from raftreg.client.resumable_watch import Watch
 from raftreg.common.backoff import Backoff
 from raftreg.common.types import Event, EventType, KeyValue
 from raftreg.discovery.instance import (

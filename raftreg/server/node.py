@@ -33,7 +33,7 @@ from raftreg.errors import (
     Unavailable,
 )
 from raftreg.server.lessor import Lessor
-from raftreg.server.watch import WatchHub
+from raftreg.server.watch_hub import WatchHub
 from raftreg.store import LeaseInfo, Store, decode_request, encode_request, failure_to_error
 from raftreg.store.commands import (
     Command,

@@ -15,7 +15,7 @@ from raftreg.client import (
     WatchBatch,
     WatchFilter,
 )
-from raftreg.client.watch import WatchOptions
+from raftreg.client.resumable_watch import WatchOptions
 from raftreg.common.types import (
     Compare,
     CompareResult,

@@ -9,7 +9,8 @@ import pytest
 
 from raftreg import errors as E
 from raftreg.client import GrpcRegistryClient, connect
-from raftreg.client.etcd import EtcdRegistryClient, etcd_error, select_backend, split_etcd_endpoints
+from raftreg.client.backend_choice import select_backend
+from raftreg.client.etcd import EtcdRegistryClient, etcd_error, split_etcd_endpoints
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
 
 U = grpc.StatusCode

@@ -149,8 +149,8 @@ async def roles(c: ProcessCluster, ca: CertFiles) -> tuple[str, list[str]]:
 async def explained(call: Callable[[], Awaitable[object]], why: str) -> Unavailable:
     """The `Unavailable` that `call()` fails with, once its message carries the explanation
     matching `why`. The explanation comes from the client's background TLS probe of the
-    endpoint (raftreg.client.pool); until the probe has answered, the same failure is reported
-    without it, so the call is repeated (bounded) rather than expected to win that race."""
+    endpoint (raftreg.client.endpoint_pool); until the probe has answered, the same failure is
+    reported without it, so the call is repeated (bounded) rather than expected to win that race."""
     deadline = time.monotonic() + 20
     while True:
         with pytest.raises(Unavailable) as err:

@@ -1,4 +1,4 @@
-"""The watch hub (raftreg/server/watch.py) over a real store, with no node, network or clock.
+"""The watch hub (raftreg/server/watch_hub.py) over a real store, with no node, network or clock.
 
 `Node` wires a `Store` and a `WatchHub` the way RegistryNode does: commands are applied to the
 store, and their events are published to the hub afterwards, in apply order (possibly later:
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from raftreg.client.protocol import prefix_range_end
 from raftreg.common.types import DeleteRange, Event, EventType, Put, Txn
-from raftreg.server.watch import (
+from raftreg.server.watch_hub import (
     ALL_KEYS,
     MAX_MSG_EVENTS,
     Outgoing,

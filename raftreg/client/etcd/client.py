@@ -4,13 +4,13 @@ It speaks etcd's v3 gRPC protocol with raftreg's own messages (`protos/etcdv3.pr
 `raftreg.etcdv3`) on etcd's method paths ("/etcdserverpb.KV/Range", ...). No etcd type leaves
 this package: results are raftreg's domain types, errors are `raftreg.errors` exceptions made
 by `raftreg.client.etcd.errors.etcd_error` (the one mapping), watches are
-`raftreg.client.watch.Watch` and the keepalive manager is raftreg's `LeaseKeeper`.
+`raftreg.client.resumable_watch.Watch` and the keepalive manager is raftreg's `LeaseKeeper`.
 
 Contracts:
 - One channel per endpoint, created lazily on the loop of the first call; the client is bound
   to that loop. Channels, endpoint ranking, failure marks, connection waits, backoff, watches,
   the keepalive stream and the lifecycle are shared with the raftreg client
-  (`raftreg.client.pooled.PooledClient`).
+  (`raftreg.client.pooled_client.PooledClient`).
   Calls go to the first healthy endpoint in the configured order (etcd members forward writes
   and linearizable reads to the leader themselves).
 - Every attempt has a deadline of `timeout` seconds (cut to what is left of the call's
@@ -25,7 +25,7 @@ Contracts:
   `OutcomeUnknown` at once: retrying could apply it twice.
 - Watch and keepalive streams carry etcd's "hasleader" metadata, so a member that loses its
   leader ends them ("etcdserver: no leader") and they move to another member. Watches share
-  one stream (`raftreg.client.watch_stream`, with etcd's wire from `raftreg.client.etcd.watch`).
+  one stream (`raftreg.client.watch_mux`, with etcd's wire from `raftreg.client.etcd.watch_wire`).
 - TLS (`raftreg.client.security.ClientSecurity`): on when asked for, when a CA / client
   certificate is given or an endpoint is written https://. etcd's own authentication (user +
   password for a token) is not supported.
@@ -44,14 +44,14 @@ from google.protobuf.message import Message
 
 from raftreg import errors as E
 from raftreg.client.bidi import KeepAliveCall
+from raftreg.client.endpoint_pool import NotConnected
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
 from raftreg.client.etcd import convert
 from raftreg.client.etcd.errors import rpc_error
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
-from raftreg.client.etcd.watch import REQUIRE_LEADER, WATCH_PATH
-from raftreg.client.etcd.watch import WIRE as WATCH_WIRE
-from raftreg.client.pool import NotConnected
-from raftreg.client.pooled import PooledClient
+from raftreg.client.etcd.watch_wire import REQUIRE_LEADER, WATCH_PATH
+from raftreg.client.etcd.watch_wire import WIRE as WATCH_WIRE
+from raftreg.client.pooled_client import PooledClient
 from raftreg.client.protocol import (
     KeyLike,
     LeaseTTL,
@@ -61,8 +61,8 @@ from raftreg.client.protocol import (
     resolve_range,
     to_bytes,
 )
+from raftreg.client.resumable_watch import Watch
 from raftreg.client.security import ClientSecurity, wants_tls
-from raftreg.client.watch import Watch
 from raftreg.common.clock import Clock
 from raftreg.common.types import (
     DeleteRange,

@@ -2,7 +2,7 @@
 `raftreg.client.etcd.EtcdRegistryClient`) share around their own calls.
 
 It owns: the `EndpointPool` (channels, ranking, failure marks, connection waits, backoff), the
-shared watch stream (`raftreg.client.watch_stream.WatchMux`, fed by the backend's
+shared watch stream (`raftreg.client.watch_mux.WatchMux`, fed by the backend's
 `WatchWire`), the one `LeaseKeeper` and its `KeepAliveCall` streams, the one call loop
 (`_call`: routing hook, failover, retries within the budget, per-attempt deadlines, the
 write-safety rule) and the lifecycle (`close`, `async with`). A backend owns its messages:
@@ -43,12 +43,12 @@ from google.protobuf.message import Message
 
 from raftreg import errors as E
 from raftreg.client.bidi import BidiCall, KeepAliveCall
+from raftreg.client.endpoint_pool import EndpointPool, NotConnected
 from raftreg.client.keepalive import KeepAliveStream, LeaseKeeper
-from raftreg.client.pool import EndpointPool, NotConnected
 from raftreg.client.protocol import KeyLike, resolve_range
+from raftreg.client.resumable_watch import Watch, WatchFilter, WatchOptions
 from raftreg.client.security import ClientSecurity
-from raftreg.client.watch import Watch, WatchFilter, WatchOptions
-from raftreg.client.watch_stream import WatchMux, WatchWire
+from raftreg.client.watch_mux import WatchMux, WatchWire
 from raftreg.common.clock import Clock, LoopClock
 
 C = TypeVar("C")

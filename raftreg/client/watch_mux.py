@@ -2,8 +2,8 @@
 
 This module owns the backend-neutral algorithm; a backend supplies a `WatchWire` (its messages,
 how to open the call on one of its connections, its event conversion and error mapping) and
-its `EndpointPool`. Used by `raftreg.client.grpc_watch` (raftreg) and
-`raftreg.client.etcd.watch` (etcd).
+its `EndpointPool`. Used by `raftreg.client.raftreg_watch_wire` (raftreg) and
+`raftreg.client.etcd.watch_wire` (etcd).
 
 Contracts:
 - Watch ids are chosen by the server. The server handles a stream's requests in order and
@@ -12,9 +12,9 @@ Contracts:
 - The stream is opened when the first watch is added and goes to the first healthy endpoint of
   the pool (watches are served by any member). On any stream error or end it is re-opened on
   the next endpoint after a backoff with jitter, and every live watch is re-created with
-  `start_revision = Watch.resume_revision` (see `raftreg.client.watch`), so the caller sees
-  no gap and no duplicate. Only `InvalidArgument`, `PermissionDenied` and `Unauthenticated`
-  from the stream are final: they end every watch with that error.
+  `start_revision = Watch.resume_revision` (see `raftreg.client.resumable_watch`), so the
+  caller sees no gap and no duplicate. Only `InvalidArgument`, `PermissionDenied` and
+  `Unauthenticated` from the stream are final: they end every watch with that error.
 - A refused create (`created` + `canceled`) ends that watch: with a compacted batch when
   `compact_revision > 0` (a start below the compaction point), else with `InvalidArgument`
   (`PermissionDenied` when the reason says "permission denied", as etcd's and raftreg's do).
@@ -43,8 +43,8 @@ from google.protobuf.message import Message
 from raftreg import errors as E
 from raftreg.client import aio
 from raftreg.client.bidi import BidiCall, write_all
-from raftreg.client.pool import EndpointPool, NotConnected
-from raftreg.client.watch import Watch, WatchOptions
+from raftreg.client.endpoint_pool import EndpointPool, NotConnected
+from raftreg.client.resumable_watch import Watch, WatchOptions
 from raftreg.common.types import Event
 
 C = TypeVar("C")

@@ -1,8 +1,8 @@
 """The etcd adapter's watch wire (`WIRE`): etcd's Watch messages for the shared watch stream.
 
-`raftreg.client.watch_stream` owns the algorithm (one bidi Watch stream per client, FIFO create
+`raftreg.client.watch_mux` owns the algorithm (one bidi Watch stream per client, FIFO create
 matching, resume without gap or duplicate, cancels, compaction, progress, reconnect with
-backoff) and the caller-facing object is raftreg's own `raftreg.client.watch.Watch`, so
+backoff) and the caller-facing object is raftreg's own `raftreg.client.resumable_watch.Watch`, so
 watches have the same guarantees on both backends. This module owns only what is etcd's:
 the request messages (`raftreg.client.etcd.pb`), the call on etcd's method path with the
 "hasleader" metadata, event conversion and etcd's error mapping. etcd specifics:
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from raftreg.client.etcd.convert import event_from_pb
 from raftreg.client.etcd.errors import rpc_error
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
-from raftreg.client.watch_stream import WatchCall, WatchWire
+from raftreg.client.watch_mux import WatchCall, WatchWire
 
 if TYPE_CHECKING:
     from raftreg.client.etcd.client import EtcdConn

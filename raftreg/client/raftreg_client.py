@@ -4,7 +4,7 @@ Contracts:
 - One channel per endpoint, created lazily on the event loop of the first call; a client is
   bound to that loop. Channels, endpoint ranking, failure marks, connection waits, backoff,
   watches, the keepalive stream and the lifecycle are shared with the etcd client
-  (`raftreg.client.pooled.PooledClient`); leader routing on top of them is this module's.
+  (`raftreg.client.pooled_client.PooledClient`); leader routing on top of them is this module's.
 - Writes and linearizable reads go to the leader when it is known (followers would forward;
   the leader saves a hop). Serializable reads and cluster queries go to the first healthy
   endpoint in the configured order.
@@ -17,8 +17,8 @@ Contracts:
   have reached a server) and that never got an answer raises `OutcomeUnknown`, never a plain
   failure.
 - Every `grpc.aio.AioRpcError` becomes a `raftreg.errors` exception through `rpc_error`.
-- Watches share one stream (`raftreg.client.watch_stream`, with raftreg's wire from
-  `raftreg.client.grpc_watch`); a failed watch or keepalive stream forgets the leader too.
+- Watches share one stream (`raftreg.client.watch_mux`, with raftreg's wire from
+  `raftreg.client.raftreg_watch_wire`); a failed watch or keepalive stream forgets the leader too.
 - Security (`raftreg.client.security.ClientSecurity`): TLS when asked for, when a CA /
   certificate file is given or an endpoint is written https://; `token` is sent as
   `authorization: Bearer <token>` on every call, streams included. The environment is not
@@ -41,11 +41,10 @@ from google.protobuf.message import Message
 
 from raftreg import errors as E
 from raftreg.client.bidi import KeepAliveCall
+from raftreg.client.endpoint_pool import NotConnected
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
-from raftreg.client.grpc_watch import WIRE as WATCH_WIRE
 from raftreg.client.kvmux import KVMux, StreamFailure
-from raftreg.client.pool import NotConnected
-from raftreg.client.pooled import PooledClient, Route, retryable
+from raftreg.client.pooled_client import PooledClient, Route, retryable
 from raftreg.client.protocol import (
     KeyLike,
     LeaseTTL,
@@ -55,8 +54,9 @@ from raftreg.client.protocol import (
     resolve_range,
     to_bytes,
 )
+from raftreg.client.raftreg_watch_wire import WIRE as WATCH_WIRE
+from raftreg.client.resumable_watch import Watch
 from raftreg.client.security import ClientSecurity, wants_tls
-from raftreg.client.watch import Watch
 from raftreg.common import convert
 from raftreg.common.clock import Clock
 from raftreg.common.status import error_from_status

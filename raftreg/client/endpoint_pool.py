@@ -1,6 +1,6 @@
 """`EndpointPool`: channels, endpoint ranking, connection waits and backoff for a multi-endpoint
 grpc.aio client. Backend-neutral (nothing here knows a backend's messages); used by both the
-raftreg client (`raftreg.client.grpc_client`) and the etcd client (`raftreg.client.etcd`).
+raftreg client (`raftreg.client.raftreg_client`) and the etcd client (`raftreg.client.etcd`).
 
 Contracts:
 - One channel per endpoint, created lazily on the running loop; the pool is bound to that loop.
