@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the tests need beyond the Python ones (pyproject's dev extra):
-# - fuse3 for the power-cut file system (raftreg/testing/powercut.py: fusermount3, libfuse3);
+# - fuse3 for the power-cut file system (raftreg/testing/powercut/: fusermount3, libfuse3);
 # - chromium and chromium-driver for the dashboard test (tests/dashboard, driven by selenium).
 # Idempotent and quiet: does nothing when they are there. Installs with apt-get when run as root
 # (CI is); otherwise it says what is missing and those tests skip (they fail under CI=true).

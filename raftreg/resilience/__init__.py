@@ -6,7 +6,8 @@ This package owns: `Deadline` and the current-deadline context variable (`deadli
 `RetryPolicy`/`retry_call` (`retry`), the "not executed" rule and failure classification that
 retry and breaker share (`rpc`), `EndpointHealth` (`endpoint_health`),
 `CircuitBreaker`/`BreakerGroup` (`breaker`), `TokenBucket`/`RateLimiter` (`ratelimit`), the
-server interceptors (`server_interceptors`) and client interceptors (`client_interceptors`).
+server interceptors (`server_interceptors`) and client interceptors (`client_interceptors`, over
+`client_interceptor_base`: one interceptor for all four call kinds, `client_chain`).
 It re-exports what it builds on from `raftreg.common`: `Backoff`, the clocks (plus its own
 `MonotonicClock`, `clock`), and `wrap_handler` / `refusing_handler`, with which any server
 interceptor (the node's metrics and auth too) observes or refuses a call of any of the four
@@ -44,15 +45,14 @@ from raftreg.resilience.breaker import (
     Permit,
     default_is_failure,
 )
+from raftreg.resilience.client_interceptor_base import ClientInterceptor, client_chain
 from raftreg.resilience.client_interceptors import (
     ClientAuthInterceptor,
     ClientBreakerInterceptor,
     ClientDeadlineInterceptor,
-    ClientInterceptor,
     ClientLoggingInterceptor,
     ClientRateLimitInterceptor,
     ClientRetryInterceptor,
-    client_chain,
 )
 from raftreg.resilience.clock import MONOTONIC, Clock, LoopClock, ManualClock, MonotonicClock
 from raftreg.resilience.deadline import (

@@ -1,15 +1,13 @@
 """grpc.aio client interceptors: logging, bearer-token auth, deadline propagation, retry,
 circuit breaking, client-side rate limiting.
 
-grpc.aio files a client interceptor object under the *first* call kind it implements only
-(unary-unary, then unary-stream, ...). So each interceptor here is a unary-unary interceptor
-whose `all_kinds()` adds adapters for the three streaming kinds; `client_chain(a, b, ...)`
-flattens interceptors into the list to pass as
-`grpc.aio.insecure_channel(target, interceptors=client_chain(...))`. The first interceptor is
-the outermost. A sensible order is `client_chain(ClientLoggingInterceptor(),
-ClientDeadlineInterceptor(), ClientRetryInterceptor(...), ClientBreakerInterceptor(...),
-ClientRateLimitInterceptor(...), ClientAuthInterceptor(...))`: one log record per logical
-call, every attempt bounded by the propagated deadline and passing the breaker and limiter.
+Each is a `ClientInterceptor` (`client_interceptor_base`: one interceptor object for all four
+call kinds via `all_kinds()`); pass them through `client_chain(a, b, ...)` to
+`grpc.aio.insecure_channel(target, interceptors=...)`. The first interceptor is the outermost.
+A sensible order is `client_chain(ClientLoggingInterceptor(), ClientDeadlineInterceptor(),
+ClientRetryInterceptor(...), ClientBreakerInterceptor(...), ClientRateLimitInterceptor(...),
+ClientAuthInterceptor(...))`: one log record per logical call, every attempt bounded by the
+propagated deadline and passing the breaker and limiter.
 
 Kinds: retry covers unary-unary calls only (a stream that failed after responses arrived cannot
 be replayed transparently); every other interceptor covers all four kinds. Refusals made here
@@ -23,17 +21,26 @@ Log record fields (`ClientLoggingInterceptor`): `rpc_side` ("client"), `rpc_meth
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from raftreg.errors import DeadlineExceeded
 from raftreg.resilience.breaker import BreakerGroup, CircuitBreaker
+from raftreg.resilience.client_interceptor_base import (
+    ChannelInterceptor,
+    ClientInterceptor,
+    Continuation,
+    Outcome,
+    Reporters,
+    UnaryUnaryInterceptor,
+    call_details,
+    client_chain,
+    observe,
+)
 from raftreg.resilience.clock import MONOTONIC, Clock
 from raftreg.resilience.deadline import Deadline, current_deadline, outgoing_timeout
 from raftreg.resilience.ratelimit import RateLimiter, TokenBucket
@@ -48,182 +55,7 @@ from raftreg.resilience.rpc import (
     method_name,
 )
 
-if TYPE_CHECKING:
-    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
-    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
-    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
-    _StreamStream = grpc.aio.StreamStreamClientInterceptor[Any, Any]
-else:
-    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
-    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor
-    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor
-    _StreamStream = grpc.aio.StreamStreamClientInterceptor
-
-Continuation = Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]]
-# What `grpc.aio.insecure_channel(interceptors=...)` takes (grpc-stubs leave it a placeholder).
-ChannelInterceptor = Any
-
 log = logging.getLogger(__name__)
-
-
-def _details(
-    d: grpc.aio.ClientCallDetails,
-    *,
-    timeout: float | None = None,
-    keep_timeout: bool = True,
-    metadata: grpc.aio.Metadata | None = None,
-) -> grpc.aio.ClientCallDetails:
-    return grpc.aio.ClientCallDetails(
-        d.method,
-        d.timeout if keep_timeout else timeout,
-        d.metadata if metadata is None else metadata,
-        d.credentials,
-        d.wait_for_ready,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a call ended."""
-
-    code: grpc.StatusCode
-    details: str
-    trailing_metadata: Any
-
-    def error(self) -> grpc.aio.AioRpcError:
-        """The status as the exception a caller sees (meaningful when `code` is not OK)."""
-        md = grpc.aio.Metadata(*metadata_pairs(self.trailing_metadata))
-        return grpc.aio.AioRpcError(self.code, grpc.aio.Metadata(), md, self.details, None)
-
-
-_OK = Outcome(grpc.StatusCode.OK, "", None)
-
-
-class _Reporters:
-    """Holds the tasks that read a finished stream call's status (so they are not collected)."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def when_done(self, call: Any, on_done: Callable[[Outcome], None]) -> None:
-        def callback(_: Any) -> None:
-            task = asyncio.get_running_loop().create_task(self._report(call, on_done))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-        call.add_done_callback(callback)
-
-    @staticmethod
-    async def _report(call: Any, on_done: Callable[[Outcome], None]) -> None:
-        code = await call.code()
-        if code is grpc.StatusCode.OK:
-            on_done(_OK)
-        else:
-            on_done(Outcome(code, await call.details() or "", await call.trailing_metadata()))
-
-
-async def _observe(
-    continuation: Continuation,
-    details: grpc.aio.ClientCallDetails,
-    request: Any,
-    streaming: bool,
-    reporters: _Reporters,
-    on_done: Callable[[Outcome], None],
-) -> Any:
-    """Make the call and report its outcome once: for a unary-unary call before returning it,
-    for streaming calls when they finish."""
-    try:
-        call = await continuation(details, request)
-        if streaming:
-            reporters.when_done(call, on_done)
-            return call
-        code = await call.code()
-    except grpc.aio.AioRpcError as e:
-        on_done(Outcome(e.code(), e.details() or "", e.trailing_metadata()))
-        raise
-    except asyncio.CancelledError:
-        on_done(Outcome(grpc.StatusCode.CANCELLED, "cancelled", None))
-        raise
-    except Exception as e:  # an inner interceptor failed: the call ends UNKNOWN
-        on_done(Outcome(grpc.StatusCode.UNKNOWN, repr(e), None))
-        raise
-    if code is grpc.StatusCode.OK:
-        on_done(_OK)
-    else:
-        on_done(Outcome(code, await call.details() or "", await call.trailing_metadata()))
-    return call
-
-
-class ClientInterceptor(_UnaryUnary):
-    """Base: one `_intercept` for every call kind; `streaming` is true unless both the request
-    and the response are unary. Pass `all_kinds()` to the channel to cover streams."""
-
-    async def intercept_unary_unary(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await self._intercept(continuation, client_call_details, request, False)
-
-    async def _intercept(
-        self,
-        continuation: Continuation,
-        details: grpc.aio.ClientCallDetails,
-        request: Any,
-        streaming: bool,
-    ) -> Any:
-        raise NotImplementedError
-
-    def all_kinds(self) -> list[ChannelInterceptor]:
-        return [
-            self,
-            _UnaryStreamAdapter(self),
-            _StreamUnaryAdapter(self),
-            _StreamStreamAdapter(self),
-        ]
-
-
-class _UnaryStreamAdapter(_UnaryStream):
-    def __init__(self, core: ClientInterceptor) -> None:
-        self.core = core
-
-    async def intercept_unary_stream(
-        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await self.core._intercept(continuation, client_call_details, request, True)
-
-
-class _StreamUnaryAdapter(_StreamUnary):
-    def __init__(self, core: ClientInterceptor) -> None:
-        self.core = core
-
-    async def intercept_stream_unary(
-        self,
-        continuation: Any,
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        return await self.core._intercept(continuation, client_call_details, request_iterator, True)
-
-
-class _StreamStreamAdapter(_StreamStream):
-    def __init__(self, core: ClientInterceptor) -> None:
-        self.core = core
-
-    async def intercept_stream_stream(
-        self,
-        continuation: Any,
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: Any,
-    ) -> Any:
-        return await self.core._intercept(continuation, client_call_details, request_iterator, True)
-
-
-def client_chain(*interceptors: Any) -> list[ChannelInterceptor]:
-    """The channel's interceptor list: each interceptor's `all_kinds()` (or itself), in order."""
-    out: list[ChannelInterceptor] = []
-    for i in interceptors:
-        kinds = getattr(i, "all_kinds", None)
-        out.extend(kinds() if kinds is not None else [i])
-    return out
 
 
 class ClientLoggingInterceptor(ClientInterceptor):
@@ -243,7 +75,7 @@ class ClientLoggingInterceptor(ClientInterceptor):
         self._level = level
         self._error_level = error_level
         self._clock = clock
-        self._reporters = _Reporters()
+        self._reporters = Reporters()
 
     async def _intercept(
         self,
@@ -274,7 +106,7 @@ class ClientLoggingInterceptor(ClientInterceptor):
                 },
             )
 
-        return await _observe(continuation, details, request, streaming, self._reporters, done)
+        return await observe(continuation, details, request, streaming, self._reporters, done)
 
 
 class ClientAuthInterceptor(ClientInterceptor):
@@ -304,7 +136,7 @@ class ClientAuthInterceptor(ClientInterceptor):
             return await continuation(details, request)
         token = self._token() if callable(self._token) else self._token
         md = grpc.aio.Metadata(*pairs, (self._header, f"{self._scheme} {token}"))
-        return await continuation(_details(details, metadata=md), request)
+        return await continuation(call_details(details, metadata=md), request)
 
 
 class ClientDeadlineInterceptor(ClientInterceptor):
@@ -330,7 +162,8 @@ class ClientDeadlineInterceptor(ClientInterceptor):
             raise local_error(grpc.StatusCode.DEADLINE_EXCEEDED, "the propagated deadline passed")
         own = details.timeout if details.timeout is not None else self._default
         timeout = outgoing_timeout(own, deadline=deadline, margin_s=self._margin)
-        return await continuation(_details(details, timeout=timeout, keep_timeout=False), request)
+        return await continuation(
+            call_details(details, timeout=timeout, keep_timeout=False), request)
 
 
 class _FailedCall(Exception):
@@ -346,7 +179,7 @@ def _classify_attempt(exc: BaseException) -> Failure | None:
     return exc.failure if isinstance(exc, _FailedCall) else classify(exc)
 
 
-class ClientRetryInterceptor(_UnaryUnary):
+class ClientRetryInterceptor(UnaryUnaryInterceptor):
     """Retries unary-unary calls per `policy` (`raftreg.resilience.retry` states the rules).
 
     `idempotent` declares which methods may be retried after an ambiguous failure: a
@@ -381,7 +214,7 @@ class ClientRetryInterceptor(_UnaryUnary):
         call_deadline = Deadline.from_timeout(own) if own is not None else None
 
         async def attempt(a: Attempt) -> Any:
-            d = _details(client_call_details, timeout=a.timeout, keep_timeout=False)
+            d = call_details(client_call_details, timeout=a.timeout, keep_timeout=False)
             call = await continuation(d, request)
             code = await call.code()
             if code is grpc.StatusCode.OK:
@@ -420,7 +253,7 @@ class ClientBreakerInterceptor(ClientInterceptor):
     ) -> None:
         self._breakers = breakers
         self._key = key or (lambda method: method)
-        self._reporters = _Reporters()
+        self._reporters = Reporters()
 
     def breaker_for(self, method: str) -> CircuitBreaker:
         if isinstance(self._breakers, CircuitBreaker):
@@ -449,7 +282,7 @@ class ClientBreakerInterceptor(ClientInterceptor):
             else:
                 permit.record(not breaker.is_failure(outcome.error()))
 
-        return await _observe(continuation, details, request, streaming, self._reporters, done)
+        return await observe(continuation, details, request, streaming, self._reporters, done)
 
 
 class ClientRateLimitInterceptor(ClientInterceptor):
@@ -490,7 +323,7 @@ class ClientRateLimitInterceptor(ClientInterceptor):
         if details.timeout is None:
             return await continuation(details, request)
         left = max(0.0, details.timeout - (self._clock.now() - started))
-        return await continuation(_details(details, timeout=left, keep_timeout=False), request)
+        return await continuation(call_details(details, timeout=left, keep_timeout=False), request)
 
 
 __all__ = [

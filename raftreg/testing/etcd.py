@@ -83,7 +83,7 @@ class EtcdCluster(ProcessGroup):
         self.election_ms = election_ms
         self.heartbeat_ms = heartbeat_ms
         self.extra_args = extra_args
-        # TEST ONLY: each member's data dir on the power-cut file system (see powercut.py)
+        # TEST ONLY: each member's data dir on the power-cut file system (raftreg.testing.powercut)
         self.disks: Disks | None = None
         if power_cuts:
             self.disks = Disks(self.root, {n: self.root / f"{n}.etcd" for n in self.names},

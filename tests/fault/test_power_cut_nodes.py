@@ -2,7 +2,7 @@
 syncing switched off (TEST ONLY `unsafe_no_sync`) is caught losing them, and a node whose
 journal ends in a torn tail restarts by itself.
 
-The power-cut file system (raftreg/testing/powercut.py) decides what survives from the fsyncs
+The power-cut file system (raftreg/testing/powercut/) decides what survives from the fsyncs
 it saw, not from anything the node says; tests/fault/test_powercut.py tests it on its own.
 """
 

@@ -1,4 +1,4 @@
-"""The power-cut FUSE layer (raftreg/testing/powercut.py) on its own: what survives a cut.
+"""The power-cut FUSE layer (raftreg/testing/powercut/) on its own: what survives a cut.
 
 Every test writes through a real FUSE mount with plain system calls (as a node does), cuts the
 power, mounts again and looks at what survived. A few check the harness itself (no mount left

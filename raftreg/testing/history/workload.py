@@ -1,19 +1,4 @@
-"""Recorded client histories for the fault tests, and the concurrent workload that makes them.
-
-A `History` holds one `Op` per client operation: who issued it, its invocation and completion
-times (`time.monotonic()`, which on Linux is one clock for every process on the machine, so
-client times compare with the lease deadlines the leader keeps), its input, its output and its
-outcome:
-
-- ``ok``: the response was seen (`output` holds it, `revision` the header revision of a write);
-- ``fail``: the operation certainly had no effect (a refused write: `NotApplied`, or an error
-  outside `Unavailable` such as `InvalidArgument`); reads that failed are kept as ``fail`` too
-  and are simply not checked;
-- ``unknown``: a write whose fate is ambiguous (`OutcomeUnknown`, a deadline, any other
-  `Unavailable`): it may have applied at any time after its call, or never (``ret is None``).
-
-`History.lincheck_ops()` turns the register part (a few keys, every value unique) into
-`raftreg.testing.lincheck` operations for the per-key `KVModel`.
+"""TEST ONLY: the concurrent workload the fault tests record.
 
 `Workload` runs the mixed load against real nodes until told to stop: register clients (get,
 put, delete, txn compare-and-set), lease clients (grant, attach a key, keep alive, revoke, and
@@ -25,266 +10,24 @@ node: for raftreg a raw per-node Watch stream that resumes itself (raftreg's own
 etcd the client's `Watch` on a client pinned to that member (nothing etcd-specific here).
 """
 
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-import grpc
-
-from raftreg import errors as E
 from raftreg.client import GrpcRegistryClient, RegistryClient
 from raftreg.client.etcd import EtcdRegistryClient
 from raftreg.client.protocol import prefix_range_end
-from raftreg.common.convert import event_from_pb
-from raftreg.common.types import Compare, CompareResult, CompareTarget, Event, Put, Txn
-from raftreg.pb import raftreg_pb2 as pb
-from raftreg.pb import raftreg_pb2_grpc as pbg
-from raftreg.testing import lincheck as L
+from raftreg.common.types import Compare, CompareResult, CompareTarget, Put, Txn
+from raftreg.testing.history.records import LEASED, PREFIX, REG, History, WatchRecord
+from raftreg.testing.history.watchers import client_watch, raw_watch
 
-Outcome = Literal["ok", "fail", "unknown"]
-PREFIX = "/f/"  # every key the workload touches
-REG = PREFIX + "r/"  # register keys (linearizability-checked)
-LEASED = PREFIX + "l/"  # keys attached to leases
-WRITE_KINDS = frozenset({"put", "delete", "cas", "lease_grant", "lease_put", "lease_revoke"})
 BACKENDS = ("raftreg", "etcd")
-
-
-@dataclass(slots=True)
-class Op:
-    id: int
-    client: int
-    kind: str  # get put delete cas | lease_grant lease_put lease_keepalive lease_revoke lease_get
-    key: str
-    call: float
-    value: str | None = None  # put / cas new value
-    expected: str | None = None  # cas: expected value
-    lease: int = 0
-    ret: float | None = None
-    outcome: Outcome = "unknown"
-    output: Any = None  # get: value or None; delete: deleted; cas: succeeded; keepalive: ttl
-    revision: int = 0  # header revision of a completed write
-    error: str = ""
-    endpoint: str = ""  # the only endpoint of a pinned client, "" = any
-
-
-def _classify(e: BaseException, write: bool) -> tuple[Outcome, str]:
-    text = f"{type(e).__name__}: {e}"
-    if isinstance(e, E.Unavailable | E.DeadlineExceeded | TimeoutError) and not isinstance(
-        e, E.NotApplied
-    ):
-        return ("unknown" if write else "fail"), text
-    if isinstance(e, E.RegistryError):
-        return "fail", text
-    return ("unknown" if write else "fail"), "UNEXPECTED " + text
-
-
-@dataclass
-class History:
-    ops: list[Op] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)  # found while running (lease checks)
-    unexpected: list[str] = field(default_factory=list)  # exceptions outside the error tree
-
-    def invoke(self, client: int, kind: str, key: str, **kw: Any) -> Op:
-        op = Op(len(self.ops), client, kind, key, time.monotonic(), **kw)
-        self.ops.append(op)
-        return op
-
-    def ok(self, op: Op, output: Any = None, revision: int = 0) -> None:
-        op.ret, op.outcome, op.output, op.revision = time.monotonic(), "ok", output, revision
-
-    def failed(self, op: Op, e: BaseException) -> None:
-        op.outcome, op.error = _classify(e, op.kind in WRITE_KINDS)
-        if op.outcome == "fail":
-            op.ret = time.monotonic()
-        if op.error.startswith("UNEXPECTED"):
-            self.unexpected.append(f"op {op.id} {op.kind} {op.key}: {op.error}")
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for op in self.ops:
-            k = f"{op.kind}:{op.outcome}"
-            out[k] = out.get(k, 0) + 1
-        return dict(sorted(out.items()))
-
-    def lincheck_ops(self) -> list[L.Operation]:
-        """The register operations as lincheck input: ok ones with their response, unknown
-        writes with ret=None, failed ones left out."""
-        out: list[L.Operation] = []
-        for op in self.ops:
-            if not op.key.startswith(REG) or op.outcome == "fail":
-                continue
-            ret = op.ret if op.outcome == "ok" else None
-            if op.kind == "get":
-                if ret is None:
-                    continue
-                out.append(L.Operation(op.client, op.call, ret, L.Get(op.key), op.output))
-            elif op.kind == "put":
-                out.append(L.Operation(op.client, op.call, ret, L.Put(op.key, op.value)))
-            elif op.kind == "delete":
-                out.append(L.Operation(op.client, op.call, ret, L.Delete(op.key), op.output))
-            elif op.kind == "cas":
-                inp = L.Cas(op.key, op.expected, op.value)
-                out.append(L.Operation(op.client, op.call, ret, inp, op.output))
-        return out
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return [asdict(op) for op in self.ops]
-
-
-# ---------------------------------------------------------------------------------------------
-# Watch recordings
-
-
-@dataclass
-class WatchRecord:
-    """One watch as its consumer saw it: `segments` are the server streams it lived on (one
-    for a raw stream per re-create; one overall for the client's resumable `Watch`), each
-    (start_revision, [(header revision, events)]). `end_error` is set if it ended for good."""
-
-    name: str
-    key: bytes
-    range_end: bytes
-    prev_kv: bool
-    segments: list[tuple[int, list[tuple[int, list[Event]]]]] = field(default_factory=list)
-    end_error: str = ""
-
-    @property
-    def last_revision(self) -> int:
-        for _, batches in reversed(self.segments):
-            for _, events in reversed(batches):
-                if events:
-                    return events[-1].kv.mod_revision
-        return 0
-
-
-# Test-side channels: a private subchannel pool and short reconnect backoff, so a node that
-# was killed and restarted is reached again at once (gRPC's shared subchannels otherwise keep
-# answering "connection refused" from a cached failure for up to two minutes).
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
-
-
-async def raw_watch(
-    endpoint: str,
-    rec: WatchRecord,
-    start_revision: int,
-    stop: asyncio.Event,
-    *,
-    progress: Callable[[int], None] | None = None,
-) -> None:
-    """A raw Watch stream on one node, re-created from last revision + 1 after any failure
-    (on the same node), recorded segment by segment until `stop`."""
-    next_rev = start_revision
-    while not stop.is_set():
-        ch = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
-        requests: asyncio.Queue[pb.WatchRequest | None] = asyncio.Queue()
-
-        async def it(q: asyncio.Queue[pb.WatchRequest | None] = requests) -> AsyncIterator[
-            pb.WatchRequest
-        ]:
-            while (r := await q.get()) is not None:
-                yield r
-
-        call: Any = pbg.WatchStub(ch).Watch(it())
-        requests.put_nowait(
-            pb.WatchRequest(
-                create_request=pb.WatchCreateRequest(
-                    key=rec.key,
-                    range_end=rec.range_end,
-                    start_revision=next_rev,
-                    prev_kv=rec.prev_kv,
-                )
-            )
-        )
-        batches: list[tuple[int, list[Event]]] = []
-        rec.segments.append((next_rev, batches))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            while True:
-                reader = asyncio.ensure_future(call.read())
-                done, _ = await asyncio.wait({reader, stopper}, return_when="FIRST_COMPLETED")
-                if reader not in done:
-                    reader.cancel()
-                    return
-                resp = reader.result()
-                if resp is grpc.aio.EOF:  # type: ignore[attr-defined]
-                    break
-                if resp.canceled:
-                    rec.end_error = f"canceled: {resp.cancel_reason} ({resp.compact_revision})"
-                    return
-                if resp.events:
-                    evs = [event_from_pb(e) for e in resp.events]
-                    batches.append((int(resp.header.revision), evs))
-                    next_rev = evs[-1].kv.mod_revision + 1
-                    if progress is not None:
-                        progress(evs[-1].kv.mod_revision)
-        except grpc.aio.AioRpcError:
-            pass
-        finally:
-            stopper.cancel()
-            requests.put_nowait(None)
-            call.cancel()
-            await ch.close(None)
-        if not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.2)
-
-
-async def client_watch(
-    client: RegistryClient, rec: WatchRecord, start_revision: int, stop: asyncio.Event
-) -> None:
-    """The client's resumable `Watch`, recorded as one segment until `stop`."""
-    batches: list[tuple[int, list[Event]]] = []
-    rec.segments.append((start_revision, batches))
-    try:
-        w = await client.watch(
-            rec.key, range_end=rec.range_end, start_revision=start_revision, prev_kv=rec.prev_kv
-        )
-    except E.RegistryError as e:
-        rec.end_error = f"create failed: {e}"
-        return
-    stopper = asyncio.ensure_future(stop.wait())
-    nxt: asyncio.Future[Any] | None = None
-    try:
-        it = w.__aiter__()
-        while True:
-            nxt = asyncio.ensure_future(it.__anext__())
-            done, _ = await asyncio.wait({nxt, stopper}, return_when="FIRST_COMPLETED")
-            if nxt not in done:
-                nxt.cancel()
-                return
-            try:
-                b = nxt.result()
-            except StopAsyncIteration:
-                rec.end_error = "iteration ended"
-                return
-            except E.RegistryError as e:
-                rec.end_error = f"failed: {e}"
-                return
-            if b.compacted:
-                rec.end_error = f"compacted at {b.compact_revision}"
-                return
-            if b.events:
-                batches.append((b.revision, list(b.events)))
-    finally:
-        stopper.cancel()
-        w.cancel()
-        if nxt is not None and nxt.done() and not nxt.cancelled():
-            nxt.exception()  # retrieved: no "exception was never retrieved" noise
-
-
-# ---------------------------------------------------------------------------------------------
-# The workload
 
 
 @dataclass(frozen=True)

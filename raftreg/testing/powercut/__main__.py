@@ -1,0 +1,5 @@
+"""`python -m raftreg.testing.powercut --store ... --mount ...`: one power-cut FUSE daemon."""
+
+from raftreg.testing.powercut.daemon import main
+
+main()
