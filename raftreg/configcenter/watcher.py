@@ -1,8 +1,9 @@
 """`ConfigWatcher`: a service's typed config, kept current without restart (hot reload).
 
 Contracts:
-- `start()` reads the config and opens a watch from right after that read
-  (`RegistryClient.list_then_watch`), so no change is missed between the two. The initial
+- The config is followed by a `raftreg.client.mirror.PrefixMirror` of `/config/<service>/`
+  (its module docstring holds the registry-side guarantees): `start()` reads the config and
+  watches from right after that read, so no change is missed between the two. The initial
   config goes through `parse`; if it is invalid (a value that is not JSON, or `parse` raises),
   `start()` raises `InvalidArgument` with the reason. There is no separate default: a service
   with no settings stored gets `parse({})`, so the parser's defaults are the defaults.
@@ -15,28 +16,27 @@ Contracts:
 - Changes are applied one at a time, in revision order; `on_change` never overlaps itself. An
   exception from `on_change` after start is logged and does not stop the watcher (the new
   config stays in force; it was valid).
-- Registry failures: the client's `Watch` resumes without gap by itself; when the watch is
-  compacted or fails, the watcher re-lists and watches again (retrying with backoff between
-  `retry_delay` and `max_retry_delay` seconds), evaluating the re-listed config like any
-  change. It stops for good only on `stop()` or when the client is closed.
+- Registry failures are the mirror's to survive: the client's `Watch` resumes without gap by
+  itself; a compacted or failed watch re-lists (retrying with backoff between `retry_delay`
+  and `max_retry_delay` seconds), and the re-listed config is evaluated like any change. It
+  stops for good only on `stop()` or when the client is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from raftreg.client.mirror import PrefixMirror
 from raftreg.client.protocol import RegistryClient
-from raftreg.client.resumable_watch import Watch, WatchBatch
 from raftreg.common.backoff import Backoff
-from raftreg.common.types import EventType, KeyValue
+from raftreg.common.types import Event, EventType, KeyValue
 from raftreg.configcenter.layout import BadValue, config_prefix, decode_value, name_of
-from raftreg.errors import FailedPrecondition, InvalidArgument, RegistryError
+from raftreg.errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger("raftreg.config")
 
@@ -72,13 +72,15 @@ class ConfigWatcher(Generic[T]):
     ) -> None:
         if not 0 < retry_delay <= max_retry_delay:
             raise InvalidArgument("need 0 < retry_delay <= max_retry_delay")
-        self._client = client
         self._service = service
         self._prefix = config_prefix(service).encode()
         self._parse = parse
         self._on_change = on_change
-        self._retry_delay = retry_delay
-        self._max_retry_delay = max_retry_delay
+        self._mirror = PrefixMirror(
+            client, self._prefix, on_snapshot=self._on_snapshot, on_events=self._apply,
+            backoff=Backoff(base=retry_delay, max_delay=max_retry_delay, jitter="none"),
+            log=log, label=f"config of {service}",
+        )
         self._values: dict[str, Any] = {}  # the store's state: name -> value or BadValue
         self._current: T | None = None
         self._started = False
@@ -87,7 +89,6 @@ class ConfigWatcher(Generic[T]):
         self._last_error: str | None = None
         self._applying = False  # between accepting a config and on_change returning
         self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ caller side
 
@@ -120,7 +121,7 @@ class ConfigWatcher(Generic[T]):
     @property
     def running(self) -> bool:
         """True from `start()` until `stop()` or the watcher ended (client closed)."""
-        return self._task is not None and not self._task.done()
+        return self._mirror.running
 
     async def start(self) -> T:
         """Load and parse the config, then watch it; returns the initial config. Raises the
@@ -128,34 +129,18 @@ class ConfigWatcher(Generic[T]):
         and whatever the initial `on_change` raises; the watcher is then not running."""
         if self._started:
             raise FailedPrecondition("config watcher already started")
-        snapshot, watch = await self._client.list_then_watch(self._prefix)
         try:
-            self._load(snapshot.kvs)
-            try:
-                value = self._evaluate()
-            except _Rejected as e:
-                raise InvalidArgument(
-                    f"config of {self._service} at revision {snapshot.revision} is invalid: "
-                    f"{e.reason}"
-                ) from None
-            self._current, self._started = value, True
-            self._revision = self._seen = snapshot.revision
-            await self._notify(value, None)
+            await self._mirror.list_and_start()  # the initial snapshot goes to _on_snapshot
         except BaseException:
-            watch.cancel()
             self._started = False  # not running: a later start() may try again
             raise
-        self._task = asyncio.get_running_loop().create_task(self._run(watch))
         self._signal()
-        return value
+        return self._current  # type: ignore[return-value]  # set by _on_snapshot
 
     async def stop(self) -> None:
         """Stop watching (idempotent); `current` stays readable."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._mirror.started:  # never started: nothing runs, and start() stays possible
+            await self._mirror.close()
 
     async def wait_for(self, predicate: Callable[[T], bool], timeout: float) -> T:
         """The config in force once `predicate` holds for it and its `on_change` returned;
@@ -205,10 +190,24 @@ class ConfigWatcher(Generic[T]):
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _load(self, kvs: tuple[KeyValue, ...]) -> None:
+    async def _on_snapshot(self, kvs: tuple[KeyValue, ...], revision: int) -> None:
+        """The whole config as of `revision`: the initial one (from `start()`), or a re-list
+        evaluated like any change."""
         self._values = {}
         for kv in kvs:
             self._put(kv.key, kv.value)
+        if self._started:
+            await self._consider(revision)
+            return
+        try:
+            value = self._evaluate()
+        except _Rejected as e:
+            raise InvalidArgument(
+                f"config of {self._service} at revision {revision} is invalid: {e.reason}"
+            ) from None
+        self._current, self._started = value, True
+        self._revision = self._seen = revision
+        await self._notify(value, None)
 
     def _put(self, key: bytes, value: bytes) -> None:
         name = name_of(self._prefix, key)
@@ -272,9 +271,10 @@ class ConfigWatcher(Generic[T]):
                         "config of %s: on_change failed for revision %d", self._service, revision
                     )
 
-    async def _apply(self, batch: WatchBatch) -> None:
+    async def _apply(self, events: tuple[Event, ...], revision: int) -> None:
+        """One watch batch: each revision in it is evaluated on its own."""
         rev = 0
-        for e in batch.events:
+        for e in events:
             if rev and e.kv.mod_revision != rev:
                 await self._consider(rev)
             rev = e.kv.mod_revision
@@ -284,53 +284,3 @@ class ConfigWatcher(Generic[T]):
                 self._put(e.kv.key, e.kv.value)
         if rev:
             await self._consider(rev)
-
-    async def _run(self, watch: Watch) -> None:
-        try:
-            while True:
-                try:
-                    async with watch:
-                        async for batch in watch:
-                            if batch.compacted:
-                                log.info(
-                                    "config of %s: watch compacted at %d; re-listing",
-                                    self._service, batch.compact_revision,
-                                )
-                                break
-                            await self._apply(batch)
-                except RegistryError as e:
-                    log.warning("config of %s: watch failed (%s); re-listing", self._service, e)
-                relisted = await self._relist()
-                if relisted is None:
-                    return
-                watch = relisted
-        except Exception:
-            log.exception("config of %s: watcher failed", self._service)
-
-    async def _relist(self) -> Watch | None:
-        """Read the config again and watch from there (retrying with backoff); None once the
-        client is closed."""
-        retry = Backoff(base=self._retry_delay, max_delay=self._max_retry_delay, jitter="none")
-        delays = iter(retry)
-        delay = next(delays)
-        while True:
-            try:
-                snapshot, watch = await self._client.list_then_watch(self._prefix)
-            except FailedPrecondition as e:
-                log.warning("config of %s: stopped watching: %s", self._service, e)
-                return None
-            except RegistryError as e:
-                log.warning(
-                    "config of %s: re-list failed (%s); retrying in %.1fs",
-                    self._service, e, delay,
-                )
-                await asyncio.sleep(delay)
-                delay = next(delays)
-                continue
-            try:
-                self._load(snapshot.kvs)
-                await self._consider(snapshot.revision)
-            except BaseException:
-                watch.cancel()
-                raise
-            return watch

@@ -152,8 +152,7 @@ async def test_resolver_relists_after_compaction(mem: MemoryRegistryClient) -> N
         # The watch falls behind (detached from the store's event feed, as a watch stream cut
         # off from the server), misses a delete, and its resume point is compacted away: the
         # backend then reports compaction, and only a fresh list can bring the cache back.
-        w = res._watch
-        assert w is not None
+        (w,) = mem._watches.values()
         mem._watches = {k: v for k, v in mem._watches.items() if v is not w}
         await mem.delete("/services/user/u1")
         rev = (await mem.put("/x", b"1")).revision
@@ -161,7 +160,7 @@ async def test_resolver_relists_after_compaction(mem: MemoryRegistryClient) -> N
         assert [i.id for i in res.instances] == ["u1", "u2"]
         w._on_compacted(rev, rev)
         await res.wait_for(lambda i: [x.id for x in i] == ["u2"], 5)
-        assert res._watch is not None and res._watch is not w
+        assert mem.watch_count == 1 and w not in mem._watches.values()  # a new watch
 
 
 async def test_resolver_reads_the_documents_layouts_and_no_other_service(
