@@ -105,7 +105,9 @@ class Resolver:
         self._mirror.start()
         if wait:
             try:
-                await asyncio.wait_for(self._mirror.wait_synced(), timeout)
+                # asyncio.timeout, not wait_for: before 3.12 wait_for can swallow a cancel
+                async with asyncio.timeout(timeout):
+                    await self._mirror.wait_synced()
             except TimeoutError:
                 await self.stop()
                 raise Unavailable(
