@@ -2,8 +2,19 @@
 
 It owns replication of opaque commands (`RaftNode.propose`), linearizable read barriers,
 membership/status views and the raft persistence files (journal + msgpack dump) of one node.
+`Consensus` (protocol.py) is the seam a registry node sees; `RaftNode` satisfies it.
 """
 
-from raftreg.consensus.raft import RaftNode, RaftSettings, RaftStatus, seed_data_dir
+from raftreg.consensus.protocol import Consensus, ConsensusFactory, StateMachine
+from raftreg.consensus.raft import RaftNode, RaftSettings, seed_data_dir
+from raftreg.consensus.status import RaftStatus
 
-__all__ = ["RaftNode", "RaftSettings", "RaftStatus", "seed_data_dir"]
+__all__ = [
+    "Consensus",
+    "ConsensusFactory",
+    "RaftNode",
+    "RaftSettings",
+    "RaftStatus",
+    "StateMachine",
+    "seed_data_dir",
+]

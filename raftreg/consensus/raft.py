@@ -60,6 +60,7 @@ from raftreg.consensus.commands import (
 from raftreg.consensus.faults import FaultRules, FaultyTransport
 from raftreg.consensus.journal import DurableJournal, fsync_dir
 from raftreg.consensus.peer import PeerTransport
+from raftreg.consensus.status import RaftStatus
 from raftreg.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -130,21 +131,6 @@ class RaftSettings:
     # from a leader (it would only disrupt the cluster with a higher term; Raft's learner role
     # and pre-vote, which PySyncObj lacks, solve the same problem).
     join: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RaftStatus:
-    self_addr: str
-    leader: str | None
-    is_leader: bool
-    term: int
-    commit_index: int
-    applied_index: int
-    log_len: int
-    connected: frozenset[str]
-    has_quorum: bool
-    fdatasyncs: int = 0  # WAL group commits (fdatasync calls) since start
-    fsyncs: int = 0  # every other fsync: term/vote state, directory, compaction, dump
 
 
 _NOT_APPLIED = {

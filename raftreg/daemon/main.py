@@ -35,6 +35,13 @@ from raftreg.api.servicers import (
 from raftreg.client.protocol import RegistryClient
 from raftreg.client.raftreg_client import GrpcRegistryClient
 from raftreg.config import ClusterConfig, split_hostport
+from raftreg.consensus import (
+    Consensus,
+    ConsensusFactory,
+    RaftNode,
+    RaftSettings,
+    StateMachine,
+)
 from raftreg.daemon.metrics import add_metrics_route, metrics_registry
 from raftreg.dashboard import add_dashboard_routes
 from raftreg.errors import RegistryError
@@ -59,7 +66,7 @@ async def run_node(
     cluster with `member add` (see `RaftSettings.join`)."""
     loop = asyncio.get_running_loop()
     security = NodeSecurity.load(cfg)  # before anything starts: a bad file stops the node here
-    node = RegistryNode(cfg, name, loop=loop, join=join)
+    node = RegistryNode(cfg, name, loop=loop, consensus=raft_consensus(cfg, name, loop, join=join))
     registry, rpc_metrics = metrics_registry(node)
     auth = security.interceptor(lease_keys=node.lease_keys, header=_header(node),
                                 barrier=node.barrier)
@@ -150,6 +157,39 @@ async def run_node(
         await link.close()
         node.close()
         log.info("node %s stopped", name)
+
+
+def raft_settings(cfg: ClusterConfig, name: str, *, join: bool = False) -> RaftSettings:
+    """The raft settings of member `name` from the cluster configuration."""
+    s, me = cfg.settings, cfg.node(name)
+    return RaftSettings(
+        self_addr=me.raft,
+        peers=tuple(n.raft for n in cfg.nodes if n.name != name),
+        secret=cfg.cluster_secret(),
+        data_dir=cfg.data_dir(me),
+        heartbeat_interval=s.heartbeat_interval,
+        election_timeout_min=s.election_timeout_min,
+        election_timeout_max=s.election_timeout_max,
+        leader_fallback_timeout=s.leader_fallback_timeout,
+        max_inflight=s.max_inflight_batches,
+        batch_max=s.batch_max,
+        snapshot_entries=s.snapshot_entries,
+        snapshot_interval_s=s.snapshot_interval_s,
+        fault_file=str(cfg.file(s.fault_file)) if s.fault_file else "",
+        join=join,
+    )
+
+
+def raft_consensus(
+    cfg: ClusterConfig, name: str, loop: asyncio.AbstractEventLoop, *, join: bool = False
+) -> ConsensusFactory:
+    """The production consensus of member `name`: a `RaftNode` over PySyncObj."""
+    settings = raft_settings(cfg, name, join=join)
+
+    def build(sm: StateMachine) -> Consensus:
+        return RaftNode(settings, sm.apply_one, sm.snapshot, sm.restore, loop=loop)
+
+    return build
 
 
 def _dashboard_client(cfg: ClusterConfig, target: str) -> Callable[[str], RegistryClient]:
