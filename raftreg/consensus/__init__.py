@@ -2,9 +2,11 @@
 
 It owns replication of opaque commands (`RaftNode.propose`), linearizable read barriers,
 membership/status views and the raft persistence files (journal + msgpack dump) of one node.
-`Consensus` (protocol.py) is the seam a registry node sees; `RaftNode` satisfies it.
+`Consensus` (protocol.py) is the seam a registry node sees; `RaftNode` is the real one and
+`LocalConsensus` (local.py) its in-process, single-member twin for tests.
 """
 
+from raftreg.consensus.local import LocalConsensus
 from raftreg.consensus.protocol import Consensus, ConsensusFactory, StateMachine
 from raftreg.consensus.raft import RaftNode, RaftSettings, seed_data_dir
 from raftreg.consensus.status import RaftStatus
@@ -12,6 +14,7 @@ from raftreg.consensus.status import RaftStatus
 __all__ = [
     "Consensus",
     "ConsensusFactory",
+    "LocalConsensus",
     "RaftNode",
     "RaftSettings",
     "RaftStatus",

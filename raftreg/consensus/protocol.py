@@ -1,6 +1,6 @@
 """The consensus seam: what a registry node needs from whatever replicates its commands.
 
-Contract (`Consensus`, satisfied by `RaftNode`):
+Contract (`Consensus`, satisfied by `RaftNode` and by `LocalConsensus`):
 - `propose(data)` resolves with what `StateMachine.apply_one(data)` returned on this member
   once this member applied it; `NotApplied` if it certainly was not applied, `OutcomeUnknown`
   if it may have been, `ResourceExhausted` if the proposal queue is full.

@@ -1,9 +1,10 @@
 """One registry node: the store, replicated by the consensus adapter, behind async read/write.
 
 Threading contract: the store is mutated only inside `_apply_one`, on whatever thread the
-consensus applies on (PySyncObj's tick thread for `RaftNode`), under `self._lock`; the event
-loop reads it under the same lock. Nothing on the apply thread waits for the event loop:
-applied events are handed over with `call_soon_threadsafe`.
+consensus applies on (PySyncObj's tick thread for `RaftNode`, the event loop for
+`LocalConsensus`), under `self._lock`; the event loop reads it under the same lock. Nothing on
+the apply thread waits for the event loop: applied events are handed over with
+`call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from raftreg.common.clock import Clock
 from raftreg.common.types import Event, Range, RangeResult
 from raftreg.config import ClusterConfig, NodeConfig, split_hostport
 from raftreg.consensus import Consensus, ConsensusFactory, RaftStatus, StateMachine
@@ -83,8 +85,10 @@ EventSink = Callable[[int, list[Event]], None]
 
 class RegistryNode:
     """One member's store behind async reads and writes. `consensus(state_machine)` builds
-    what replicates its commands (the composition root chooses: `RaftNode` in the daemon);
-    the node calls it back only through `StateMachine`."""
+    what replicates its commands (the composition root chooses: `RaftNode` in the daemon,
+    `LocalConsensus` in unit tests); the node calls it back only through `StateMachine`.
+    `clock` (default: the monotonic clock and asyncio's sleep) times the lessor's deadlines
+    and its expiry loop."""
 
     def __init__(
         self,
@@ -93,6 +97,7 @@ class RegistryNode:
         *,
         loop: asyncio.AbstractEventLoop,
         consensus: ConsensusFactory,
+        clock: Clock | None = None,
     ) -> None:
         s = cfg.settings
         self.cfg = cfg
@@ -122,6 +127,8 @@ class RegistryNode:
             barrier=self.barrier,
             propose=self.write,
             epoch=lambda: self.store.leader_epoch,
+            clock=time.monotonic if clock is None else clock.now,
+            sleep=asyncio.sleep if clock is None else clock.sleep,
         )
         self.raft: Consensus = consensus(StateMachine(self._apply_one, self._snapshot,
                                                       self._restore))
