@@ -8,12 +8,13 @@ membership/status views and the raft persistence files (journal + msgpack dump) 
 
 from raftreg.consensus.local import LocalConsensus
 from raftreg.consensus.protocol import Consensus, ConsensusFactory, StateMachine
-from raftreg.consensus.raft import RaftNode, RaftSettings, seed_data_dir
+from raftreg.consensus.raft import FaultInjection, RaftNode, RaftSettings, seed_data_dir
 from raftreg.consensus.status import RaftStatus
 
 __all__ = [
     "Consensus",
     "ConsensusFactory",
+    "FaultInjection",
     "LocalConsensus",
     "RaftNode",
     "RaftSettings",

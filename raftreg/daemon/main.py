@@ -38,6 +38,7 @@ from raftreg.config import ClusterConfig, split_hostport
 from raftreg.consensus import (
     Consensus,
     ConsensusFactory,
+    FaultInjection,
     RaftNode,
     RaftSettings,
     StateMachine,
@@ -59,14 +60,20 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def run_node(
-    cfg: ClusterConfig, name: str, stop: asyncio.Event, *, join: bool = False
+    cfg: ClusterConfig,
+    name: str,
+    stop: asyncio.Event,
+    *,
+    join: bool = False,
+    faults: FaultInjection | None = None,
 ) -> None:
     """Serve until `stop` is set (or this member is removed from the cluster). Binds exactly
     the configured client (and HTTP) address. `join`: this node was just added to a running
-    cluster with `member add` (see `RaftSettings.join`)."""
+    cluster with `member add` (see `RaftSettings.join`). `faults`: see `raft_consensus`."""
     loop = asyncio.get_running_loop()
     security = NodeSecurity.load(cfg)  # before anything starts: a bad file stops the node here
-    node = RegistryNode(cfg, name, loop=loop, consensus=raft_consensus(cfg, name, loop, join=join))
+    consensus = raft_consensus(cfg, name, loop, join=join, faults=faults)
+    node = RegistryNode(cfg, name, loop=loop, consensus=consensus)
     registry, rpc_metrics = metrics_registry(node)
     auth = security.interceptor(lease_keys=node.lease_keys, header=_header(node),
                                 barrier=node.barrier)
@@ -175,19 +182,25 @@ def raft_settings(cfg: ClusterConfig, name: str, *, join: bool = False) -> RaftS
         batch_max=s.batch_max,
         snapshot_entries=s.snapshot_entries,
         snapshot_interval_s=s.snapshot_interval_s,
-        fault_file=str(cfg.file(s.fault_file)) if s.fault_file else "",
         join=join,
     )
 
 
 def raft_consensus(
-    cfg: ClusterConfig, name: str, loop: asyncio.AbstractEventLoop, *, join: bool = False
+    cfg: ClusterConfig,
+    name: str,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    join: bool = False,
+    faults: FaultInjection | None = None,
 ) -> ConsensusFactory:
-    """The production consensus of member `name`: a `RaftNode` over PySyncObj."""
+    """The consensus of member `name`: a `RaftNode` over PySyncObj. `faults` (TEST ONLY) comes
+    from the test launcher (raftreg/testing/node.py) and never from the configuration."""
     settings = raft_settings(cfg, name, join=join)
 
     def build(sm: StateMachine) -> Consensus:
-        return RaftNode(settings, sm.apply_one, sm.snapshot, sm.restore, loop=loop)
+        return RaftNode(settings, sm.apply_one, sm.snapshot, sm.restore, loop=loop,
+                        faults=faults)
 
     return build
 
@@ -286,7 +299,9 @@ async def serve_http(app: web.Application, address: str) -> web.AppRunner:
     return runner
 
 
-def serve_node(cfg: ClusterConfig, name: str, *, join: bool = False) -> int:
+def serve_node(
+    cfg: ClusterConfig, name: str, *, join: bool = False, faults: FaultInjection | None = None
+) -> int:
     setup_logging(f"node={name}", cfg.settings.log_format, LEVELS[cfg.settings.log_level])
     if cfg.settings.use_uvloop:
         with contextlib.suppress(ImportError):
@@ -305,7 +320,7 @@ def serve_node(cfg: ClusterConfig, name: str, *, join: bool = False) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_node(cfg, name, stop, join=join)
+        await run_node(cfg, name, stop, join=join, faults=faults)
 
     try:
         asyncio.run(main())
