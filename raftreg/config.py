@@ -76,10 +76,6 @@ class ClusterSettings:
     log_format: LogFormat = "text"
     # Least severe level logged: "debug", "info", "warning" or "error".
     log_level: str = "info"
-    # TEST ONLY: fault-injection rules file for the raft transport (relative paths are taken
-    # from the directory of cluster.toml). "" (the default) runs the plain transport. See
-    # raftreg/consensus/raft.py `_FaultRules` and docs/fault-tests.md; never set in production.
-    fault_file: str = ""
     # --- Client API security (raftreg/api/auth/). All off by default. Relative paths are
     # taken from the directory of cluster.toml. The raft peer port is not affected: it is
     # protected by `secret`.

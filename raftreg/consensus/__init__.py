@@ -2,8 +2,23 @@
 
 It owns replication of opaque commands (`RaftNode.propose`), linearizable read barriers,
 membership/status views and the raft persistence files (journal + msgpack dump) of one node.
+`Consensus` (protocol.py) is the seam a registry node sees; `RaftNode` is the real one and
+`LocalConsensus` (local.py) its in-process, single-member twin for tests.
 """
 
-from raftreg.consensus.raft import RaftNode, RaftSettings, RaftStatus, seed_data_dir
+from raftreg.consensus.local import LocalConsensus
+from raftreg.consensus.protocol import Consensus, ConsensusFactory, StateMachine
+from raftreg.consensus.raft import FaultInjection, RaftNode, RaftSettings, seed_data_dir
+from raftreg.consensus.status import RaftStatus
 
-__all__ = ["RaftNode", "RaftSettings", "RaftStatus", "seed_data_dir"]
+__all__ = [
+    "Consensus",
+    "ConsensusFactory",
+    "FaultInjection",
+    "LocalConsensus",
+    "RaftNode",
+    "RaftSettings",
+    "RaftStatus",
+    "StateMachine",
+    "seed_data_dir",
+]

@@ -41,7 +41,7 @@ Contracts:
   proves nothing): `fatal()` logs CRITICAL and ends the process with `os._exit`. PySyncObj's
   tick thread swallows exceptions, so raising would let the node run on with a log it no
   longer has on disk.
-- TEST ONLY: `unsafe_no_sync()` (wired to the fault rules file, never set in production) makes
+- TEST ONLY: `unsafe_no_sync()` (given only by the test launcher's fault injection) makes
   `sync()` skip every fsync/fdatasync, so that a power-cut test can show it catches a node that
   does not sync.
 

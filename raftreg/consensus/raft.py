@@ -29,10 +29,11 @@ storage (the transport holds messages in an outbox released only after
 commit (its AppendEntries may leave first, so followers write in parallel with it). Follower
 appends are Raft's (`_Fsm._append_entries`), not PySyncObj's, which truncated applied entries.
 
-Fault injection (TEST ONLY, off unless `RaftSettings.fault_file` is set): the peer transport is
-then `FaultyTransport`, which drops or delays raft messages per link according to a small JSON
-rules file it re-reads when the file changes; see raftreg/consensus/faults.py.
-Production never constructs it and pays nothing for it.
+Fault injection (TEST ONLY): a `FaultInjection` given to `RaftNode(faults=...)` chooses the peer
+transport class (one that drops or delays raft messages per link) and can make the node
+deliberately broken (`unsafe_local_reads`, `unsafe_no_sync`). Only the test launcher
+(raftreg/testing/node.py, rules in raftreg/testing/fault_transport.py) gives one; the daemon
+passes none, and this package defines no fault transport.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
@@ -57,9 +58,9 @@ from raftreg.consensus.commands import (
     MAX_ITEM_BYTES,
     CommandsMixin,
 )
-from raftreg.consensus.faults import FaultRules, FaultyTransport
 from raftreg.consensus.journal import DurableJournal, fsync_dir
 from raftreg.consensus.peer import PeerTransport
+from raftreg.consensus.status import RaftStatus
 from raftreg.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -111,6 +112,25 @@ def seed_data_dir(data_dir: Path, state: bytes, members: Sequence[str]) -> None:
     fsync_dir(data_dir.parent)
 
 
+class FaultInjection(Protocol):
+    """TEST ONLY hooks into one node, read on the tick thread (transport, journal) and the
+    event loop (read barrier); production passes none."""
+
+    def transport(self) -> type[PeerTransport]:
+        """The peer transport class to run (a `PeerTransport` that drops or delays)."""
+        ...
+
+    @property
+    def unsafe_local_reads(self) -> bool:
+        """DELIBERATELY BROKEN: read barriers return at once (stale reads possible)."""
+        ...
+
+    @property
+    def unsafe_no_sync(self) -> bool:
+        """DELIBERATELY BROKEN: the journal skips every fsync (acknowledged writes lost)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class RaftSettings:
     self_addr: str
@@ -125,26 +145,10 @@ class RaftSettings:
     batch_max: int = 512
     snapshot_entries: int = 20000
     snapshot_interval_s: float = 600.0
-    fault_file: str = ""  # TEST ONLY: fault-injection rules file ("" = plain transport)
     # A member added to a running cluster: it never starts an election before it has heard
     # from a leader (it would only disrupt the cluster with a higher term; Raft's learner role
     # and pre-vote, which PySyncObj lacks, solve the same problem).
     join: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RaftStatus:
-    self_addr: str
-    leader: str | None
-    is_leader: bool
-    term: int
-    commit_index: int
-    applied_index: int
-    log_len: int
-    connected: frozenset[str]
-    has_quorum: bool
-    fdatasyncs: int = 0  # WAL group commits (fdatasync calls) since start
-    fsyncs: int = 0  # every other fsync: term/vote state, directory, compaction, dump
 
 
 _NOT_APPLIED = {
@@ -186,7 +190,7 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         peers: list[str],
         conf: SyncObjConf,
         apply_one: ApplyFn,
-        faults: FaultRules | None = None,
+        faults: FaultInjection | None = None,
         *,
         journal: DurableJournal,
         secret: str,
@@ -200,7 +204,7 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         self._join_hold = conf.raftMaxTimeout
         self._transfer: tuple[str | None, Callable[[Any, int], None]] | None = None
         self._leading_since_release = False  # see durable_point
-        transport = PeerTransport if faults is None else FaultyTransport
+        transport = PeerTransport if faults is None else faults.transport()
         super().__init__(self_addr, peers, conf, transportClass=transport)
         # Durable point 1, right before the poll: what the tick body produced (AEs carrying
         # new entries, vote requests, forwarded commands) leaves after the sync.
@@ -424,6 +428,7 @@ class RaftNode:
         restore: Callable[[bytes], None],
         *,
         loop: asyncio.AbstractEventLoop,
+        faults: FaultInjection | None = None,
     ) -> None:
         check_secret(settings.secret)
         self._s = settings
@@ -462,15 +467,12 @@ class RaftNode:
             tcp_keepalive=(3, 1, 3),
             dynamicMembershipChange=True,
         )
-        self._faults = (
-            FaultRules(settings.fault_file, settings.self_addr) if settings.fault_file else None
-        )
-        if self._faults is not None:
-            log.warning("TEST ONLY fault injection is on (rules in %s)", settings.fault_file)
-        faults = self._faults
+        self._faults = faults
+        if faults is not None:
+            log.warning("TEST ONLY fault injection is on")
         self._journal = DurableJournal(
             settings.data_dir,
-            # TEST ONLY (fault rules file): a deliberately broken node that never syncs
+            # TEST ONLY (fault injection): a deliberately broken node that never syncs
             unsafe_no_sync=None if faults is None else (lambda: faults.unsafe_no_sync),
         )
         _resume_compaction(self._journal, settings.data_dir / "raft.dump")
@@ -495,7 +497,7 @@ class RaftNode:
 
     async def read_barrier(self) -> None:
         if self._faults is not None and self._faults.unsafe_local_reads:
-            return  # TEST ONLY, deliberately broken: see FaultRules
+            return  # TEST ONLY, deliberately broken: see FaultInjection
         if self._barrier is None:
             barrier: asyncio.Future[Any] = self._loop.create_future()
             # Every reader may have given up (cancelled) before it settles: its outcome is

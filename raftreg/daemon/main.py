@@ -35,6 +35,14 @@ from raftreg.api.servicers import (
 from raftreg.client.protocol import RegistryClient
 from raftreg.client.raftreg_client import GrpcRegistryClient
 from raftreg.config import ClusterConfig, split_hostport
+from raftreg.consensus import (
+    Consensus,
+    ConsensusFactory,
+    FaultInjection,
+    RaftNode,
+    RaftSettings,
+    StateMachine,
+)
 from raftreg.daemon.metrics import add_metrics_route, metrics_registry
 from raftreg.dashboard import add_dashboard_routes
 from raftreg.errors import RegistryError
@@ -52,14 +60,20 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def run_node(
-    cfg: ClusterConfig, name: str, stop: asyncio.Event, *, join: bool = False
+    cfg: ClusterConfig,
+    name: str,
+    stop: asyncio.Event,
+    *,
+    join: bool = False,
+    faults: FaultInjection | None = None,
 ) -> None:
     """Serve until `stop` is set (or this member is removed from the cluster). Binds exactly
     the configured client (and HTTP) address. `join`: this node was just added to a running
-    cluster with `member add` (see `RaftSettings.join`)."""
+    cluster with `member add` (see `RaftSettings.join`). `faults`: see `raft_consensus`."""
     loop = asyncio.get_running_loop()
     security = NodeSecurity.load(cfg)  # before anything starts: a bad file stops the node here
-    node = RegistryNode(cfg, name, loop=loop, join=join)
+    consensus = raft_consensus(cfg, name, loop, join=join, faults=faults)
+    node = RegistryNode(cfg, name, loop=loop, consensus=consensus)
     registry, rpc_metrics = metrics_registry(node)
     auth = security.interceptor(lease_keys=node.lease_keys, header=_header(node),
                                 barrier=node.barrier)
@@ -150,6 +164,45 @@ async def run_node(
         await link.close()
         node.close()
         log.info("node %s stopped", name)
+
+
+def raft_settings(cfg: ClusterConfig, name: str, *, join: bool = False) -> RaftSettings:
+    """The raft settings of member `name` from the cluster configuration."""
+    s, me = cfg.settings, cfg.node(name)
+    return RaftSettings(
+        self_addr=me.raft,
+        peers=tuple(n.raft for n in cfg.nodes if n.name != name),
+        secret=cfg.cluster_secret(),
+        data_dir=cfg.data_dir(me),
+        heartbeat_interval=s.heartbeat_interval,
+        election_timeout_min=s.election_timeout_min,
+        election_timeout_max=s.election_timeout_max,
+        leader_fallback_timeout=s.leader_fallback_timeout,
+        max_inflight=s.max_inflight_batches,
+        batch_max=s.batch_max,
+        snapshot_entries=s.snapshot_entries,
+        snapshot_interval_s=s.snapshot_interval_s,
+        join=join,
+    )
+
+
+def raft_consensus(
+    cfg: ClusterConfig,
+    name: str,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    join: bool = False,
+    faults: FaultInjection | None = None,
+) -> ConsensusFactory:
+    """The consensus of member `name`: a `RaftNode` over PySyncObj. `faults` (TEST ONLY) comes
+    from the test launcher (raftreg/testing/node.py) and never from the configuration."""
+    settings = raft_settings(cfg, name, join=join)
+
+    def build(sm: StateMachine) -> Consensus:
+        return RaftNode(settings, sm.apply_one, sm.snapshot, sm.restore, loop=loop,
+                        faults=faults)
+
+    return build
 
 
 def _dashboard_client(cfg: ClusterConfig, target: str) -> Callable[[str], RegistryClient]:
@@ -246,7 +299,9 @@ async def serve_http(app: web.Application, address: str) -> web.AppRunner:
     return runner
 
 
-def serve_node(cfg: ClusterConfig, name: str, *, join: bool = False) -> int:
+def serve_node(
+    cfg: ClusterConfig, name: str, *, join: bool = False, faults: FaultInjection | None = None
+) -> int:
     setup_logging(f"node={name}", cfg.settings.log_format, LEVELS[cfg.settings.log_level])
     if cfg.settings.use_uvloop:
         with contextlib.suppress(ImportError):
@@ -265,7 +320,7 @@ def serve_node(cfg: ClusterConfig, name: str, *, join: bool = False) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_node(cfg, name, stop, join=join)
+        await run_node(cfg, name, stop, join=join, faults=faults)
 
     try:
         asyncio.run(main())

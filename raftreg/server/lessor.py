@@ -47,6 +47,7 @@ class Lessor:
         epoch: Callable[[], int],
         tick_s: float = TICK_S,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._is_leader = is_leader
         self._term = term
@@ -58,6 +59,7 @@ class Lessor:
         self._announcing: asyncio.Task[None] | None = None
         self._tick = tick_s
         self._clock = clock
+        self._sleep = sleep  # `run`'s pause between ticks, on the same clock as `clock`
         self._deadlines: dict[int, float] = {}
         self._expiring: set[int] = set()
         self._led_term: int | None = None
@@ -135,7 +137,7 @@ class Lessor:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self._tick)
+            await self._sleep(self._tick)
             self.tick()
 
     def tick(self) -> None:

@@ -1,8 +1,10 @@
 """One registry node: the store, replicated by the consensus adapter, behind async read/write.
 
-Threading contract: the store is mutated only on the raft tick thread (inside `_apply_one`),
-under `self._lock`; the event loop reads it under the same lock. Nothing on the tick thread
-waits for the event loop: applied events are handed over with `call_soon_threadsafe`.
+Threading contract: the store is mutated only inside `_apply_one`, on whatever thread the
+consensus applies on (PySyncObj's tick thread for `RaftNode`, the event loop for
+`LocalConsensus`), under `self._lock`; the event loop reads it under the same lock. Nothing on
+the apply thread waits for the event loop: applied events are handed over with
+`call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -11,17 +13,16 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from raftreg.common.clock import Clock
 from raftreg.common.types import Event, Range, RangeResult
 from raftreg.config import ClusterConfig, NodeConfig, split_hostport
-from raftreg.consensus import RaftNode, RaftSettings, RaftStatus
+from raftreg.consensus import Consensus, ConsensusFactory, RaftStatus, StateMachine
 from raftreg.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -83,8 +84,20 @@ EventSink = Callable[[int, list[Event]], None]
 
 
 class RegistryNode:
+    """One member's store behind async reads and writes. `consensus(state_machine)` builds
+    what replicates its commands (the composition root chooses: `RaftNode` in the daemon,
+    `LocalConsensus` in unit tests); the node calls it back only through `StateMachine`.
+    `clock` (default: the monotonic clock and asyncio's sleep) times the lessor's deadlines
+    and its expiry loop."""
+
     def __init__(
-        self, cfg: ClusterConfig, name: str, *, loop: asyncio.AbstractEventLoop, join: bool = False
+        self,
+        cfg: ClusterConfig,
+        name: str,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        consensus: ConsensusFactory,
+        clock: Clock | None = None,
     ) -> None:
         s = cfg.settings
         self.cfg = cfg
@@ -114,38 +127,11 @@ class RegistryNode:
             barrier=self.barrier,
             propose=self.write,
             epoch=lambda: self.store.leader_epoch,
+            clock=time.monotonic if clock is None else clock.now,
+            sleep=asyncio.sleep if clock is None else clock.sleep,
         )
-        self.raft = RaftNode(
-            RaftSettings(
-                self_addr=self.me.raft,
-                peers=tuple(n.raft for n in cfg.nodes if n.name != name),
-                secret=cfg.cluster_secret(),
-                data_dir=cfg.data_dir(self.me),
-                heartbeat_interval=s.heartbeat_interval,
-                election_timeout_min=s.election_timeout_min,
-                election_timeout_max=s.election_timeout_max,
-                leader_fallback_timeout=s.leader_fallback_timeout,
-                max_inflight=s.max_inflight_batches,
-                batch_max=s.batch_max,
-                snapshot_entries=s.snapshot_entries,
-                snapshot_interval_s=s.snapshot_interval_s,
-                fault_file=self._fault_file(cfg),
-                join=join,
-            ),
-            self._apply_one,
-            self._snapshot,
-            self._restore,
-            loop=loop,
-        )
-
-    @staticmethod
-    def _fault_file(cfg: ClusterConfig) -> str:
-        """TEST ONLY fault-injection rules file, absolute ("" = off)."""
-        f = cfg.settings.fault_file
-        if not f or os.path.isabs(f):
-            return f
-        base = cfg.path.parent if cfg.path is not None else Path.cwd()
-        return str(base / f)
+        self.raft: Consensus = consensus(StateMachine(self._apply_one, self._snapshot,
+                                                      self._restore))
 
     # ------------------------------------------------------------------ tick-thread callbacks
 

@@ -1,11 +1,13 @@
 """Real raftreg node processes on loopback with free ports, for tests and benchmarks.
 
 `ProcessCluster` writes a cluster.toml into its own directory, starts one process per node
-(`python -m raftreg.daemon`), and can kill -9, pause, resume and restart any of them. Every
-process it started is stopped by `close()` (also on `with` exit).
+(`python -m raftreg.daemon`; `python -m raftreg.testing.node` with faults), and can kill -9,
+pause, resume and restart any of them. Every process it started is stopped by `close()` (also
+on `with` exit).
 
 Network faults (TEST ONLY): a cluster made with `faults=True` runs every node with the
-fault-injection transport (`fault_file` setting) and can `partition` / `isolate` nodes (raft
+fault-injection transport (the test launcher raftreg/testing/node.py with `--fault-file`,
+rules in faults.json beside cluster.toml) and can `partition` / `isolate` nodes (raft
 traffic only; clients still reach every node), drop a fraction of messages, delay them, turn a
 node into a deliberately broken one (`unsafe_local_reads`, `unsafe_no_sync`), and `heal()`
 everything.
@@ -58,7 +60,6 @@ class ProcessCluster(ProcessGroup):
         self._blocked: set[tuple[str, str]] = set()  # (from, to): raft messages dropped
         self._rules: dict[str, dict[str, Any]] = {n: {} for n in self.names}
         if faults:
-            cluster["fault_file"] = "faults.json"
             self.fault_path = self.root / "faults.json"
             self._write_faults()
         cluster.update(settings)
@@ -120,7 +121,9 @@ class ProcessCluster(ProcessGroup):
         for n in names or self.names:
             if self.disks is not None and not self.alive(n):
                 self.disks[n].mount()
-            self.spawn(n, [sys.executable, "-m", "raftreg.daemon",
+            launcher = (["raftreg.daemon"] if self.fault_path is None else
+                        ["raftreg.testing.node", "--fault-file", str(self.fault_path)])
+            self.spawn(n, [sys.executable, "-m", *launcher,
                            "--config", str(self.config_path), "--name", n,
                            *(["--join"] if join else [])], env)
 

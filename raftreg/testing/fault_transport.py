@@ -1,7 +1,9 @@
 """TEST ONLY fault injection on the raft port: per-link drops and delays of PySyncObj messages.
 
-Used only when a node's `fault_file` setting is set (raftreg/testing drives it); production
-constructs PySyncObj's plain transport and none of this.
+`FaultRules` satisfies `raftreg.consensus.FaultInjection`. Only the test launcher
+(`python -m raftreg.testing.node --fault-file FILE`, raftreg/testing/node.py) constructs it and
+injects it into the node it builds; `python -m raftreg.daemon` and everything below it never
+import this module, and production runs raftreg's plain peer transport.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class FaultRules:
         self.delay_s = float(mine.get("delay_ms", 0.0)) / 1000.0
         self.unsafe_local_reads = bool(mine.get("unsafe_local_reads", False))
         self.unsafe_no_sync = bool(mine.get("unsafe_no_sync", False))
+
+    def transport(self) -> type[PeerTransport]:
+        return FaultyTransport
 
     def drop(self, addr: str, outgoing: bool) -> bool:
         if addr in (self.drop_to if outgoing else self.drop_from):
