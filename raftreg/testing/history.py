@@ -40,8 +40,8 @@ import grpc
 from raftreg import errors as E
 from raftreg.client import GrpcRegistryClient, RegistryClient
 from raftreg.client.etcd import EtcdRegistryClient
-from raftreg.client.protocol import prefix_range_end
 from raftreg.common.convert import event_from_pb
+from raftreg.common.keys import prefix_range_end
 from raftreg.common.types import Compare, CompareResult, CompareTarget, Event, Put, Txn
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg

@@ -6,7 +6,8 @@ Everything here is off unless configured (`[cluster]` settings `tls_cert_file`/`
 
 Modules, each with its contract in its docstring. Imports point one way, ranges <- policy <-
 authfile, rules <- interceptor; security uses them and nothing here imports it:
-- `ranges`: key ranges in etcd's encoding and prefix coverage (`covers`, `prefix_end`).
+- `ranges`: key ranges in etcd's encoding and prefix coverage (`covers`, `describe`); the
+  prefix rule itself is `raftreg.common.keys.prefix_range_end`.
 - `policy`: principals and their permissions, users by token digest, authentication
   (`Principal`, `AuthPolicy`, `token_sha256`, `internal_token`).
 - `authfile`: the TOML auth file, its format and validation (`parse_auth`, `load_auth_file`).
@@ -30,7 +31,7 @@ from raftreg.api.auth.policy import (
     internal_token,
     token_sha256,
 )
-from raftreg.api.auth.ranges import covers, prefix_end
+from raftreg.api.auth.ranges import covers
 from raftreg.api.auth.rules import (
     BATCH,
     COMPACT,
@@ -89,6 +90,5 @@ __all__ = [
     "load_auth_file",
     "native_method",
     "parse_auth",
-    "prefix_end",
     "token_sha256",
 ]
