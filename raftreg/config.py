@@ -78,7 +78,7 @@ class ClusterSettings:
     log_level: str = "info"
     # TEST ONLY: fault-injection rules file for the raft transport (relative paths are taken
     # from the directory of cluster.toml). "" (the default) runs the plain transport. See
-    # raftreg/consensus/raft.py `_FaultRules` and docs/fault-tests.md; never set in production.
+    # raftreg/consensus/faults.py `FaultRules` and docs/fault-tests.md; never set in production.
     fault_file: str = ""
     # --- Client API security (raftreg/api/auth/). All off by default. Relative paths are
     # taken from the directory of cluster.toml. The raft peer port is not affected: it is
