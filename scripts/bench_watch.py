@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from raftreg.common.keys import prefix_range_end
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.testing import ProcessCluster
@@ -73,7 +74,7 @@ def stubs(ch: grpc.aio.Channel) -> tuple[Any, Any, Any]:
 async def open_watch(watch: Any, prefix: bytes) -> Stream:
     s = Stream(watch.Watch)
     s.q.put_nowait(pb.WatchRequest(create_request=pb.WatchCreateRequest(
-        key=prefix, range_end=prefix[:-1] + bytes([prefix[-1] + 1]))))
+        key=prefix, range_end=prefix_range_end(prefix))))
     r = await s.call.read()
     assert r.created and not r.canceled, r
     return s

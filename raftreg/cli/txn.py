@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
-from raftreg.client.protocol import prefix_range_end
+from raftreg.common.keys import prefix_range_end
 from raftreg.common.types import (
     Compare,
     CompareResult,

@@ -34,7 +34,6 @@ from raftreg.client.protocol import (
     Member,
     NodeStatus,
     RegistryClient,
-    prefix_range_end,
     to_bytes,
 )
 from raftreg.client.raftreg_client import GrpcRegistryClient, rpc_error
@@ -42,6 +41,7 @@ from raftreg.client.resumable_watch import Watch, WatchBatch, WatchFilter, Watch
 from raftreg.client.security import ClientSecurity, endpoints_want_tls
 from raftreg.client.sync import SyncRegistryClient, SyncWatch
 from raftreg.common.clock import Clock, LoopClock, ManualClock, SteppingClock
+from raftreg.common.keys import prefix_range_end
 from raftreg.errors import InvalidArgument
 
 

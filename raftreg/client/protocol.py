@@ -7,7 +7,7 @@ Keys and values accept `str | bytes`; a `str` is encoded as UTF-8. Results are t
 domain types (`RangeResult`, `PutResult`, ...) so the same objects flow through every layer.
 Range selection follows etcd: `range_end == b""` is the single key, `b"\\0"` every key >= key,
 otherwise the half-open [key, range_end); `prefix=True` derives range_end with
-`prefix_range_end`.
+`raftreg.common.keys.prefix_range_end`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
 from raftreg.client.resumable_watch import Watch, WatchFilter
+from raftreg.common.keys import prefix_range_end
 from raftreg.common.types import (
     DeleteResult,
     LeaseGrantResult,
@@ -43,21 +44,6 @@ def to_bytes(value: KeyLike) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     raise InvalidArgument(f"expected str or bytes, got {type(value).__name__}")
-
-
-def prefix_range_end(prefix: bytes) -> bytes:
-    """The range_end selecting every key that starts with `prefix` (etcd's `GetPrefixRangeEnd`).
-
-    Trailing 0xff bytes are dropped and the last remaining byte is incremented; when nothing
-    remains (empty or all-0xff prefix) the answer is b"\\0", i.e. "every key >= prefix".
-    """
-    end = bytearray(prefix)
-    while end and end[-1] == 0xFF:
-        end.pop()
-    if not end:
-        return b"\0"
-    end[-1] += 1
-    return bytes(end)
 
 
 def resolve_range(key: KeyLike, range_end: KeyLike, prefix: bool) -> tuple[bytes, bytes]:

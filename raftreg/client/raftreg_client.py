@@ -240,7 +240,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         sort_target: SortTarget = SortTarget.KEY,
     ) -> RangeResult:
         k, end = resolve_range(key, range_end, prefix)
-        req = convert.range_to_pb(
+        req = convert.RAFTREG.range(
             Range(k, end, revision, limit, sort_order, sort_target, keys_only, count_only),
             serializable=serializable,
         )
@@ -255,7 +255,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
     async def put(
         self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False
     ) -> PutResult:
-        req = convert.put_to_pb(Put(to_bytes(key), to_bytes(value), lease, prev_kv))
+        req = convert.RAFTREG.put(Put(to_bytes(key), to_bytes(value), lease, prev_kv))
         req.request_id.CopyFrom(self._next_request_id())
 
         async def call(c: _Conn, t: float) -> PutResult:
@@ -274,7 +274,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         prev_kv: bool = False,
     ) -> DeleteResult:
         k, end = resolve_range(key, range_end, prefix)
-        req = convert.delete_to_pb(DeleteRange(k, end, prev_kv))
+        req = convert.RAFTREG.delete(DeleteRange(k, end, prev_kv))
         req.request_id.CopyFrom(self._next_request_id())
 
         async def call(c: _Conn, t: float) -> DeleteResult:
@@ -285,7 +285,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         return await self._call(call, "delete", route="leader", write=True)
 
     async def txn(self, txn: Txn) -> TxnResult:
-        req = convert.txn_to_pb(txn)
+        req = convert.RAFTREG.txn(txn)
         req.request_id.CopyFrom(self._next_request_id())
 
         async def call(c: _Conn, t: float) -> TxnResult:

@@ -28,7 +28,7 @@ def _open(conn: _Conn) -> WatchCall:
 
 
 def _error(e: grpc.aio.AioRpcError) -> E.RegistryError:
-    from raftreg.client.raftreg_client import rpc_error  # grpc_client imports this module
+    from raftreg.client.raftreg_client import rpc_error  # raftreg_client imports this module
 
     return rpc_error(e)
 

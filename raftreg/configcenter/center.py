@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, overload
 
-from raftreg.client.protocol import RegistryClient, prefix_range_end
+from raftreg.client.protocol import RegistryClient
 from raftreg.client.resumable_watch import ALL_KEYS, WatchBatch
+from raftreg.common.keys import prefix_range_end
 from raftreg.common.types import (
     Compare,
     CompareResult,

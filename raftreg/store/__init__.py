@@ -5,7 +5,7 @@ lease table (`lease`), the request-identity table that applies retried writes on
 (`identity`), txn compares (`txn`), static command validation (`validate`), the one msgpack
 codec for log entries and snapshots (`codec`), Failure <-> exception mapping (`failures`) and
 the `Store` facade tying them together (`store`). The store's own commands (compaction, leases,
-leader epochs, member records, barriers), the `Request` envelope and the `Done`/`Failure`
+leader epochs, member records), the `Request` envelope and the `Done`/`Failure`
 results are in `commands`. The public value types it applies and returns (`KeyValue`, `Event`,
 `Put`, `DeleteRange`, `Txn`, `Compare`, `Range` and their results) are not the store's: they
 live in `raftreg.common.types`, below this package, and are imported from there.
@@ -16,16 +16,14 @@ every replica. Everything above this package (consensus, server, api) depends on
 the other way round; below it are only `raftreg.errors` and `raftreg.common.types`.
 """
 
-from raftreg.store.codec import decode_batch, decode_request, encode_batch, encode_request
+from raftreg.store.codec import decode_request, encode_request
 from raftreg.store.commands import (
-    Barrier,
     Command,
     Compact,
     Done,
     ExpireClients,
     Failure,
     LeaderEpoch,
-    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
@@ -38,14 +36,12 @@ from raftreg.store.lease import LeaseInfo
 from raftreg.store.store import Store
 
 __all__ = [
-    "Barrier",
     "Command",
     "Compact",
     "Done",
     "ExpireClients",
     "Failure",
     "LeaderEpoch",
-    "LeaseCheckpoint",
     "LeaseExpire",
     "LeaseGrant",
     "LeaseInfo",
@@ -54,9 +50,7 @@ __all__ = [
     "Request",
     "Result",
     "Store",
-    "decode_batch",
     "decode_request",
-    "encode_batch",
     "encode_request",
     "error_to_failure",
     "failure_to_error",

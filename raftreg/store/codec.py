@@ -1,4 +1,4 @@
-"""The store's one msgpack codec: requests, batches, and the plain shapes snapshots are built from.
+"""The store's one msgpack codec: requests and the plain shapes snapshots are built from.
 
 Every byte string the store accepts goes through `unpack` here and nowhere else. Decoders check
 shapes and exact types (`bool` is not an `int`, `str` is not `bytes`) and raise
@@ -7,15 +7,15 @@ They check structure only; semantic checks (empty keys, sizes, limits) are `vali
 
 Wire shapes (msgpack arrays, first element a small-int tag):
     request  [1, now_ms, client_id, seq, command]
-    batch    [2, [request, ...]]
-    command  [tag, field, ...] in dataclass field order (see `_TAGS`)
+    command  [tag, field, ...] in dataclass field order (the `_PUT`... constants)
     kv       [key, create_revision, mod_revision, version, value, lease]
-The tags are part of the replicated log format: never renumber them.
+The tags are part of the replicated log format: never renumber them, and never reuse a retired
+one (`_RETIRED`: defined once, never written by any release; decoding one is an error).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 import msgpack
@@ -39,14 +39,12 @@ from raftreg.common.types import (
 )
 from raftreg.errors import InvalidArgument
 from raftreg.store.commands import (
-    Barrier,
     Command,
     Compact,
     Done,
     ExpireClients,
     Failure,
     LeaderEpoch,
-    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
@@ -57,9 +55,7 @@ from raftreg.store.commands import (
 
 __all__ = [
     "MAX_TXN_DEPTH",
-    "decode_batch",
     "decode_request",
-    "encode_batch",
     "encode_request",
     "guard",
     "kv_from_obj",
@@ -80,7 +76,6 @@ __all__ = [
 MAX_TXN_DEPTH: Final = 32
 
 _REQUEST: Final = 1
-_BATCH: Final = 2
 
 _PUT: Final = 1
 _DELETE: Final = 2
@@ -89,12 +84,13 @@ _COMPACT: Final = 4
 _LEASE_GRANT: Final = 5
 _LEASE_REVOKE: Final = 6
 _LEASE_EXPIRE: Final = 7
-_LEASE_CHECKPOINT: Final = 8
 _EXPIRE_CLIENTS: Final = 9
-_BARRIER: Final = 10
 _RANGE: Final = 11
 _MEMBER_UPDATE: Final = 13
 _LEADER_EPOCH: Final = 12
+# Tags of commands that were defined but never proposed, and of the never-written batch envelope.
+_RETIRED: Final = {8: "lease checkpoint", 10: "barrier"}
+_RETIRED_ENVELOPES: Final = {2: "batch"}
 
 _RANGE_RESULT: Final = 1
 _PUT_RESULT: Final = 2
@@ -288,14 +284,10 @@ def _command_to_obj(cmd: Command | Range) -> list[object]:
             return [_LEASE_EXPIRE, [int(i) for i in cmd.ids], int(cmd.term)]
         case LeaderEpoch():
             return [_LEADER_EPOCH, int(cmd.term)]
-        case LeaseCheckpoint():
-            return [_LEASE_CHECKPOINT, [[int(i), int(ms)] for i, ms in cmd.remaining_ms]]
         case ExpireClients():
             return [_EXPIRE_CLIENTS, int(cmd.idle_before_ms)]
         case MemberUpdate():
             return [_MEMBER_UPDATE, int(cmd.id), cmd.name, cmd.peer, cmd.client, bool(cmd.removed)]
-        case Barrier():
-            return [_BARRIER]
     raise InvalidArgument(f"cannot encode {type(cmd).__name__}: not a command")
 
 
@@ -378,13 +370,6 @@ def _command_from_obj(x: object, depth: int = 0) -> Command:
     if tag == _LEADER_EPOCH:
         _arity(items, 2, "leader_epoch")
         return LeaderEpoch(term=read_int(items[1], "leader_epoch term"))
-    if tag == _LEASE_CHECKPOINT:
-        _arity(items, 2, "lease_checkpoint")
-        pairs: list[tuple[int, int]] = []
-        for p in read_list(items[1], "lease checkpoints"):
-            pair = read_list(p, "lease checkpoint", 2)
-            pairs.append((read_int(pair[0], "lease id"), read_int(pair[1], "remaining_ms")))
-        return LeaseCheckpoint(remaining_ms=tuple(pairs))
     if tag == _EXPIRE_CLIENTS:
         _arity(items, 2, "expire_clients")
         return ExpireClients(idle_before_ms=read_int(items[1], "idle_before_ms"))
@@ -397,14 +382,13 @@ def _command_from_obj(x: object, depth: int = 0) -> Command:
             client=read_str(items[4], "member client"),
             removed=read_bool(items[5], "member removed"),
         )
-    if tag == _BARRIER:
-        _arity(items, 1, "barrier")
-        return Barrier()
+    if tag in _RETIRED:
+        raise InvalidArgument(f"retired command tag {tag} ({_RETIRED[tag]}): no longer decoded")
     raise InvalidArgument(f"unknown command tag {tag}")
 
 
 # ---------------------------------------------------------------------------------------------
-# requests and batches
+# requests
 
 
 def _request_to_obj(r: Request) -> list[object]:
@@ -415,6 +399,9 @@ def _request_to_obj(r: Request) -> list[object]:
 
 def _request_from_obj(x: object) -> Request:
     tag, items = _tagged(x, "request")
+    if tag in _RETIRED_ENVELOPES:
+        raise InvalidArgument(
+            f"retired envelope tag {tag} ({_RETIRED_ENVELOPES[tag]}): no longer decoded")
     if tag != _REQUEST:
         raise InvalidArgument(f"not a request (tag {tag})")
     _arity(items, 5, "request")
@@ -435,28 +422,6 @@ def decode_request(b: bytes) -> Request:
     included), never anything else."""
     obj = unpack(b)
     return guard(lambda: _request_from_obj(obj), "request")
-
-
-def encode_batch(rs: Sequence[Request]) -> bytes:
-    """One log entry holding several requests (group commit), applied in the given order."""
-    return pack([_BATCH, [_request_to_obj(r) for r in rs]])
-
-
-def decode_batch(b: bytes) -> list[Request]:
-    """Inverse of `encode_batch`. Also accepts a single encoded request (returned as a one-item
-    list), so a log applier can decode every entry the same way. Raises InvalidArgument only."""
-    obj = unpack(b)
-
-    def decode() -> list[Request]:
-        tag, items = _tagged(obj, "batch")
-        if tag == _REQUEST:
-            return [_request_from_obj(obj)]
-        if tag != _BATCH:
-            raise InvalidArgument(f"not a batch (tag {tag})")
-        _arity(items, 2, "batch")
-        return [_request_from_obj(r) for r in read_list(items[1], "batch requests")]
-
-    return guard(decode, "batch")
 
 
 # ---------------------------------------------------------------------------------------------

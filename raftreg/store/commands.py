@@ -3,8 +3,8 @@ that only the store produces.
 
 Commands are plain frozen dataclasses. The write operations clients build (`Put`, `DeleteRange`,
 `Txn`) are public value types in `raftreg.common.types` and are commands as they are; the ones
-here exist only at the top level of the log (compaction, leases, leader epochs, member records,
-barriers). A `Request` envelope carries one command together with the proposer's wall-clock
+here exist only at the top level of the log (compaction, leases, leader epochs, member
+records). A `Request` envelope carries one command together with the proposer's wall-clock
 time (`now_ms`, the only way time enters the store) and an optional request identity
 (`client_id`, `seq`) that makes retried writes apply at most once. `raftreg.store.codec` is the
 single encoder/decoder between these types and msgpack bytes.
@@ -31,14 +31,12 @@ from raftreg.common.types import (
 )
 
 __all__ = [
-    "Barrier",
     "Command",
     "Compact",
     "Done",
     "ExpireClients",
     "Failure",
     "LeaderEpoch",
-    "LeaseCheckpoint",
     "LeaseExpire",
     "LeaseGrant",
     "LeaseRevoke",
@@ -92,13 +90,6 @@ class LeaderEpoch:
 
 
 @dataclass(frozen=True, slots=True)
-class LeaseCheckpoint:
-    """Persists the leader's view of remaining TTLs (ms) so a new leader can resume them."""
-
-    remaining_ms: tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
 class ExpireClients:
     """Forget request-identity entries of clients idle since before `idle_before_ms`."""
 
@@ -117,11 +108,6 @@ class MemberUpdate:
     removed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Barrier:
-    """A no-op whose commit proves the proposer's log position (linearizable reads)."""
-
-
 Command = (
     Put
     | DeleteRange
@@ -131,10 +117,8 @@ Command = (
     | LeaseRevoke
     | LeaseExpire
     | LeaderEpoch
-    | LeaseCheckpoint
     | ExpireClients
     | MemberUpdate
-    | Barrier
 )
 
 

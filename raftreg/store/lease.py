@@ -1,4 +1,4 @@
-"""The replicated lease table: id -> (ttl, last checkpointed remaining TTL, attached keys).
+"""The replicated lease table: id -> (ttl, remaining TTL field, attached keys).
 
 Deadlines are not here (only the leader keeps them, on its own clock). Invariant, kept by the
 `Store`: a key is in `keys` of lease L iff its live kv has `lease == L`; so the attached keys
@@ -18,7 +18,8 @@ __all__ = ["LeaseInfo", "LeaseTable"]
 @dataclass(slots=True)
 class LeaseInfo:
     """The store's (replicated) view of a lease. Deadlines are not here: only the leader keeps
-    them, on its own clock. `remaining_ms` is the last checkpointed remaining TTL, or -1."""
+    them, on its own clock. `remaining_ms` is always -1: no command checkpoints remaining TTLs
+    (yet); it stays because snapshots and `Store.hash` carry it."""
 
     id: int
     ttl: int
@@ -53,13 +54,6 @@ class LeaseTable:
         lease = self._leases.get(lease_id)
         if lease is not None:
             lease.keys.discard(key)
-
-    def checkpoint(self, remaining_ms: tuple[tuple[int, int], ...]) -> None:
-        """Record remaining TTLs of the listed leases that exist; others are ignored."""
-        for lease_id, ms in remaining_ms:
-            lease = self._leases.get(lease_id)
-            if lease is not None:
-                lease.remaining_ms = ms
 
     def get(self, lease_id: int) -> LeaseInfo | None:
         """A copy: callers cannot mutate the table through it."""

@@ -55,13 +55,11 @@ from raftreg.store.codec import (
     unpack,
 )
 from raftreg.store.commands import (
-    Barrier,
     Command,
     Compact,
     Done,
     ExpireClients,
     LeaderEpoch,
-    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
@@ -219,16 +217,11 @@ class Store:
                     if lease_id in self._leases:
                         events.extend(self._revoke(lease_id))
                 return Done(self.revision), events
-            case LeaseCheckpoint():
-                self._leases.checkpoint(cmd.remaining_ms)
-                return Done(self.revision), []
             case ExpireClients():
                 self._clients.expire(cmd.idle_before_ms)
                 return Done(self.revision), []
             case MemberUpdate():
                 self._members[cmd.id] = cmd
-                return Done(self.revision), []
-            case Barrier():
                 return Done(self.revision), []
         raise InvalidArgument(f"unknown command {type(cmd).__name__}")  # validate() caught it
 

@@ -21,11 +21,9 @@ from raftreg.common.types import (
 from raftreg.errors import InvalidArgument
 from raftreg.store.codec import MAX_TXN_DEPTH
 from raftreg.store.commands import (
-    Barrier,
     Compact,
     ExpireClients,
     LeaderEpoch,
-    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
@@ -232,12 +230,6 @@ def validate_command(command: object, *, max_value_bytes: int, max_txn_ops: int)
         case LeaderEpoch():
             if _need_int(command.term, "leader_epoch term") <= 0:
                 raise InvalidArgument("leader epoch term must be positive")
-        case LeaseCheckpoint():
-            for pair in command.remaining_ms:
-                if not isinstance(pair, tuple | list) or len(pair) != 2:
-                    raise InvalidArgument("lease checkpoint must be (id, remaining_ms) pairs")
-                _need_int(pair[0], "lease id")
-                _need_int(pair[1], "remaining_ms")
         case ExpireClients():
             _need_int(command.idle_before_ms, "idle_before_ms")
         case MemberUpdate():
@@ -251,8 +243,6 @@ def validate_command(command: object, *, max_value_bytes: int, max_txn_ops: int)
                 raise InvalidArgument("member client must be a string")
             if not isinstance(command.removed, bool):
                 raise InvalidArgument("member removed must be a bool")
-        case Barrier():
-            pass
         case Range():
             raise InvalidArgument("Range is a read, not a command; use a Txn or Store.range")
         case _:

@@ -69,7 +69,7 @@ class ProcessCluster(ProcessGroup):
         if power_cuts:
             # sync_delay_ms: every fsync on those disks takes that much longer (a slower disk:
             # a power cut then more often finds a sync under way, i.e. an unsynced tail)
-            # disk_metadata: "strict" or "ordered" (see powercut.py)
+            # disk_metadata: "strict" or "ordered" (see raftreg.testing.powercut)
             self.disks = Disks(self.root, {n: self.data_dir(n) for n in self.names},
                                sync_delay_ms=sync_delay_ms, metadata=disk_metadata)
 
@@ -190,8 +190,8 @@ class ProcessCluster(ProcessGroup):
 
     def power_cut(self, *names: str, torn: bool = False, seed: int = 0) -> dict[str, Any]:
         """kill -9 `names` (default all) at once, then drop every write they had not synced
-        (`torn`: keep a random prefix of unsynced tails; see powercut.py). They stay down
-        until started. Returns what each data dir lost."""
+        (`torn`: keep a random prefix of unsynced tails; see raftreg.testing.powercut). They
+        stay down until started. Returns what each data dir lost."""
         if self.disks is None:
             raise RuntimeError("this cluster was not made with power_cuts=True")
         return cut_power(self.disks, self.kill, names or self.names, torn=torn, seed=seed)

@@ -24,7 +24,7 @@ delay          every raft message delayed by `value` ms (FIFO per link)
 kill           kill -9 `a`; it stays down until a heal
 kill_all       kill -9 every node, hold, start them all again
 power_cut      kill -9 `a`, drop every write it had not synced, start it at once (value 1: torn,
-               i.e. unsynced tails may survive in part; see raftreg/testing/powercut.py)
+               i.e. unsynced tails may survive in part; see raftreg.testing.powercut)
 power_cut_all  kill -9 every node, drop every unsynced write on every node, hold, start them all
 pause          SIGSTOP `a`; SIGCONT at the next heal
 restart        kill -9 `a` and start it at once
@@ -81,6 +81,7 @@ from raftreg import errors as E
 from raftreg.client import GrpcRegistryClient
 from raftreg.client.etcd import EtcdRegistryClient
 from raftreg.common.convert import event_from_pb, range_result_from_pb
+from raftreg.common.keys import prefix_range_end
 from raftreg.common.types import Event, EventType, KeyValue
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
@@ -479,9 +480,9 @@ async def _committed_history(endpoint: str, until_rev: int, timeout: float = 20.
 
 async def _final_state(endpoint: str, revision: int) -> dict[bytes, Any]:
     async with grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS) as ch:
-        end = PREFIX[:-1] + chr(ord(PREFIX[-1]) + 1)
+        key = PREFIX.encode()
         resp = await pbg.KVStub(ch).Range(
-            pb.RangeRequest(key=PREFIX.encode(), range_end=end.encode(), revision=revision,
+            pb.RangeRequest(key=key, range_end=prefix_range_end(key), revision=revision,
                             serializable=True),
             timeout=5,
             wait_for_ready=True,

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from raftreg.api import auth as A
 from raftreg.client import security
-from raftreg.client.protocol import prefix_range_end
 from raftreg.client.security import ClientSecurity, endpoints_want_tls, wants_tls
+from raftreg.common.keys import prefix_range_end
 from raftreg.common.status import ERROR_KEY
 from raftreg.config import ClusterSettings, parse_config
 from raftreg.errors import InvalidArgument, PermissionDenied, Unauthenticated
@@ -48,12 +48,6 @@ def in_range(x: bytes, key: bytes, end: bytes) -> bool:
 
 
 @settings(deadline=None)  # no per-example time limit: a loaded machine is no failure
-@given(keys)
-def test_prefix_end_is_the_clients(prefix: bytes) -> None:
-    assert A.prefix_end(prefix) == prefix_range_end(prefix)
-
-
-@settings(deadline=None)
 @given(keys, keys, range_ends)
 def test_a_covered_range_holds_only_keys_with_the_prefix(
     prefix: bytes, key: bytes, end: bytes
@@ -69,7 +63,7 @@ def test_an_uncovered_nonempty_range_holds_a_key_outside_the_prefix(
 ) -> None:
     assume(end in (b"", b"\0") or key < end)  # empty ranges may be refused: nothing to read
     if not A.covers(prefix, key, end):
-        witness = key if not key.startswith(prefix) else A.prefix_end(prefix)
+        witness = key if not key.startswith(prefix) else prefix_range_end(prefix)
         assert in_range(witness, key, end)
         assert not witness.startswith(prefix)
 
@@ -236,7 +230,7 @@ def test_named_methods_exist() -> None:
              for m in s.methods}
     ours = {v for k, v in vars(A).items() if k.isupper() and isinstance(v, str)
             and v.startswith("/raftreg.v1.")}
-    assert len(ours) == 17
+    assert len(ours) == 13
     assert ours <= names
 
 
@@ -299,7 +293,8 @@ async def test_unary_calls_are_authenticated_and_authorized() -> None:
         assert e.value.code == code
         assert dict(ctx.trailing)[ERROR_KEY] in ("Unauthenticated", "PermissionDenied")
     # Unlisted and root-only methods; health is exempt.
-    for method in (A.COMPACT, A.SNAPSHOT, A.MEMBER_ADD, "/raftreg.v1.Cluster/MemberPromote"):
+    for method in ("/raftreg.v1.KV/Compact", "/raftreg.v1.Maintenance/Snapshot",
+                   "/raftreg.v1.Cluster/MemberAdd", "/raftreg.v1.Cluster/MemberPromote"):
         h = await intercepted(method, "rw-token", handler)
         with pytest.raises(Aborted, match="root"):
             await h.unary_unary(pb.CompactionRequest(), FakeContext())

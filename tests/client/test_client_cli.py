@@ -1,17 +1,21 @@
-"""CLI argument parsing and output formatting, against a fake in-process client."""
+"""CLI argument parsing and output formatting, against the in-memory registry
+(`MemoryRegistryClient`, through `tests.cli_harness`); two small subclasses add what one
+in-memory member cannot show (an unreachable member, one failing endpoint among two)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -24,212 +28,54 @@ from raftreg.cli import (
     running_dev,
     simple_lines,
 )
-from raftreg.client.protocol import LeaseTTL, Member, NodeStatus, resolve_range, to_bytes
+from raftreg.client import MemoryRegistryClient
+from raftreg.client.protocol import Member, NodeStatus
 from raftreg.common.types import (
-    DeleteRange,
     DeleteResult,
     KeyValue,
-    LeaseGrantResult,
-    Put,
     PutResult,
     Range,
     RangeResult,
     SortOrder,
     SortTarget,
-    Txn,
     TxnResult,
 )
-from raftreg.errors import LeaseNotFound, RegistryError, Unavailable
+from raftreg.errors import FailedPrecondition, Unavailable
+from raftreg.store.commands import LeaseGrant
+from tests.cli_harness import CliHarness
 
 pytestmark = pytest.mark.timeout(10)
 
 
-class FakeClient:
-    """A tiny in-memory stand-in for a RegistryClient; records the calls it gets."""
+class _OneMemberDown(MemoryRegistryClient):
+    """Adds an unreachable second member: the memory registry is one member, always connected."""
 
-    def __init__(self, endpoints: Sequence[str], fail: RegistryError | None = None) -> None:
-        self._endpoints = tuple(endpoints)
-        self.fail = fail
-        self.kvs: dict[bytes, KeyValue] = {}
-        self.rev = 1
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.leases: dict[int, int] = {}
-        self.closed = False
+    async def member_list(self) -> list[Member]:
+        down = Member(0xAB, "n2", ("tcp://127.0.0.1:2382",), ("http://127.0.0.1:2381",),
+                      is_leader=False, connected=False)
+        return [*await super().member_list(), down]
+
+
+class _SecondEndpointDown(MemoryRegistryClient):
+    """Two endpoints, the second refusing `status`: a failure of one endpoint among several,
+    which the one-endpoint memory registry (`set_unavailable`: all calls or none) cannot give."""
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        return self._endpoints
-
-    def _record(self, name: str, **kw: Any) -> None:
-        self.calls.append((name, kw))
-        if self.fail is not None:
-            raise self.fail
-
-    def _select(self, key: bytes, end: bytes) -> list[KeyValue]:
-        if not end:
-            return [self.kvs[key]] if key in self.kvs else []
-        return [kv for k, kv in sorted(self.kvs.items()) if k >= key and (end == b"\0" or k < end)]
-
-    async def get(
-        self, key: Any, *, range_end: Any = b"", prefix: bool = False, **kw: Any
-    ) -> RangeResult:
-        k, end = resolve_range(key, range_end, prefix)
-        self._record("get", key=k, range_end=end, **kw)
-        kvs = self._select(k, end)
-        if kw.get("sort_order") == SortOrder.DESCEND:
-            kvs.reverse()
-        count = len(kvs)
-        if kw.get("limit"):
-            kvs = kvs[: kw["limit"]]
-        if kw.get("count_only"):
-            kvs = []
-        return RangeResult(self.rev, tuple(kvs), False, count)
-
-    async def put(
-        self, key: Any, value: Any, *, lease: int = 0, prev_kv: bool = False
-    ) -> PutResult:
-        k = to_bytes(key)
-        self._record("put", key=k, value=to_bytes(value), lease=lease, prev_kv=prev_kv)
-        self.rev += 1
-        prev = self.kvs.get(k)
-        self.kvs[k] = KeyValue(
-            k,
-            prev.create_revision if prev else self.rev,
-            self.rev,
-            (prev.version if prev else 0) + 1,
-            to_bytes(value),
-            lease,
-        )
-        return PutResult(self.rev, prev if prev_kv else None)
-
-    async def delete(
-        self, key: Any, *, range_end: Any = b"", prefix: bool = False, prev_kv: bool = False
-    ) -> DeleteResult:
-        k, end = resolve_range(key, range_end, prefix)
-        self._record("delete", key=k, range_end=end, prev_kv=prev_kv)
-        gone = self._select(k, end)
-        for kv in gone:
-            del self.kvs[kv.key]
-        if gone:
-            self.rev += 1
-        return DeleteResult(self.rev, len(gone), tuple(gone) if prev_kv else ())
-
-    async def txn(self, txn: Txn) -> TxnResult:
-        self._record("txn", txn=txn)
-        out: list[Any] = []
-        for op in txn.success:
-            if isinstance(op, Put):
-                out.append(await self.put(op.key, op.value))
-            elif isinstance(op, Range):
-                out.append(await self.get(op.key, range_end=op.range_end))
-            elif isinstance(op, DeleteRange):
-                out.append(await self.delete(op.key, range_end=op.range_end))
-        return TxnResult(self.rev, True, tuple(out))
-
-    async def compact(self, revision: int) -> int:
-        self._record("compact", revision=revision)
-        return self.rev
-
-    async def lease_grant(self, ttl: int, *, id: int = 0) -> LeaseGrantResult:
-        self._record("lease_grant", ttl=ttl, id=id)
-        lid = id or 0x694D77AA9E38260F
-        self.leases[lid] = ttl
-        return LeaseGrantResult(self.rev, lid, ttl)
-
-    async def lease_revoke(self, id: int) -> None:
-        self._record("lease_revoke", id=id)
-        if id not in self.leases:
-            raise LeaseNotFound("requested lease not found")
-        del self.leases[id]
-
-    async def lease_time_to_live(self, id: int, *, keys: bool = False) -> LeaseTTL:
-        self._record("lease_time_to_live", id=id, keys=keys)
-        if id not in self.leases:
-            return LeaseTTL(id, -1, 0)
-        return LeaseTTL(id, self.leases[id] - 1, self.leases[id], (b"a", b"b") if keys else ())
-
-    async def lease_list(self) -> list[int]:
-        self._record("lease_list")
-        return sorted(self.leases)
-
-    async def lease_keepalive_once(self, id: int) -> int:
-        self._record("lease_keepalive_once", id=id)
-        return self.leases.get(id, 0)
-
-    async def member_list(self) -> list[Member]:
-        self._record("member_list")
-        return [
-            Member(
-                1, "n1", ("tcp://127.0.0.1:2380",), ("http://127.0.0.1:2379",), False, True, True
-            ),
-            Member(
-                0xAB,
-                "n2",
-                ("tcp://127.0.0.1:2382",),
-                ("http://127.0.0.1:2381",),
-                False,
-                False,
-                False,
-            ),
-        ]
+        return ("127.0.0.1:2379", "127.0.0.1:9")
 
     async def status(self, endpoint: str | None = None) -> NodeStatus:
-        self._record("status", endpoint=endpoint)
         if endpoint == "127.0.0.1:9":
             raise Unavailable("cannot connect to 127.0.0.1:9")
-        return NodeStatus(
-            endpoint or "?", 1, 1, True, name="n1", version="0.1.0", revision=self.rev
-        )
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+        return await super().status(endpoint)
 
 
-class Harness:
-    def __init__(self, fail: RegistryError | None = None) -> None:
-        self.clients: list[FakeClient] = []
-        self.fail = fail
-        self.shared: FakeClient | None = None
-        self.factory_args: list[tuple[list[str], float]] = []
-
-    def factory(self, endpoints: Sequence[str], timeout: float) -> FakeClient:
-        self.factory_args.append((list(endpoints), timeout))
-        c = FakeClient(endpoints, self.fail)
-        if self.shared is not None:  # share state between invocations
-            c.kvs, c.rev, c.leases = self.shared.kvs, self.shared.rev, self.shared.leases
-        self.shared = c
-        self.clients.append(c)
-        return c
-
-    def __call__(self, *argv: str, stdin: str = "") -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code = run(
-            ["--endpoints", "127.0.0.1:2379", *argv],
-            client_factory=self.factory,
-            stdin=io.StringIO(stdin),
-            stdout=out,
-            stderr=err,
-        )
-        if self.shared is not None and self.clients:
-            self.shared.rev = self.clients[-1].rev
-        return code, out.getvalue(), err.getvalue()
-
-    @property
-    def last(self) -> FakeClient:
-        return self.clients[-1]
+ENDPOINT = ("--endpoints", "127.0.0.1:2379")
 
 
 @pytest.fixture
-def cli() -> Harness:
-    return Harness()
+def cli() -> CliHarness:
+    return CliHarness(args=ENDPOINT, spy=True)
 
 
 def test_parser_globals_before_and_after_subcommand() -> None:
@@ -249,7 +95,7 @@ def test_parser_globals_before_and_after_subcommand() -> None:
                                              "127.0.0.1:2381")
 
 
-def test_usage_errors_return_2(cli: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_return_2(cli: CliHarness, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli("get")[0] == 2
     assert cli("frobnicate")[0] == 2
     assert cli("get", "k", "--sort-by", "SIZE")[0] == 2
@@ -259,7 +105,7 @@ def test_usage_errors_return_2(cli: Harness, capsys: pytest.CaptureFixture[str])
 
 
 def test_endpoints_default_and_flag(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    h = Harness()
+    h = CliHarness()
     monkeypatch.chdir(tmp_path)
     assert run(["get", "k"], client_factory=h.factory, stdout=io.StringIO()) == 0
     assert h.factory_args[-1] == (["127.0.0.1:2379"], 5.0)
@@ -273,11 +119,9 @@ def test_endpoints_default_and_flag(tmp_path: Any, monkeypatch: pytest.MonkeyPat
     assert h.factory_args[-1] == (["a:1", "b:2"], 5.0)
 
 
-def test_put_get_simple(cli: Harness) -> None:
+def test_put_get_simple(cli: CliHarness) -> None:
     assert cli("put", "foo", "bar") == (0, "OK\n", "")
-    assert cli.last.calls == [
-        ("put", {"key": b"foo", "value": b"bar", "lease": 0, "prev_kv": False})
-    ]
+    assert cli.spied("put").await_args_list == [mock.call(b"foo", b"bar", lease=0, prev_kv=False)]
     assert cli("put", "foo", "baz", "--prev-kv") == (0, "OK\nfoo\nbar\n", "")
     cli("put", "fox", "1")
     assert cli("get", "foo") == (0, "foo\nbaz\n", "")
@@ -288,11 +132,13 @@ def test_put_get_simple(cli: Harness) -> None:
     assert cli("get", "missing") == (0, "", "")
 
 
-def test_get_options_reach_the_client(cli: Harness) -> None:
+def test_get_options_reach_the_client(cli: CliHarness) -> None:
+    for key in ("a", "b", "c"):
+        cli("put", key, "1")
     cli("get", "a", "z", "--rev", "3", "--limit", "2", "--consistency", "s", "--sort-by", "modify")
-    _, kw = cli.last.calls[-1]
+    args, kw = cli.spied("get").await_args_list[-1]
+    assert args == (b"a",)
     assert kw == {
-        "key": b"a",
         "range_end": b"z",
         "revision": 3,
         "limit": 2,
@@ -302,8 +148,10 @@ def test_get_options_reach_the_client(cli: Harness) -> None:
         "sort_order": SortOrder.ASCEND,
         "sort_target": SortTarget.MOD,
     }
+    assert cli("get", "a", "z", "--rev", "3", "--limit", "2", "--sort-by", "modify") == (
+        0, "a\n1\nb\n1\n", "")  # c is not there yet at revision 3
     cli("get", "a", "--from-key", "--order", "DESCEND")
-    _, kw = cli.last.calls[-1]
+    _, kw = cli.spied("get").await_args_list[-1]
     assert (kw["range_end"], kw["sort_order"], kw["sort_target"], kw["serializable"]) == (
         b"\0",
         SortOrder.DESCEND,
@@ -314,7 +162,7 @@ def test_get_options_reach_the_client(cli: Harness) -> None:
     assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1
 
 
-def test_get_table_and_json(cli: Harness) -> None:
+def test_get_table_and_json(cli: CliHarness) -> None:
     cli("put", "k1", "v1")
     cli("put", "key2", "value2")
     code, out, _ = cli("get", "k", "--prefix", "-w", "table")
@@ -325,14 +173,14 @@ def test_get_table_and_json(cli: Harness) -> None:
     assert "| key2 | value2 |" in out
     code, out, _ = cli("get", "k1", "-w", "json")
     doc = json.loads(out)
-    assert doc["header"]["revision"] == cli.last.rev
+    assert doc["header"]["revision"] == cli.store.revision
     assert doc["count"] == 1 and doc["more"] is False
     kv = doc["kvs"][0]
     assert base64.b64decode(kv["key"]) == b"k1" and base64.b64decode(kv["value"]) == b"v1"
     assert kv["version"] == 1 and kv["create_revision"] == kv["mod_revision"]
 
 
-def test_del(cli: Harness) -> None:
+def test_del(cli: CliHarness) -> None:
     cli("put", "a1", "x")
     cli("put", "a2", "y")
     assert cli("del", "a1") == (0, "1\n", "")
@@ -340,14 +188,14 @@ def test_del(cli: Harness) -> None:
     assert cli("del", "nothing") == (0, "0\n", "")
 
 
-def test_txn_from_stdin(cli: Harness) -> None:
+def test_txn_from_stdin(cli: CliHarness) -> None:
     cli("put", "k", "v")
     text = 'value("k") = "v"\n\nput k w\nget k\n\nput k other\n'
     code, out, err = cli("txn", stdin=text)
     assert (code, err) == (0, "")
     assert out == "SUCCESS\n\nOK\n\nk\nw\n"
-    _, kw = cli.last.calls[0]
-    assert kw["txn"].compare[0].operand == b"v"
+    (txn,), _ = cli.spied("txn").await_args_list[-1]
+    assert txn.compare[0].operand == b"v"
     code, out, _ = cli("txn", "-w", "json", stdin="\nput x 1\n")
     doc = json.loads(out)
     assert doc["succeeded"] is True and "response_put" in doc["responses"][0]
@@ -355,34 +203,36 @@ def test_txn_from_stdin(cli: Harness) -> None:
     assert code == 1 and err.startswith("Error: malformed comparison")
 
 
-def test_leases(cli: Harness) -> None:
-    assert cli("lease", "grant", "10") == (0, "lease 694d77aa9e38260f granted with TTL(10s)\n", "")
-    assert cli("lease", "list") == (0, "found 1 leases\n694d77aa9e38260f\n", "")
-    code, out, _ = cli("lease", "timetolive", "694d77aa9e38260f", "--keys")
+def test_leases(cli: CliHarness) -> None:
+    code, out, err = cli("lease", "grant", "10")
+    granted = re.fullmatch(r"lease ([0-9a-f]+) granted with TTL\(10s\)\n", out)
+    assert (code, err) == (0, "") and granted is not None
+    lid = granted[1]
+    assert cli("lease", "list") == (0, f"found 1 leases\n{lid}\n", "")
+    cli("put", "b", "2", "--lease", lid)
+    cli("put", "a", "1", "--lease", lid)
+    code, out, _ = cli("lease", "timetolive", lid, "--keys")
     assert code == 0
-    assert out == (
-        "lease 694d77aa9e38260f granted with TTL(10s), remaining(9s), attached keys([a b])\n"
-    )
-    assert cli("lease", "revoke", "694d77aa9e38260f") == (0, "lease 694d77aa9e38260f revoked\n", "")
-    assert cli("lease", "timetolive", "694d77aa9e38260f") == (
-        0,
-        "lease 694d77aa9e38260f already expired\n",
-        "",
-    )
-    assert cli("lease", "revoke", "694d77aa9e38260f") == (
-        1,
-        "",
-        "Error: requested lease not found\n",
-    )
-    cli("put", "k", "v", "--lease", "0x10")
-    assert cli.last.calls[0][1]["lease"] == 16
+    assert out == f"lease {lid} granted with TTL(10s), remaining(10s), attached keys([a b])\n"
+    assert cli("lease", "revoke", lid) == (0, f"lease {lid} revoked\n", "")
+    assert cli("lease", "timetolive", lid) == (0, f"lease {lid} already expired\n", "")
+    assert cli("lease", "revoke", lid) == (1, "", "Error: lease not found\n")
+    assert cli("put", "k", "v", "--lease", "0x10") == (1, "", "Error: lease not found\n")
+    cli.apply(LeaseGrant(16, 30))
+    assert cli("put", "k", "v", "--lease", "0x10") == (0, "OK\n", "")
+    assert cli.spied("put").await_args_list[-1].kwargs["lease"] == 16
+    assert cli.store.range(Range(b"k")).kvs[0].lease == 16
 
 
-def test_compaction_and_member_list(cli: Harness) -> None:
+def test_compaction_and_member_list() -> None:
+    cli = CliHarness(args=ENDPOINT, client_class=_OneMemberDown)
+    for i in range(5):
+        cli.put(f"k{i}", "v")
     assert cli("compaction", "5") == (0, "compacted revision 5\n", "")
+    assert cli.store.compact_revision == 5
     code, out, _ = cli("member", "list")
     assert out.splitlines() == [
-        "1, started, n1, tcp://127.0.0.1:2380, http://127.0.0.1:2379, false, true",
+        "1, started, memory, , memory://127.0.0.1:2379, false, true",
         "ab, unreachable, n2, tcp://127.0.0.1:2382, http://127.0.0.1:2381, false, false",
     ]
     code, out, _ = cli("member", "list", "-w", "table")
@@ -392,15 +242,17 @@ def test_compaction_and_member_list(cli: Harness) -> None:
     assert json.loads(out)["members"][1]["name"] == "n2"
 
 
-def test_endpoint_status_and_health(cli: Harness) -> None:
-    code, out, err = cli("--endpoints", "127.0.0.1:2379,127.0.0.1:9", "endpoint", "status")
+def test_endpoint_status_and_health(cli: CliHarness) -> None:
+    down = CliHarness(args=ENDPOINT, client_class=_SecondEndpointDown)
+    code, out, err = down("--endpoints", "127.0.0.1:2379,127.0.0.1:9", "endpoint", "status")
     assert code == 1
-    assert out.startswith("127.0.0.1:2379, 1, n1, 0.1.0, 0 B, true,")
+    assert down.factory_args[-1] == (["127.0.0.1:2379", "127.0.0.1:9"], 5.0)
+    assert out.startswith("127.0.0.1:2379, 1, memory, , 0 B, true,")
     assert err == (
         "Error: failed to get the status of endpoint 127.0.0.1:9: cannot connect to 127.0.0.1:9\n"
     )
     code, out, _ = cli("endpoint", "status", "-w", "json")
-    assert code == 0 and json.loads(out)[0]["Status"]["name"] == "n1"
+    assert code == 0 and json.loads(out)[0]["Status"]["name"] == "memory"
     code, out, err = cli("endpoint", "health")
     assert code == 0 and err == ""
     assert out.startswith("127.0.0.1:2379 is healthy: successfully committed proposal: took = ")
@@ -408,15 +260,16 @@ def test_endpoint_status_and_health(cli: Harness) -> None:
     assert cli.factory_args[-1] == (["127.0.0.1:2379"], 5.0)
 
 
-def test_registry_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    h = Harness(fail=Unavailable("put failed after 3 attempts; last error: cannot connect"))
+def test_registry_errors_are_one_line() -> None:
+    h = CliHarness(args=ENDPOINT, unavailable=True)
     code, out, err = h("put", "k", "v")
     assert (code, out) == (1, "")
-    assert err == "Error: put failed after 3 attempts; last error: cannot connect\n"
-    assert h.last.closed
+    assert err == "Error: memory registry is unavailable\n"
+    with pytest.raises(FailedPrecondition, match="closed"):  # the command closed its client
+        asyncio.run(h.last.get("k"))
 
 
-def test_bad_timeout_and_endpoints(cli: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_timeout_and_endpoints(cli: CliHarness, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, _ = cli("--timeout", "0", "get", "k")
     assert code == 2 and "must be positive" in capsys.readouterr().err  # bad usage
     code, _, err = cli("--endpoints", "nohostport", "get", "k")

@@ -10,20 +10,18 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 
-from raftreg.cli import run
 from raftreg.client import MemoryRegistryClient
+from raftreg.common.keys import prefix_range_end
 from raftreg.common.types import Put, Range
 from raftreg.concurrency import Election, Session
-from raftreg.store import Store
 from raftreg.store.commands import LeaseGrant, Request
+from tests.cli_harness import CliHarness
 
 pytestmark = pytest.mark.timeout(20)
-
-Script = Callable[[MemoryRegistryClient, "asyncio.Task[object]", io.StringIO], Awaitable[None]]
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -32,73 +30,41 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.001)
 
 
-class Harness:
-    def __init__(self) -> None:
-        self.store = Store()
-        self.out = io.StringIO()
-        self.err = io.StringIO()
-        self.script_error: BaseException | None = None
-
-    def run(self, argv: Sequence[str], script: Script) -> int:
-        self.out, self.err = io.StringIO(), io.StringIO()
-
-        def factory(endpoints: Sequence[str], timeout: float) -> MemoryRegistryClient:
-            m = MemoryRegistryClient(store=self.store, seed=5)
-            main = asyncio.current_task()
-            assert main is not None
-
-            async def drive() -> None:
-                try:
-                    await script(m, main, self.out)
-                except asyncio.CancelledError:
-                    pass  # the command ended first; asyncio.run cancels leftovers
-                except BaseException as e:
-                    self.script_error = e
-                    main.cancel()
-
-            asyncio.get_running_loop().create_task(drive())
-            return m
-
-        code = run(argv, client_factory=factory, stdout=self.out, stderr=self.err)
-        if self.script_error is not None:
-            raise self.script_error
-        return code
-
-    def keys(self, prefix: bytes) -> list[bytes]:
-        return [kv.key for kv in self.store.range(Range(prefix, prefix[:-1] + b"0")).kvs]
+def keys(h: CliHarness, prefix: bytes) -> list[bytes]:
+    return [kv.key for kv in h.store.range(Range(prefix, prefix_range_end(prefix))).kvs]
 
 
 def test_lock_prints_its_key_holds_until_ctrl_c_and_then_lets_go() -> None:
-    h = Harness()
+    h = CliHarness()
     seen: list[bytes] = []
 
     async def script(m: MemoryRegistryClient, main: asyncio.Task[object], out: io.StringIO) -> None:
         await until(lambda: out.getvalue().endswith("\n"))
-        seen.extend(h.keys(b"jobs/"))
+        seen.extend(keys(h, b"jobs/"))
         main.cancel()
 
-    assert h.run(["lock", "jobs"], script) == 0
+    assert h("lock", "jobs", script=script)[0] == 0
     (line,) = h.out.getvalue().splitlines()
     assert seen == [line.encode()] and line.startswith("jobs/")
-    assert h.keys(b"jobs/") == [] and h.err.getvalue() == ""
+    assert keys(h, b"jobs/") == [] and h.err.getvalue() == ""
 
 
 def test_lock_waits_for_the_holder_and_ctrl_c_while_waiting_leaves_no_key() -> None:
-    h = Harness()
+    h = CliHarness()
     # another process holds the lock already: its key, under its lease, heads the queue
     h.store.apply(Request(LeaseGrant(0xABC, 30)))
     h.store.apply(Request(Put(b"jobs/abc", b"", lease=0xABC)))
 
     async def script(m: MemoryRegistryClient, main: asyncio.Task[object], out: io.StringIO) -> None:
-        await until(lambda: len(h.keys(b"jobs/")) == 2)  # the command waits behind it
+        await until(lambda: len(keys(h, b"jobs/")) == 2)  # the command waits behind it
         main.cancel()
 
-    assert h.run(["lock", "jobs"], script) == 0
-    assert h.out.getvalue() == "" and h.keys(b"jobs/") == [b"jobs/abc"]
+    assert h("lock", "jobs", script=script)[0] == 0
+    assert h.out.getvalue() == "" and keys(h, b"jobs/") == [b"jobs/abc"]
 
 
 def test_lock_exits_1_when_its_lease_is_lost() -> None:
-    h = Harness()
+    h = CliHarness()
 
     async def script(m: MemoryRegistryClient, main: asyncio.Task[object], out: io.StringIO) -> None:
         await until(lambda: out.getvalue().endswith("\n"))
@@ -108,14 +74,14 @@ def test_lock_exits_1_when_its_lease_is_lost() -> None:
             m.advance(0.5)
             await asyncio.sleep(0.001)
 
-    assert h.run(["lock", "--ttl", "3", "jobs", "-w", "json"], script) == 1
+    assert h("lock", "--ttl", "3", "jobs", "-w", "json", script=script)[0] == 1
     doc = json.loads(h.out.getvalue())
     assert doc["create_revision"] > 0 and doc["lease"] > 0
     assert "was lost" in h.err.getvalue()
 
 
 def test_elect_without_proposal_prints_each_leader() -> None:
-    h = Harness()
+    h = CliHarness()
 
     async def script(m: MemoryRegistryClient, main: asyncio.Task[object], out: io.StringIO) -> None:
         async with Session(m, ttl=10) as s1, Session(m, ttl=10) as s2:
@@ -123,20 +89,20 @@ def test_elect_without_proposal_prints_each_leader() -> None:
             await alice.campaign("alice")
             await until(lambda: out.getvalue().count("\n") == 2)
             t = asyncio.create_task(bob.campaign("bob"))
-            await until(lambda: len(h.keys(b"boss/")) == 2)  # bob waits: nothing printed
+            await until(lambda: len(keys(h, b"boss/")) == 2)  # bob waits: nothing printed
             await alice.proclaim("alice-2")
             await alice.resign()
             await t
             await until(lambda: out.getvalue().count("\n") == 6)
             main.cancel()
 
-    assert h.run(["elect", "boss"], script) == 0
+    assert h("elect", "boss", script=script)[0] == 0
     out = h.out.getvalue().splitlines()
     assert out[1::2] == ["alice", "alice-2", "bob"] and all(k.startswith("boss/") for k in out[::2])
 
 
 def test_elect_with_a_proposal_leads_until_ctrl_c_then_resigns() -> None:
-    h = Harness()
+    h = CliHarness()
 
     async def script(m: MemoryRegistryClient, main: asyncio.Task[object], out: io.StringIO) -> None:
         await until(lambda: out.getvalue().count("\n") == 2)
@@ -144,6 +110,6 @@ def test_elect_with_a_proposal_leads_until_ctrl_c_then_resigns() -> None:
         assert kv.value == b"me"
         main.cancel()
 
-    assert h.run(["elect", "boss", "me"], script) == 0
+    assert h("elect", "boss", "me", script=script)[0] == 0
     key, value = h.out.getvalue().splitlines()
-    assert key.startswith("boss/") and value == "me" and h.keys(b"boss/") == []
+    assert key.startswith("boss/") and value == "me" and keys(h, b"boss/") == []

@@ -9,21 +9,18 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from raftreg.cli import parse_setting, parse_setting_value, run
+from raftreg.cli import parse_setting, parse_setting_value
 from raftreg.client import MemoryRegistryClient
-from raftreg.common.types import Put
 from raftreg.discovery.instance import Instance, encode_instance
-from raftreg.store import Store
-from raftreg.store.commands import Compact, Request
+from raftreg.store.commands import Compact
+from tests.cli_harness import CliHarness
 
 pytestmark = pytest.mark.timeout(20)
-
-Script = Callable[[MemoryRegistryClient, "asyncio.Task[object]", io.StringIO], Awaitable[None]]
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -32,48 +29,9 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
             await asyncio.sleep(0.001)
 
 
-class Harness:
-    """Runs `raftreg` commands against one in-memory store."""
-
-    def __init__(self, store: Store | None = None) -> None:
-        self.store = store or Store()
-        self.script_error: BaseException | None = None
-
-    def __call__(self, *argv: str, script: Script | None = None) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-
-        def factory(endpoints: Sequence[str], timeout: float) -> MemoryRegistryClient:
-            m = MemoryRegistryClient(store=self.store, seed=5)
-            main = asyncio.current_task()
-            assert main is not None
-            if script is not None:
-
-                async def drive() -> None:
-                    try:
-                        await script(m, main, out)
-                    except asyncio.CancelledError:
-                        pass
-                    except BaseException as e:
-                        self.script_error = e
-                        main.cancel()
-
-                asyncio.get_running_loop().create_task(drive())
-            return m
-
-        code = run(list(argv), client_factory=factory, stdout=out, stderr=err)
-        if self.script_error is not None:
-            raise self.script_error
-        return code, out.getvalue(), err.getvalue()
-
-    def put(self, key: str, value: str | bytes) -> int:
-        v = value.encode() if isinstance(value, str) else value
-        result, _ = self.store.apply(Request(Put(key.encode(), v)))
-        return result.revision
-
-
 @pytest.fixture
-def cli() -> Harness:
-    return Harness()
+def cli() -> CliHarness:
+    return CliHarness()
 
 
 def test_setting_values_are_json_or_else_strings() -> None:
@@ -96,7 +54,7 @@ def test_setting_values_are_json_or_else_strings() -> None:
             parse_setting(bad)
 
 
-def test_config_set_and_get_in_every_format(cli: Harness) -> None:
+def test_config_set_and_get_in_every_format(cli: CliHarness) -> None:
     code, out, err = cli("config", "set", "gw", "ratelimit.rps=100", "balancer.policy=weighted",
                          "hosts=[\"a\",\"b\"]", "old=1")
     assert (code, err) == (0, "")
@@ -122,7 +80,7 @@ def test_config_set_and_get_in_every_format(cli: Harness) -> None:
         1, "", "Error: gw has no setting 'missing'\n")
 
 
-def test_config_set_refusals(cli: Harness) -> None:
+def test_config_set_refusals(cli: CliHarness) -> None:
     assert cli("config", "set", "gw")[0:3:2] == (1, "Error: nothing to publish\n")
     code, _, err = cli("config", "set", "gw", "a=1", "--delete", "a")
     assert code == 1 and err == "Error: setting 'a' given twice\n"
@@ -137,7 +95,7 @@ def test_config_set_refusals(cli: Harness) -> None:
     assert cli("config", "get", "gw", "a") == (0, "2\n", "")
 
 
-def test_a_stored_value_that_is_not_json_is_a_warning(cli: Harness) -> None:
+def test_a_stored_value_that_is_not_json_is_a_warning(cli: CliHarness) -> None:
     cli("config", "set", "gw", "a=1")
     cli.put("/config/gw/b", "{broken")
     code, out, err = cli("config", "get", "gw")
@@ -152,7 +110,7 @@ def test_a_stored_value_that_is_not_json_is_a_warning(cli: Harness) -> None:
     assert code == 1 and out == "" and err.startswith("Error: gw setting 'b': value is not JSON")
 
 
-def test_history_and_rollback(cli: Harness) -> None:
+def test_history_and_rollback(cli: CliHarness) -> None:
     cli("config", "set", "gw", "a=1", "b=x")
     cli("config", "set", "gw", "a=2", "--delete", "b")
     cli.put("/config/gw/c", "{broken")
@@ -180,7 +138,7 @@ def test_history_and_rollback(cli: Harness) -> None:
     code, _, err = cli("config", "rollback", "gw", "--rev", "60")
     assert code == 1 and "future revision" in err
 
-    cli.store.apply(Request(Compact(4)))
+    cli.apply(Compact(4))
     code, out, err = cli("config", "history", "gw")
     assert code == 0 and out.splitlines()[0] == "4 SET c={broken"
     assert "Note: history of gw before revision 4 has been compacted\n" in err
@@ -188,7 +146,7 @@ def test_history_and_rollback(cli: Harness) -> None:
     assert code == 1 and "compacted" in err
 
 
-def test_config_watch_prints_changes_until_ctrl_c(cli: Harness) -> None:
+def test_config_watch_prints_changes_until_ctrl_c(cli: CliHarness) -> None:
     async def script(m: MemoryRegistryClient, main: asyncio.Task[object], out: io.StringIO) -> None:
         await until(lambda: m.watch_count == 1)
         await m.put("/config/gw/a", "1")
@@ -212,7 +170,7 @@ def test_config_watch_prints_changes_until_ctrl_c(cli: Harness) -> None:
     assert docs[0] == {"service": "gw", "revision": 2, "puts": {"a": 1}, "deletes": [],
                        "invalid": {}}
     assert docs[1]["invalid"]["b"]["raw"] == "oops"
-    cli.store.apply(Request(Compact(4)))
+    cli.apply(Compact(4))
     code, _, err = cli("config", "watch", "gw", "--rev", "2")
     assert code == 1 and "compact revision 4" in err
 
@@ -221,7 +179,7 @@ def _instance(service: str, iid: str, **kw: Any) -> bytes:
     return encode_instance(Instance(service, iid, kw.pop("address", "10.0.0.1:80"), **kw))
 
 
-def test_services_list_shows_instances_and_warns_about_malformed_ones(cli: Harness) -> None:
+def test_services_list_shows_instances_and_warns_about_malformed_ones(cli: CliHarness) -> None:
     now = time.time()
     cli.put("/services/user/i1", _instance("user", "i1", weight=3, zone="z1", version="v1",
                                            registered_at=now - 125))
@@ -254,7 +212,7 @@ def test_services_list_shows_instances_and_warns_about_malformed_ones(cli: Harne
     assert code == 1 and err.startswith("Error: service 'a/b'")
 
 
-def test_services_watch_prints_added_updated_removed_until_ctrl_c(cli: Harness) -> None:
+def test_services_watch_prints_added_updated_removed_until_ctrl_c(cli: CliHarness) -> None:
     cli.put("/services/user/i1", _instance("user", "i1"))
 
     async def script(m: MemoryRegistryClient, main: asyncio.Task[object], out: io.StringIO) -> None:

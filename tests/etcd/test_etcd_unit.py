@@ -153,3 +153,44 @@ def test_the_adapter_satisfies_the_registry_client_protocol() -> None:
     from raftreg.client import RegistryClient
 
     assert isinstance(EtcdRegistryClient("etcd://127.0.0.1:1"), RegistryClient)
+
+
+def test_one_request_writer_writes_both_protocols_byte_for_byte() -> None:
+    """`raftreg.common.convert` writes requests once for both generated modules and reads
+    etcd's responses with raftreg's readers: that holds while the shapes agree field for field."""
+    from raftreg.client.etcd.client import ETCD
+    from raftreg.common import convert
+    from raftreg.common.types import (
+        Compare,
+        CompareResult,
+        CompareTarget,
+        DeleteRange,
+        Put,
+        Range,
+        SortOrder,
+        SortTarget,
+        Txn,
+    )
+    from raftreg.pb import raftreg_pb2
+
+    txn = Txn(
+        compare=(Compare(b"k", CompareTarget.VALUE, CompareResult.NOT_EQUAL, b"v", b"l"),
+                 Compare(b"m", CompareTarget.MOD, CompareResult.LESS, 7)),
+        success=(Range(b"a", b"\0", 3, 2, SortOrder.DESCEND, SortTarget.MOD, True, False, 1),
+                 Put(b"k", b"\xff", 5, True, False, True)),
+        failure=(DeleteRange(b"d", b"e", True), Txn(success=(Put(b"x", b"y"),))),
+    )
+    assert ETCD.txn(txn).SerializeToString() == convert.RAFTREG.txn(txn).SerializeToString()
+    assert isinstance(ETCD.txn(txn), pb.TxnRequest)
+
+    kv = dict(key=b"k", create_revision=2, mod_revision=4, version=3, value=b"v", lease=9)
+    resp = pb.TxnResponse(header=pb.ResponseHeader(revision=4), succeeded=True, responses=[
+        pb.ResponseOp(response_range=pb.RangeResponse(kvs=[pb.KeyValue(**kv)], count=1)),
+        pb.ResponseOp(response_put=pb.PutResponse(prev_kv=pb.KeyValue(**kv))),
+    ])
+    ours = raftreg_pb2.TxnResponse.FromString(resp.SerializeToString())
+    got = convert.txn_result_from_pb(resp)
+    assert got == convert.txn_result_from_pb(ours)
+    assert got.revision == 4 and got.responses[0].revision == 4  # nested headers: the txn's
+    ev = pb.Event(type=pb.Event.DELETE, kv=pb.KeyValue(**kv), prev_kv=pb.KeyValue(**kv))
+    assert convert.event_from_pb(ev).prev_kv == convert.kv_from_pb(pb.KeyValue(**kv))

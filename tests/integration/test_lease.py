@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from raftreg.client.protocol import prefix_range_end
+from raftreg.common.keys import prefix_range_end
 from raftreg.config import ClusterSettings, load_config
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg

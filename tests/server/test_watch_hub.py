@@ -17,7 +17,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftreg.client.protocol import prefix_range_end
+from raftreg.common.keys import prefix_range_end
 from raftreg.common.types import DeleteRange, Event, EventType, Put, Txn
 from raftreg.server.watch_hub import (
     ALL_KEYS,

@@ -29,23 +29,19 @@ from raftreg.errors import (
     RegistryError,
 )
 from raftreg.store import (
-    Barrier,
     Command,
     Compact,
     Done,
     ExpireClients,
     Failure,
     LeaderEpoch,
-    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
     MemberUpdate,
     Request,
     Store,
-    decode_batch,
     decode_request,
-    encode_batch,
     encode_request,
     failure_to_error,
 )
@@ -81,9 +77,7 @@ COMMANDS: list[Command] = [
     MemberUpdate(5, "n4", "127.0.0.1:1", "127.0.0.1:2"),
     MemberUpdate(5, "n4", "127.0.0.1:1", "127.0.0.1:2", removed=True),
     LeaderEpoch(7),
-    LeaseCheckpoint(((1, 500), (2, 0))),
     ExpireClients(1_700_000_000_000),
-    Barrier(),
 ]
 
 
@@ -93,7 +87,6 @@ def test_request_round_trip(command: Command) -> None:
     data = encode_request(req)
     assert isinstance(data, bytes)
     assert decode_request(data) == req
-    assert decode_batch(data) == [req]  # a single request is a one-item batch
     assert encode_request(decode_request(data)) == data
 
 
@@ -106,12 +99,14 @@ def test_decoded_enums_are_enums() -> None:
     assert isinstance(rng, Range) and type(rng.sort_order) is SortOrder
 
 
-def test_batch_round_trip() -> None:
-    reqs = [Request(c, now_ms=i, client_id=1, seq=i + 1) for i, c in enumerate(COMMANDS)]
-    assert decode_batch(encode_batch(reqs)) == reqs
-    assert decode_batch(encode_batch([])) == []
-    with pytest.raises(InvalidArgument):
-        decode_request(encode_batch(reqs))
+def test_retired_tags_are_refused_by_name() -> None:
+    """Tags 8 (lease checkpoint), 10 (barrier) and the batch envelope 2 were never written to a
+    log; they stay reserved and decoding one says so."""
+    for data, what in ((_pk([1, 0, 0, 0, [8, [[1, 500]]]]), "lease checkpoint"),
+                       (_pk([1, 0, 0, 0, [10]]), "barrier"),
+                       (_pk([2, [_pk([1, 0, 0, 0, [4, 1]])]]), "batch")):
+        with pytest.raises(InvalidArgument, match=f"retired .*{what}"):
+            decode_request(data)
 
 
 def _pk(obj: object) -> bytes:
@@ -149,8 +144,6 @@ GARBAGE: list[bytes] = [
 def test_garbage_rejected(data: bytes) -> None:
     with pytest.raises(InvalidArgument):
         decode_request(data)
-    with pytest.raises(InvalidArgument):
-        decode_batch(data)
 
 
 def test_deep_txn_nesting_rejected_by_decoder() -> None:
@@ -170,7 +163,7 @@ def test_non_bytes_input_rejected() -> None:
 @given(st.binary(max_size=64))
 def test_random_bytes_only_raise_invalid_argument(data: bytes) -> None:
     with contextlib.suppress(InvalidArgument):
-        decode_batch(data)
+        decode_request(data)
 
 
 @settings(max_examples=200, deadline=None)
@@ -205,7 +198,6 @@ def _busy_store() -> Store:
     s = Store()
     run(s, LeaseGrant(1, 10))
     run(s, LeaseGrant(2, 20))
-    run(s, LeaseCheckpoint(((2, 1234),)))
     put(s, b"a", b"1", lease=1)
     put(s, b"b", b"1")
     s.apply(Request(Put(b"a", b"2", lease=2, prev_kv=True), now_ms=5, client_id=3, seq=1))
@@ -263,9 +255,6 @@ def test_hash_tracks_state() -> None:
     assert a.hash() != b.hash()
     run(b, LeaseGrant(1, 5))
     assert a.hash() == b.hash()
-    run(a, LeaseCheckpoint(((1, 3),)))
-    assert a.hash() != b.hash()
-    run(b, LeaseCheckpoint(((1, 3),)))
     put(a, b"k", b"2")
     put(b, b"k", b"3")
     assert a.hash() != b.hash()
@@ -278,7 +267,7 @@ def test_restore_rejects_corrupt_and_keeps_state() -> None:
     bad: list[bytes] = [
         b"",
         b"\x00garbage",
-        encode_request(Request(Barrier())),
+        encode_request(Request(Compact(1))),  # a log entry, not a snapshot
         _pk(["raftreg.store", 2, [], [], []]),
         _pk(["other", 1, [1, 0, [], []], [], []]),
         _pk(["raftreg.store", 1, [0, 0, [], []], [], []]),  # revision 0
@@ -319,7 +308,7 @@ def test_results_round_trip() -> None:
         run(s, LeaseGrant(9, 9)),
         run(s, Put(b"a", prev_kv=True)),
         run(s, DeleteRange(b"", b"\0", prev_kv=True)),
-        run(s, Barrier()),
+        run(s, LeaderEpoch(1)),
     ]
     for r in results:
         assert result_from_obj(result_to_obj(r)) == r

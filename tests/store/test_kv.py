@@ -21,7 +21,7 @@ from raftreg.common.types import (
     Txn,
 )
 from raftreg.errors import Compacted, FutureRevision, InvalidArgument
-from raftreg.store import Barrier, Compact, Done, LeaseGrant, Store
+from raftreg.store import Compact, Done, LeaderEpoch, LeaseGrant, Store
 
 from .helpers import failure, get, keys, put, run, run_events
 
@@ -220,7 +220,7 @@ def test_range_revision_errors() -> None:
 def test_revision_unchanged_by_non_writes() -> None:
     s = Store()
     put(s, b"a")
-    assert run(s, Barrier()) == Done(2)
+    assert run(s, LeaderEpoch(1)) == Done(2)
     run(s, LeaseGrant(1, 10))
     run(s, Txn((), (Range(b"a"),)))
     run(s, Compact(2))

@@ -1,4 +1,4 @@
-"""Leases (grant, attach, move, revoke, expire, checkpoint) and request identity (dedup)."""
+"""Leases (grant, attach, move, revoke, expire) and request identity (dedup)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ from raftreg.common.types import (
     TxnResult,
 )
 from raftreg.store import (
-    Barrier,
     Done,
     ExpireClients,
     LeaderEpoch,
-    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseInfo,
@@ -132,15 +130,6 @@ def test_expire_in_order_each_own_revision() -> None:
     assert s.key_count() == 0
 
 
-def test_checkpoint() -> None:
-    s = Store()
-    run(s, LeaseGrant(1, 10))
-    run(s, LeaseGrant(2, 10))
-    assert run(s, LeaseCheckpoint(((1, 4500), (77, 1)))) == Done(1)
-    assert s.lease(1) == LeaseInfo(1, 10, set(), 4500)
-    assert s.lease(2) == LeaseInfo(2, 10, set(), -1)
-
-
 def test_txn_put_attaches_lease() -> None:
     s = Store()
     run(s, LeaseGrant(3, 10))
@@ -210,7 +199,7 @@ def test_expire_clients() -> None:
     assert s.apply(Request(Put(b"a"), now_ms=6000, client_id=1, seq=1))[0] == PutResult(4)
     assert s.apply(Request(Put(b"b"), now_ms=6000, client_id=2, seq=1)) == (PutResult(3), [])
     # last-seen is refreshed by new requests
-    s.apply(Request(Barrier(), now_ms=9000, client_id=2, seq=2))
+    s.apply(Request(Txn(), now_ms=9000, client_id=2, seq=2))  # a request that writes nothing
     run(s, ExpireClients(idle_before_ms=8000))
     assert s.apply(Request(Put(b"a"), now_ms=9500, client_id=1, seq=1))[0] == PutResult(5)
     assert s.apply(Request(Put(b"b"), now_ms=9500, client_id=2, seq=1)) == (PutResult(3), [])

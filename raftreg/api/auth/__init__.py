@@ -6,7 +6,8 @@ Everything here is off unless configured (`[cluster]` settings `tls_cert_file`/`
 
 Modules, each with its contract in its docstring. Imports point one way, ranges <- policy <-
 authfile, rules <- interceptor; security uses them and nothing here imports it:
-- `ranges`: key ranges in etcd's encoding and prefix coverage (`covers`, `prefix_end`).
+- `ranges`: key ranges in etcd's encoding and prefix coverage (`covers`, `describe`); the
+  prefix rule itself is `raftreg.common.keys.prefix_range_end`.
 - `policy`: principals and their permissions, users by token digest, authentication
   (`Principal`, `AuthPolicy`, `token_sha256`, `internal_token`).
 - `authfile`: the TOML auth file, its format and validation (`parse_auth`, `load_auth_file`).
@@ -30,22 +31,18 @@ from raftreg.api.auth.policy import (
     internal_token,
     token_sha256,
 )
-from raftreg.api.auth.ranges import covers, prefix_end
+from raftreg.api.auth.ranges import covers
 from raftreg.api.auth.rules import (
     BATCH,
-    COMPACT,
     DELETE_RANGE,
     LEASE_GRANT,
     LEASE_KEEPALIVE,
     LEASE_LEASES,
     LEASE_REVOKE,
     LEASE_TTL,
-    MEMBER_ADD,
     MEMBER_LIST,
-    MEMBER_REMOVE,
     PUT,
     RANGE,
-    SNAPSHOT,
     STATUS,
     TXN,
     WATCH,
@@ -59,7 +56,6 @@ from raftreg.api.auth.security import NodeSecurity
 
 __all__ = [
     "BATCH",
-    "COMPACT",
     "DELETE_RANGE",
     "INTERNAL_USER",
     "LEASE_GRANT",
@@ -67,12 +63,9 @@ __all__ = [
     "LEASE_LEASES",
     "LEASE_REVOKE",
     "LEASE_TTL",
-    "MEMBER_ADD",
     "MEMBER_LIST",
-    "MEMBER_REMOVE",
     "PUT",
     "RANGE",
-    "SNAPSHOT",
     "STATUS",
     "TXN",
     "WATCH",
@@ -89,6 +82,5 @@ __all__ = [
     "load_auth_file",
     "native_method",
     "parse_auth",
-    "prefix_end",
     "token_sha256",
 ]

@@ -8,31 +8,21 @@ range starts with it (`covers`).
 
 from __future__ import annotations
 
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range_end of every key starting with `prefix` (etcd's GetPrefixRangeEnd); b"\\0"
-    (every key >= prefix) when the prefix is empty or all 0xff."""
-    end = bytearray(prefix)
-    while end and end[-1] == 0xFF:
-        end.pop()
-    if not end:
-        return b"\0"
-    end[-1] += 1
-    return bytes(end)
+from raftreg.common.keys import prefix_range_end
 
 
 def covers(prefix: bytes, key: bytes, range_end: bytes) -> bool:
     """Whether every key of the range (etcd's encoding: range_end b"" = the single key,
     b"\\0" = every key >= key, else [key, range_end)) starts with `prefix`.
 
-    Keys starting with `prefix` are exactly [prefix, prefix_end(prefix)), so the range is
+    Keys starting with `prefix` are exactly [prefix, prefix_range_end(prefix)), so the range is
     covered when it starts inside that interval and ends no later. A range_end <= key (an
     empty range) that starts inside is covered too."""
     if not key.startswith(prefix):
         return False
     if range_end == b"":
         return True
-    limit = prefix_end(prefix)
+    limit = prefix_range_end(prefix)
     if limit == b"\0":  # the prefix reaches the end of the key space
         return True
     return range_end != b"\0" and range_end <= limit
@@ -47,6 +37,6 @@ def describe(key: bytes, range_end: bytes) -> str:
         return f"key {_text(key)}"
     if range_end == b"\0":
         return f"every key >= {_text(key)}"
-    if range_end == prefix_end(key):
+    if range_end == prefix_range_end(key):
         return f"keys with prefix {_text(key)}"
     return f"range [{_text(key)}, {_text(range_end)})"

@@ -56,7 +56,6 @@ RANGE = "/raftreg.v1.KV/Range"
 PUT = "/raftreg.v1.KV/Put"
 DELETE_RANGE = "/raftreg.v1.KV/DeleteRange"
 TXN = "/raftreg.v1.KV/Txn"
-COMPACT = "/raftreg.v1.KV/Compact"
 BATCH = "/raftreg.v1.KV/Batch"
 WATCH = "/raftreg.v1.Watch/Watch"
 LEASE_GRANT = "/raftreg.v1.Lease/LeaseGrant"
@@ -65,10 +64,7 @@ LEASE_KEEPALIVE = "/raftreg.v1.Lease/LeaseKeepAlive"
 LEASE_TTL = "/raftreg.v1.Lease/LeaseTimeToLive"
 LEASE_LEASES = "/raftreg.v1.Lease/LeaseLeases"
 MEMBER_LIST = "/raftreg.v1.Cluster/MemberList"
-MEMBER_ADD = "/raftreg.v1.Cluster/MemberAdd"
-MEMBER_REMOVE = "/raftreg.v1.Cluster/MemberRemove"
 STATUS = "/raftreg.v1.Maintenance/Status"
-SNAPSHOT = "/raftreg.v1.Maintenance/Snapshot"
 
 Check = Callable[["Principal", Any], None]
 

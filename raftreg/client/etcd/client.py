@@ -46,7 +46,6 @@ from raftreg import errors as E
 from raftreg.client.bidi import KeepAliveCall
 from raftreg.client.endpoint_pool import NotConnected
 from raftreg.client.endpoints import normalize_endpoint, normalize_endpoints
-from raftreg.client.etcd import convert
 from raftreg.client.etcd.errors import rpc_error
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
 from raftreg.client.etcd.watch_wire import REQUIRE_LEADER, WATCH_PATH
@@ -63,7 +62,9 @@ from raftreg.client.protocol import (
 )
 from raftreg.client.resumable_watch import Watch
 from raftreg.client.security import ClientSecurity, wants_tls
+from raftreg.common import convert
 from raftreg.common.clock import Clock
+from raftreg.common.convert import RequestWriter
 from raftreg.common.types import (
     DeleteRange,
     DeleteResult,
@@ -79,6 +80,10 @@ from raftreg.common.types import (
 )
 
 T = TypeVar("T")
+
+# Requests as etcd's messages; responses and events are read by `raftreg.common.convert`'s
+# readers, which take etcd's messages as they are (raftreg.v1 mirrors them).
+ETCD = RequestWriter(pb)
 
 # etcd's gRPC method paths (etcdserverpb/rpc.proto services).
 RANGE = "/etcdserverpb.KV/Range"
@@ -243,7 +248,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         sort_target: SortTarget = SortTarget.KEY,
     ) -> RangeResult:
         k, end = resolve_range(key, range_end, prefix)
-        req = convert.range_to_pb(
+        req = ETCD.range(
             Range(k, end, revision, limit, sort_order, sort_target, keys_only, count_only),
             serializable=serializable,
         )
@@ -256,7 +261,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
     async def put(
         self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False
     ) -> PutResult:
-        req = convert.put_to_pb(Put(to_bytes(key), to_bytes(value), lease, prev_kv))
+        req = ETCD.put(Put(to_bytes(key), to_bytes(value), lease, prev_kv))
 
         async def call(c: EtcdConn, t: float) -> PutResult:
             return convert.put_result_from_pb(await c.put(req, timeout=t))
@@ -272,7 +277,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         prev_kv: bool = False,
     ) -> DeleteResult:
         k, end = resolve_range(key, range_end, prefix)
-        req = convert.delete_to_pb(DeleteRange(k, end, prev_kv))
+        req = ETCD.delete(DeleteRange(k, end, prev_kv))
 
         async def call(c: EtcdConn, t: float) -> DeleteResult:
             return convert.delete_result_from_pb(await c.delete_range(req, timeout=t))
@@ -280,7 +285,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         return await self._call(call, "delete", write=True)
 
     async def txn(self, txn: Txn) -> TxnResult:
-        req = convert.txn_to_pb(txn)
+        req = ETCD.txn(txn)
         # A txn of reads only changes nothing and may be retried like a read.
         read_only = _read_only(txn)
 

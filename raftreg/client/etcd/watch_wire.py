@@ -21,10 +21,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from raftreg.client.etcd.convert import event_from_pb
 from raftreg.client.etcd.errors import rpc_error
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
 from raftreg.client.watch_mux import WatchCall, WatchWire
+from raftreg.common.convert import event_from_pb
 
 if TYPE_CHECKING:
     from raftreg.client.etcd.client import EtcdConn

@@ -22,7 +22,7 @@ from typing import Any
 
 from raftreg.client import GrpcRegistryClient, RegistryClient
 from raftreg.client.etcd import EtcdRegistryClient
-from raftreg.client.protocol import prefix_range_end
+from raftreg.common.keys import prefix_range_end
 from raftreg.common.types import Compare, CompareResult, CompareTarget, Put, Txn
 from raftreg.testing.history.records import LEASED, PREFIX, REG, History, WatchRecord
 from raftreg.testing.history.watchers import client_watch, raw_watch
