@@ -1,5 +1,9 @@
 """`GrpcRegistryClient`: the raftreg gRPC client (grpc.aio), leader-aware, with failover.
 
+One file on purpose (over 500 lines): it is one class, the client's public API (a short method
+per RPC) over the leader routing they all share; what is not specific to raftreg's wire (the
+channel pool, retries, watches) already lives in pooled_client.py and watch_mux.py.
+
 Contracts:
 - One channel per endpoint, created lazily on the event loop of the first call; a client is
   bound to that loop. Channels, endpoint ranking, failure marks, connection waits, backoff,

@@ -1,5 +1,5 @@
 """raftreg's durable raft log: a checksummed, append-only write-ahead log plus a small state file,
-installed under PySyncObj in place of its own journal (see `_Fsm` in raft.py).
+installed under PySyncObj in place of its own journal (see `_Fsm` in fsm.py).
 
 Files in the data dir:
 
@@ -26,7 +26,7 @@ Contracts:
   every buffered record in one write at the end of the file, then one `fdatasync` covers every
   entry appended (or truncated away) since the previous sync: group commit. The state file is
   written by the same `sync()` when term, vote (or, rarely, the commit hint) changed.
-  The caller (raft.py's durable point) calls `sync()` before any message reflecting the new
+  The caller (fsm.py's durable point) calls `sync()` before any message reflecting the new
   entries or the new term/vote leaves the node, and before the leader counts its own entries
   in a commit.
 - Recovery on open: records are read in order until the first one that is short, has a bad
@@ -402,7 +402,7 @@ class DurableJournal:
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         """Drop entries from list position `entryFrom` on (a raft conflict: never below the
-        commit index, see raft.py)."""
+        commit index, see fsm.py)."""
         if entryFrom >= len(self._entries):
             return
         cut = self._offsets[entryFrom]

@@ -1,5 +1,9 @@
 """The store's one msgpack codec: requests and the plain shapes snapshots are built from.
 
+One file on purpose (over 500 lines): it is the replicated log's and the snapshots' whole wire
+format, and every tag table, encoder and its decoder sit side by side here so that no tag can
+be added, renumbered or reused without the others in view.
+
 Every byte string the store accepts goes through `unpack` here and nowhere else. Decoders check
 shapes and exact types (`bool` is not an `int`, `str` is not `bytes`) and raise
 `raftreg.errors.InvalidArgument` — never anything else — on malformed, foreign or unknown input.

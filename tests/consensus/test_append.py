@@ -1,4 +1,4 @@
-"""The follower's AppendEntries (raft.py `_Fsm._append_entries`), fed messages directly:
+"""The follower's AppendEntries (fsm.py `_Fsm._append_entries`), fed messages directly:
 PySyncObj 0.3.17 deleted every entry after prevLogIdx on any overlap (committed and applied
 ones too); ours keeps matching entries and cuts only at a real conflict above the commit."""
 
@@ -15,8 +15,8 @@ from pysyncobj import SyncObjConf
 from pysyncobj.node import TCPNode
 
 from raftreg.config import new_secret
+from raftreg.consensus.fsm import _Fsm
 from raftreg.consensus.journal import DurableJournal
-from raftreg.consensus.raft import _Fsm
 from raftreg.testing.ports import free_ports
 
 NOOP = b"\x01"  # entries that apply as nothing, whatever the command codec

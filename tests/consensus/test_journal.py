@@ -365,8 +365,8 @@ def test_a_compaction_interrupted_after_the_dump_is_finished_on_start(
 ) -> None:
     """PySyncObj renames the dump, then compacts the log. After a crash in between, the log
     starts before the dump's two entries; PySyncObj would clear it on start (losing entries 7..10
-    here). raft.py finishes the compaction instead."""
-    from raftreg.consensus.raft import _resume_compaction
+    here). dump.py finishes the compaction instead."""
+    from raftreg.consensus.dump import _resume_compaction
 
     j = open_j(tmp_path, opened)
     fill(j, 1, 10)

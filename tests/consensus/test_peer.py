@@ -24,6 +24,7 @@ from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.encryptor import getEncryptor
 
 from raftreg.consensus import peer as P
+from raftreg.consensus import peer_wire as W
 from raftreg.consensus.commands import (
     APPEND_BATCH_BYTES,
     MAX_ENTRY_BYTES,
@@ -132,7 +133,7 @@ def test_authenticated_garbage_is_still_refused_before_syncobj_sees_it() -> None
         keys = P.PeerKeys(SECRET)
         tx, rx = keys.session(b"t", initiator=True), keys.session(b"t", initiator=False)
         header = (len(body) + P.TAG_BYTES).to_bytes(4, "big")
-        frame = header + tx._tx.encrypt(P._nonce(0), body, header)
+        frame = header + tx._tx.encrypt(W._nonce(0), body, header)
         with pytest.raises(P.ProtocolError):
             rx.open(*_split(frame))
 

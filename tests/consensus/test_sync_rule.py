@@ -20,7 +20,7 @@ import msgpack
 import pytest
 
 from raftreg.config import new_secret
-from raftreg.consensus import raft as R
+from raftreg.consensus import fsm as R
 from raftreg.consensus.journal import STATE_NAME
 from raftreg.consensus.raft import RaftNode, RaftSettings
 from raftreg.testing.ports import free_ports

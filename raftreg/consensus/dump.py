@@ -1,0 +1,103 @@
+"""The raft dump file (`raft.dump` in a node's data dir): its msgpack format, seeding an empty
+data dir with a store snapshot (`seed_data_dir`), and finishing a log compaction a crash
+interrupted (`_resume_compaction`).
+
+A dump is a msgpack map {magic, format, state (the store snapshot), entries (the last two log
+entries it covers, newest first), cluster (the members' raft addresses)}; nothing in it reaches
+pickle. `RaftNode`'s serializer hooks write and read it on PySyncObj's tick thread
+(`pack_dump`, `unpack_dump`); `seed_data_dir` and `_resume_compaction` run before the node
+starts, with no tick thread yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from raftreg.consensus.journal import DurableJournal, fsync_dir
+from raftreg.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger("raftreg.consensus")
+
+_DUMP_FORMAT = 2  # 2: entries hold msgpack commands (1: pickled, PySyncObj's journal)
+_DUMP_MAGIC = "raftreg-raft-dump"
+_NO_OP = b"\x01"  # PySyncObj's _COMMAND_TYPE.NO_OP entry
+
+
+def pack_dump(state: bytes, last_entry: Sequence[Any], prev_entry: Sequence[Any],
+              cluster: Sequence[str]) -> bytes:
+    """A dump's bytes: `state` plus the two log entries it covers and the members."""
+    return bytes(msgpack.packb({
+        "magic": _DUMP_MAGIC,
+        "format": _DUMP_FORMAT,
+        "state": state,
+        "entries": [list(last_entry), list(prev_entry)],
+        "cluster": sorted(cluster),
+    }))
+
+
+def unpack_dump(d: Any, filename: str) -> tuple[bytes, tuple[Any, ...], tuple[Any, ...], list[str]]:
+    """(state, last entry, previous entry, members) of an unpacked dump; `InvalidArgument` if
+    it is not a raftreg dump of this format."""
+    if not isinstance(d, dict) or d.get("magic") != _DUMP_MAGIC:
+        raise InvalidArgument(f"{filename} is not a raftreg raft dump")
+    if d.get("format") != _DUMP_FORMAT:
+        raise InvalidArgument(
+            f"{filename}: unsupported dump format {d.get('format')} (written by another "
+            "raftreg version; restore this member from a backup: `raftreg snapshot "
+            "restore`)")
+    last_entry, prev_entry = (tuple(e) for e in d["entries"])
+    return d["state"], last_entry, prev_entry, list(d["cluster"])
+
+
+def seed_data_dir(data_dir: Path, state: bytes, members: Sequence[str]) -> None:
+    """Prepare an EMPTY data dir so that the node starts from `state` (a store snapshot): a
+    raft dump whose log holds two no-op entries (index 2 and 3, term 0) marked applied. Every
+    member of the new cluster must be seeded with the same state, so their logs agree; new
+    entries then start at index 4. The log must not start at index 1: a member that joins
+    later (or loses its data dir) starts with PySyncObj's own no-op at index 1, and the leader
+    sends the snapshot only to a follower behind its first log entry — from index 1 it would
+    send entries and never the restored state."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    existing = [p.name for p in data_dir.iterdir() if p.name.startswith("raft.")]
+    if existing:
+        raise FailedPrecondition(
+            f"{data_dir} already holds raft data ({', '.join(sorted(existing))}); "
+            "restore only into a new, empty data dir"
+        )
+    blob = pack_dump(state, [_NO_OP, 3, 0], [_NO_OP, 2, 0], members)
+    tmp = data_dir / "raft.dump.tmp"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.rename(data_dir / "raft.dump")
+    fsync_dir(data_dir)
+    fsync_dir(data_dir.parent)
+
+
+def _resume_compaction(journal: DurableJournal, dump: Path) -> None:
+    """Finish a compaction a crash interrupted. PySyncObj writes the dump, renames it, then
+    compacts the log; a crash in between leaves a log that starts BEFORE the dump's two entries.
+    On start PySyncObj accepts only a log that starts exactly with them and otherwise clears
+    it, which would drop every entry after the dump (acknowledged ones too): drop just the
+    entries the dump covers instead."""
+    if not dump.exists() or len(journal) < 2:
+        return
+    try:
+        d = msgpack.unpackb(dump.read_bytes())
+        last, prev = (tuple(e) for e in d["entries"])
+    except Exception:  # PySyncObj's dump load reports a bad dump
+        return
+    pos = prev[1] - journal[0][1]
+    if pos > 0 and pos + 1 < len(journal) and journal[pos] == prev and journal[pos + 1] == last:
+        log.warning("finishing a log compaction a crash interrupted: dropping entries %d..%d "
+                    "(in the dump)", journal[0][1], prev[1] - 1)
+        journal.deleteEntriesTo(pos)
+
