@@ -30,7 +30,7 @@ import dataclasses
 import enum
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -425,6 +425,11 @@ class BreakerGroup:
         self._settings = dataclasses.replace(self._settings, **changes)
         for b in self._breakers.values():
             b.configure(**changes)
+
+    def retain(self, keys: Iterable[str]) -> None:
+        """Keep exactly the breakers of `keys`: missing ones are made (closed), others dropped
+        (e.g. one breaker per live instance, following a resolver)."""
+        self._breakers = {k: self.get(k) for k in keys}
 
     def __iter__(self) -> Iterator[CircuitBreaker]:
         return iter(list(self._breakers.values()))

@@ -1,7 +1,7 @@
 """The gateway's circuit breakers: one `CircuitBreaker` per live `user` instance
-(`InstanceBreakers`), and which failed calls count against an instance
-(`counts_against_instance`). It is not `raftreg.resilience.BreakerGroup`: the breakers follow
-the resolver's instances (a new instance gets a closed breaker at once, a gone one's breaker is
+(`InstanceBreakers`, over `raftreg.resilience.BreakerGroup`), and which failed calls count
+against an instance (`counts_against_instance`). Beyond the group: the breakers follow the
+resolver's instances (a new instance gets a closed breaker at once, a gone one's breaker is
 dropped), `breaker.enabled` turns them all off and on live, and it keeps what `/stats` shows
 (`to_json`, `opened`) and what the balancer and the fallback need (`open_ids`, `retry_after`).
 State changes are logged on the "services.gateway" logger. Imports `config` only.
@@ -18,6 +18,7 @@ from typing import Any
 from raftreg.resilience import (
     FAILURE_CODES,
     MONOTONIC,
+    BreakerGroup,
     BreakerState,
     CircuitBreaker,
     Clock,
@@ -38,27 +39,26 @@ def counts_against_instance(exc: BaseException) -> bool:
 
 
 class InstanceBreakers:
-    """One `CircuitBreaker` per instance id of one service, all with the same settings;
-    `track` follows the live instances (new ones get a closed breaker, gone ones are dropped),
-    `configure` applies new settings to all of them live. Disabled: no breakers."""
+    """One `CircuitBreaker` per instance id of one service, all with the same settings (a
+    `BreakerGroup` keyed by instance id); `track` follows the live instances (new ones get a
+    closed breaker, gone ones are dropped), `configure` applies new settings to all of them
+    live. Disabled: no breakers."""
 
     def __init__(self, service: str, config: BreakerConfig, *, clock: Clock = MONOTONIC) -> None:
         self.service = service
         self._config = config
         self._clock = clock
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self._group: BreakerGroup | None = self._new_group() if config.enabled else None
         self._ids: tuple[str, ...] = ()
         self.opened: collections.Counter[str] = collections.Counter()
 
     @property
     def enabled(self) -> bool:
-        return self._config.enabled
+        return self._group is not None
 
-    def _new(self, instance_id: str) -> CircuitBreaker:
-        return CircuitBreaker.from_settings(
-            instance_id, self._config.settings(), clock=self._clock,
-            on_state_change=self._changed, is_failure=counts_against_instance,
-        )
+    def _new_group(self) -> BreakerGroup:
+        return BreakerGroup(self._config.settings(), clock=self._clock,
+                            on_state_change=self._changed, is_failure=counts_against_instance)
 
     def _changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         if new is BreakerState.OPEN:
@@ -68,31 +68,29 @@ class InstanceBreakers:
             "breaker %s/%s: %s -> %s", self.service, breaker.name, old.value, new.value,
         )
 
+    @property
+    def _breakers(self) -> dict[str, CircuitBreaker]:
+        return {} if self._group is None else {b.name: b for b in self._group}
+
     def track(self, instance_ids: Sequence[str]) -> None:
         self._ids = tuple(instance_ids)
-        if not self.enabled:
-            return
-        self._breakers = {i: self._breakers.get(i) or self._new(i) for i in self._ids}
+        if self._group is not None:
+            self._group.retain(self._ids)
 
     def configure(self, config: BreakerConfig) -> None:
         old, self._config = self._config, config
         if not config.enabled:
-            self._breakers.clear()
-        elif not old.enabled:
-            self.track(self._ids)
+            self._group = None
+        elif self._group is None:
+            self._group = self._new_group()
+            self._group.retain(self._ids)
         elif config.settings() != old.settings():
-            for b in self._breakers.values():
-                b.configure(**dataclasses.asdict(config.settings()))
+            self._group.configure(**dataclasses.asdict(config.settings()))
 
     def get(self, instance_id: str) -> CircuitBreaker | None:
         """The breaker of `instance_id` (None when disabled); made on demand for an instance
         not tracked yet."""
-        if not self.enabled:
-            return None
-        b = self._breakers.get(instance_id)
-        if b is None:
-            b = self._breakers[instance_id] = self._new(instance_id)
-        return b
+        return None if self._group is None else self._group.get(instance_id)
 
     def open_ids(self) -> frozenset[str]:
         """Ids whose breaker is open now (an open breaker whose wait is over is half-open)."""
