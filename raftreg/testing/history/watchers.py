@@ -136,5 +136,10 @@ async def client_watch(
     finally:
         stopper.cancel()
         w.cancel()
-        if nxt is not None and nxt.done() and not nxt.cancelled():
-            nxt.exception()  # retrieved: no "exception was never retrieved" noise
+        if nxt is not None:  # retrieved whenever it ends: no "never retrieved" noise
+            nxt.add_done_callback(_retrieve)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
