@@ -35,6 +35,8 @@ from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.testing.powercut import Disks, cut_power
 from raftreg.testing.procs import ProcessGroup
 
+_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding raftreg/
+
 
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
@@ -116,8 +118,12 @@ class ProcessCluster(ProcessGroup):
 
     def start(self, *names: str, join: bool = False) -> None:
         """Start nodes (default: all). `join`: they were just added with `member add`."""
-        # faulthandler: a node that crashes (e.g. SIGSEGV) leaves its stacks in its log
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
+        # faulthandler: a node that crashes (e.g. SIGSEGV) leaves its stacks in its log.
+        # PYTHONPATH: nodes run the raftreg this process imported (a git worktree's, not the
+        # one the virtualenv's editable install points at).
+        path = [_SOURCE_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1",
+                   PYTHONPATH=os.pathsep.join(path))
         for n in names or self.names:
             if self.disks is not None and not self.alive(n):
                 self.disks[n].mount()
