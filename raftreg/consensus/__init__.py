@@ -1,7 +1,8 @@
 """Consensus: the only package that imports PySyncObj.
 
-It owns replication of opaque commands (`RaftNode.propose`), linearizable read barriers,
-membership/status views and the raft persistence files (journal + msgpack dump) of one node.
+It owns replication of opaque commands (`RaftNode.propose`), linearizable read barriers
+(ReadIndex rounds, read_index.py), membership/status views and the raft persistence files
+(journal + msgpack dump) of one node.
 `Consensus` (protocol.py) is the seam a registry node sees; `RaftNode` is the real one and
 `LocalConsensus` (local.py) its in-process, single-member twin for tests. `RaftNode` (raft.py,
 the event-loop side) drives `_Fsm` (fsm.py, the PySyncObj subclass on the tick thread); the

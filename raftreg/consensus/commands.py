@@ -8,7 +8,7 @@ replaces every one of those paths (overriding SyncObj's name-mangled private met
 byte of a log entry ever reaches an unpickler:
 
     REGULAR    b"\\x00" + msgpack([item: bytes, ...])  a group of raftreg commands; b"" = read
-                                                       barrier (proves the log position)
+                                                       barrier of older versions (a no-op)
     NO_OP      b"\\x01"                                 PySyncObj's leader no-op
     MEMBERSHIP b"\\x02" + msgpack([op, "host:port"])   op "add" or "rem"
     VERSION    b"\\x03" ...                             refused everywhere (one code version)

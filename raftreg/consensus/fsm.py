@@ -14,14 +14,21 @@ and the leader syncs its own entries before it counts itself in a commit (its Ap
 leave first, so followers write in parallel with it). Follower appends are Raft's
 (`_Fsm._append_entries`), not PySyncObj's, which truncated applied entries.
 
+Linearizable reads (`request_read`) are ReadIndex rounds (read_index.py): the leader stamps the
+newest round on every append_entries it sends (`read_seq`), followers echo it in their answer,
+and a follower asks the leader for a read index with the `read_index` / `read_index_resp`
+messages. Readers are taken in at the start of a tick and settled at its end, after the poll.
+
 `FaultInjection` (TEST ONLY) is the hook a test launcher passes to `RaftNode(faults=...)`: the
 peer transport class to run and the deliberately broken modes; production passes none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -30,6 +37,7 @@ from pysyncobj import SyncObj, SyncObjConf
 from raftreg.consensus.commands import CommandsMixin
 from raftreg.consensus.journal import DurableJournal
 from raftreg.consensus.peer import PeerTransport
+from raftreg.consensus.read_index import ReadDone, ReadIndex
 
 log = logging.getLogger("raftreg.consensus")
 
@@ -78,6 +86,8 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
     _SyncObj__raftLog = _JournalSlot()
     _SyncObj__raftCommitIndex: int  # PySyncObj's (annotation only, for the type checker)
     _SyncObj__raftLeader: Any  # PySyncObj's (annotation only)
+    _SyncObj__raftCurrentTerm: int  # PySyncObj's (annotation only)
+    _SyncObj__raftLastApplied: int  # PySyncObj's (annotation only)
 
     def __init__(
         self,
@@ -99,6 +109,11 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         self._join_hold = conf.raftMaxTimeout
         self._transfer: tuple[str | None, Callable[[Any, int], None]] | None = None
         self._leading_since_release = False  # see durable_point
+        self._reads = ReadIndex()
+        self._read_requests: deque[ReadDone] = deque()  # from any thread, taken each tick
+        self._reads_held: list[ReadDone] = []  # leader: until an entry of its term commits
+        self._echo_seq: int | None = None  # read_seq of the append_entries being answered
+        self._forward_max_age = max(2 * conf.raftMaxTimeout, 1.0)
         transport = PeerTransport if faults is None else faults.transport()
         super().__init__(self_addr, peers, conf, transportClass=transport)
         # Durable point 1, right before the poll: what the tick body produced (AEs carrying
@@ -155,6 +170,98 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
             self._SyncObj__changeClusterIDx = self._SyncObj__getCurrentLogIndex() + 1
         return accepted
 
+    # ------------------------------------------------------------------ linearizable reads
+
+    def request_read(self, done: ReadDone) -> None:  # any thread
+        """`done(None)` once this member has applied a read index of a confirmed round (local
+        reads are then linearizable), or `done(error text)`; called on the tick thread."""
+        self._read_requests.append(done)
+        notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+        if notifier is not None:  # wake the poll; otherwise the next tick (autoTickPeriod) takes it
+            with contextlib.suppress(BlockingIOError):  # a full pipe: a wake-up is pending
+                notifier.notify()
+
+    def stamp_outgoing(self, message: dict[str, Any]) -> None:  # tick thread; PeerTransport.send
+        """Every append_entries of the log carries the newest read round."""
+        if self._reads.seq and message["type"] == "append_entries" and "prevLogIdx" in message:
+            message["read_seq"] = self._reads.seq
+
+    def _term_committed(self) -> bool:
+        """The leader has committed an entry of its own term (its election no-op), so its
+        commit index covers everything any earlier leader committed."""
+        noop = self._SyncObj__noopIDx
+        return noop is not None and self._SyncObj__raftCommitIndex >= noop
+
+    def _take_reads(self) -> None:  # tick thread, start of a tick
+        if not self._read_requests and not self._reads_held:
+            return
+        readers, self._reads_held = self._reads_held, []
+        while self._read_requests:
+            readers.append(self._read_requests.popleft())
+        if self._isLeader():
+            if not self._term_committed():
+                self._reads_held = readers
+                return
+            self._reads.start(self._SyncObj__raftCommitIndex, self._SyncObj__raftCurrentTerm,
+                              readers)
+            self._SyncObj__newAppendEntriesTime = 0.0  # this tick's heartbeat carries it
+            return
+        leader = self._SyncObj__raftLeader
+        if leader is None:
+            self._fail_reads([(r, "no leader (election in progress or no quorum)")
+                              for r in readers])
+            return
+        rid = self._reads.forward(leader, time.monotonic(), readers)
+        if not self._SyncObj__transport.send(leader, {"type": "read_index", "id": rid}):
+            self._fail_reads(self._reads.answered(rid, None, "not connected to the leader"))
+
+    def _settle_reads(self) -> None:  # tick thread, end of a tick (after the poll)
+        reads = self._reads
+        if not reads.busy:
+            return
+        if self._isLeader():
+            failed = reads.confirm(self._SyncObj__otherNodes, self._SyncObj__raftCurrentTerm)
+        else:
+            failed = reads.step_down("this member lost the leadership before the read was "
+                                     "confirmed")
+            failed += reads.expire_forwards(self._SyncObj__raftLeader, time.monotonic(),
+                                            self._forward_max_age)
+        self._fail_reads(failed)
+        for done in reads.applied(self._SyncObj__raftLastApplied):
+            done(None)
+
+    def _fail_reads(self, failed: list[tuple[ReadDone, str]]) -> None:
+        for done, why in failed:
+            done(why)
+
+    def _on_read_message(self, node: Any, m: dict[str, Any]) -> None:  # tick thread (poll)
+        if m["type"] == "read_index":  # a follower asks this member, the leader it knows
+            rid = m["id"]
+            if not self._isLeader():
+                self._SyncObj__transport.send(node, {
+                    "type": "read_index_resp", "id": rid, "error": "not the leader"})
+                return
+
+            def answer(error: str | None) -> None:  # tick thread
+                reply: dict[str, Any] = {"type": "read_index_resp", "id": rid}
+                if error is None:  # applied here: a committed index at or past the round's
+                    reply["index"] = self._SyncObj__raftLastApplied
+                else:
+                    reply["error"] = error[:200]
+                self._SyncObj__transport.send(node, reply)
+
+            self._reads_held.append(answer)  # taken by the next tick, right after this poll
+            return
+        failed = self._reads.answered(m["id"], m.get("index"), m.get("error"))
+        self._fail_reads(failed)
+
+    def close_reads(self, why: str) -> None:  # after the tick thread stopped
+        self._fail_reads(self._reads.fail_all(why))
+        while self._read_requests:
+            self._read_requests.popleft()(why)
+        held, self._reads_held = self._reads_held, []
+        self._fail_reads([(r, why) for r in held])
+
     def _onTick(self, timeToWait: float = 0.0) -> None:  # tick thread
         transfer, self._transfer = self._transfer, None
         if transfer is not None:  # requested from the event loop; runs where sends are safe
@@ -165,7 +272,9 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
             else:  # no election before the first word from a leader (see RaftSettings.join)
                 self._SyncObj__raftElectionDeadline = time.monotonic() + self._join_hold
         try:
+            self._take_reads()
             super()._onTick(timeToWait)
+            self._settle_reads()
         finally:
             # Durable point 2, after the poll: the replies its handlers produced (follower
             # acks, vote responses) leave after the sync.
@@ -181,8 +290,14 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         pipeline depth. A failed append (reset=True) still rewinds nextIndex as before, so a
         lost message is re-sent.
         """
+        kind = message.get("type")
+        if kind in ("read_index", "read_index_resp"):
+            self._on_read_message(node, message)
+            return
+        if kind == "next_node_idx" and "read_seq" in message and self._isLeader():
+            self._reads.echoed(node, message["read_seq"])
         if (
-            message.get("type") == "next_node_idx"
+            kind == "next_node_idx"
             and message.get("success")
             and not message.get("reset")
         ):
@@ -198,7 +313,11 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
             and message.get("transmission") is None
             and message["term"] >= self._SyncObj__raftCurrentTerm
         ):
-            self._append_entries(node, message)
+            self._echo_seq = message.get("read_seq")
+            try:
+                self._append_entries(node, message)
+            finally:
+                self._echo_seq = None
             return
         # Chunked entries (`transmission`) still go to PySyncObj: unreachable once the peer
         # transport caps entries below appendEntriesBatchSizeBytes (see COORDINATION.md).
@@ -282,6 +401,21 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
             journal.setRaftCommitIndex(target)
         self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=match + 1, success=True)
 
+    def _SyncObj__sendNextNodeIdx(
+        self, node: Any, reset: bool = False, nextNodeIdx: int | None = None,
+        success: bool = False,
+    ) -> None:  # tick thread
+        """PySyncObj's answer to an append_entries, echoing its read round (if any)."""
+        if nextNodeIdx is None:
+            nextNodeIdx = self._SyncObj__getCurrentLogIndex() + 1
+        message: dict[str, Any] = {
+            "type": "next_node_idx", "next_node_idx": nextNodeIdx, "reset": reset,
+            "success": success,
+        }
+        if self._echo_seq is not None:
+            message["read_seq"] = self._echo_seq
+        self._SyncObj__transport.send(node, message)
+
     def _apply_items(self, items: list[bytes]) -> list[Any]:  # tick thread (CommandsMixin)
-        # An empty item is a read barrier: it proves the log position and changes nothing.
+        # An empty item is a read barrier of versions before ReadIndex: it changes nothing.
         return [self._apply_one(item) if item else None for item in items]

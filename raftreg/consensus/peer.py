@@ -261,6 +261,9 @@ class PeerTransport(TCPTransport):  # type: ignore[misc]
         self._refusals = _RefusalLog()
         # The durable point (see the module docstring): the SyncObj's `durable_point`.
         self.before_send: Callable[[], None] | None = getattr(syncObj, "durable_point", None)
+        # Adds the SyncObj's fields to an outgoing message (`_Fsm.stamp_outgoing`: read rounds).
+        self.stamp: Callable[[dict[str, Any]], None] | None = getattr(
+            syncObj, "stamp_outgoing", None)
         super().__init__(syncObj, selfNode, otherNodes)
 
     # -------------------------------------------------------------- construction (class swap)
@@ -441,6 +444,8 @@ class PeerTransport(TCPTransport):  # type: ignore[misc]
             # PySyncObj's "dump file read error" marker, which its own receiver cannot unpack:
             # send the "nothing to install" heartbeat instead (check_message refuses False).
             message = {**message, "serialized": None}
+        if self.stamp is not None:
+            self.stamp(message)
         self._outbox.append((node, message))
         return True
 

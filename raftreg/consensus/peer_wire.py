@@ -177,6 +177,10 @@ def _is_bool(v: object) -> bool:
     return type(v) is bool
 
 
+def _is_reason(v: object) -> bool:
+    return type(v) is str and len(v) <= 200
+
+
 def _check_entries(v: object) -> bool:
     if type(v) is not tuple:
         return False
@@ -210,9 +214,14 @@ _SHAPES: dict[str, tuple[dict[str, _Check], dict[str, _Check]]] = {
     "append_entries": (
         {"term": _is_int, "commit_index": _is_int},
         {"entries": _check_entries, "prevLogIdx": _is_opt_int, "prevLogTerm": _is_opt_int,
-         "serialized": _check_serialized},
+         "serialized": _check_serialized, "read_seq": _is_int},
     ),
-    "next_node_idx": ({"next_node_idx": _is_int, "reset": _is_bool, "success": _is_bool}, {}),
+    "next_node_idx": (
+        {"next_node_idx": _is_int, "reset": _is_bool, "success": _is_bool}, {"read_seq": _is_int}
+    ),
+    # raftreg's ReadIndex (read_index.py): a follower asks the leader for a read index
+    "read_index": ({"id": _is_int}, {}),
+    "read_index_resp": ({"id": _is_int}, {"index": _is_int, "error": _is_reason}),
     "apply_command": ({"command": _check_command}, {"request_id": _is_int}),
     "apply_command_response": (
         {"request_id": _is_int}, {"error": _is_int, "log_idx": _is_int, "log_term": _is_int}
@@ -223,7 +232,8 @@ _SHAPES: dict[str, tuple[dict[str, _Check], dict[str, _Check]]] = {
 
 def check_message(message: object) -> dict[str, Any]:
     """`message` if it has exactly the shape of a raft message PySyncObj 0.3.17 sends (minus
-    what raftreg never sends: chunked entries, utility and read-only traffic); else
+    what raftreg never sends: chunked entries, utility and read-only traffic; plus raftreg's
+    read rounds: `read_seq` and the `read_index` messages); else
     `ProtocolError`. SyncObj indexes these dicts without checking, so nothing else may pass."""
     if type(message) is not dict:
         raise ProtocolError("a raft message is a map")
@@ -257,6 +267,8 @@ def check_message(message: object) -> dict[str, Any]:
         or ("log_idx" in message) != ("log_term" in message)
     ):
         raise ProtocolError("apply_command_response: either error or log_idx and log_term")
+    elif kind == "read_index_resp" and ("error" in message) == ("index" in message):
+        raise ProtocolError("read_index_resp: either error or index")
     return message
 
 

@@ -5,7 +5,7 @@ Contract (`Consensus`, satisfied by `RaftNode` and by `LocalConsensus`):
   once this member applied it; `NotApplied` if it certainly was not applied, `OutcomeUnknown`
   if it may have been, `ResourceExhausted` if the proposal queue is full.
 - `read_barrier()` resolves once this member applied everything committed before the call
-  (a plain `Unavailable` when that cannot be proven).
+  (a plain `Unavailable` when that cannot be proven). It writes nothing.
 - `is_leader`, `leader`, `term`, `members`, `status()` are this member's current view.
 - The state machine's callbacks may run on a thread that is not the event loop's (PySyncObj's
   tick thread); they must not block.
@@ -56,7 +56,7 @@ class Consensus(Protocol):
 
     @property
     def pending_proposals(self) -> int:
-        """Proposals (and read barriers) queued or in flight."""
+        """Proposals queued or in flight."""
         ...
 
     def status(self) -> RaftStatus: ...

@@ -7,9 +7,11 @@ Contract:
   grouped into one log entry (group commit): a lone proposal goes out at once; while
   `max_inflight` entries are being committed, new proposals wait and leave together in the
   next entry as soon as one commits, so the batch size follows the load.
-- `read_barrier()` resolves once this node has applied a log entry that was proposed after the
-  call began; reads served from the local state machine after it are linearizable. Concurrent
-  readers share one barrier entry.
+- `read_barrier()` resolves once this node has applied a read index confirmed after the call
+  began (ReadIndex, read_index.py: no log entry, one heartbeat round acknowledged by a
+  majority); reads served from the local state machine after it are linearizable. Concurrent
+  readers share one round. It fails with `Unavailable` (nothing to undo: a read changes
+  nothing) when no leader confirms it.
 - Outcomes: `NotApplied` means the command was certainly not applied; `OutcomeUnknown` means it
   may have been (leader change, timeout after proposing). Never anything in between.
 
@@ -40,6 +42,7 @@ passes none, and this package defines no fault transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -102,11 +105,6 @@ _NOT_APPLIED = {
 }
 
 
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
-
-
 class RaftNode:
     """One member of the raft group; construct it on the thread that runs the event loop."""
 
@@ -127,8 +125,7 @@ class RaftNode:
         self._restore = restore
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(settings.data_dir, 0o700)
-        self._pending: list[tuple[bytes, asyncio.Future[Any] | None]] = []
-        self._barrier: asyncio.Future[Any] | None = None
+        self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._inflight = 0
         self._inflight_items = 0
         self._hold = False  # proposals wait (not sent) while leadership is being handed over
@@ -173,7 +170,7 @@ class RaftNode:
 
     async def propose(self, data: bytes) -> Any:
         """Replicate one non-empty command; see the module contract for the outcomes."""
-        assert data, "empty commands are reserved for read barriers"
+        assert data, "empty commands are the read barriers of older versions"
         if len(data) > MAX_ITEM_BYTES:
             raise InvalidArgument(f"command of {len(data)} bytes exceeds {MAX_ITEM_BYTES}")
         fut: asyncio.Future[Any] = self._loop.create_future()
@@ -182,22 +179,33 @@ class RaftNode:
 
     @property
     def pending_proposals(self) -> int:
-        """Proposals (and read barriers) queued or in flight."""
+        """Proposals queued or in flight."""
         return len(self._pending) + self._inflight_items
 
     async def read_barrier(self) -> None:
         if self._faults is not None and self._faults.unsafe_local_reads:
             return  # TEST ONLY, deliberately broken: see FaultInjection
-        if self._barrier is None:
-            barrier: asyncio.Future[Any] = self._loop.create_future()
-            # Every reader may have given up (cancelled) before it settles: its outcome is
-            # then nobody's, and must not be logged as "never retrieved".
-            barrier.add_done_callback(_retrieve)
-            self._barrier = barrier
-            self._enqueue(b"", None)
-        await asyncio.shield(self._barrier)
+        if self._closed:
+            raise Unavailable("node is shutting down")
+        fut: asyncio.Future[None] = self._loop.create_future()
+        loop = self._loop
 
-    def _enqueue(self, data: bytes, fut: asyncio.Future[Any] | None) -> None:
+        def settle(error: str | None) -> None:
+            if fut.done():
+                return  # the reader gave up (cancelled, timed out)
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(Unavailable(f"read not confirmed: {error}"))
+
+        def done(error: str | None) -> None:  # tick thread (or the loop, at close)
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(settle, error)
+
+        self._fsm.request_read(done)
+        await fut
+
+    def _enqueue(self, data: bytes, fut: asyncio.Future[Any]) -> None:
         if self._closed:
             raise NotApplied("node is shutting down")
         self._pending.append((data, fut))
@@ -218,26 +226,21 @@ class RaftNode:
             cut += 1
             size += len(data)
         items, self._pending = self._pending[:cut], self._pending[cut:]
-        if self._barrier is not None and any(not d for d, _ in items):
-            barrier, self._barrier = self._barrier, None
-        else:
-            barrier = None
         self._inflight += 1
         self._inflight_items += len(items)
 
         def on_done(result: Any, err: int) -> None:  # tick thread
-            self._loop.call_soon_threadsafe(self._resolve, items, barrier, result, err)
+            self._loop.call_soon_threadsafe(self._resolve, items, result, err)
 
         try:
             self._fsm.propose_group([d for d, _ in items], on_done)
         except Exception as e:  # pragma: no cover - PySyncObj raises nothing here today
-            self._resolve(items, barrier, None, -1)
+            self._resolve(items, None, -1)
             log.exception("proposal failed: %s", e)
 
     def _resolve(
         self,
-        items: list[tuple[bytes, asyncio.Future[Any] | None]],
-        barrier: asyncio.Future[Any] | None,
+        items: list[tuple[bytes, asyncio.Future[Any]]],
         result: Any,
         err: int,
     ) -> None:
@@ -253,18 +256,12 @@ class RaftNode:
             else:
                 exc = OutcomeUnknown(f"leader changed before the outcome was known (reason {err})")
         for i, (_, fut) in enumerate(items):
-            if fut is None or fut.done():
+            if fut.done():
                 continue
             if exc is not None:
                 fut.set_exception(exc)
             else:
                 fut.set_result(result[i])
-        if barrier is not None and not barrier.done():
-            if exc is not None:
-                # A barrier that may or may not have committed proves nothing: not served.
-                barrier.set_exception(Unavailable(str(exc)))
-            else:
-                barrier.set_result(None)
 
     # ----------------------------------------------------------------------------- persistence
 
@@ -447,7 +444,7 @@ class RaftNode:
             time.sleep(0.01)
         pending, self._pending = self._pending, []
         for _, fut in pending:
-            if fut is not None and not fut.done():
+            if not fut.done():
                 fut.set_exception(NotApplied("node is shutting down"))
-        if self._barrier is not None and not self._barrier.done():
-            self._barrier.set_exception(Unavailable("node is shutting down"))
+        if not self._fsm.tick_thread_alive():  # else its readers time out (node.barrier)
+            self._fsm.close_reads("node is shutting down")

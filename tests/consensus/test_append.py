@@ -5,79 +5,10 @@ ones too); ours keeps matching entries and cuts only at a real conflict above th
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from pysyncobj import SyncObjConf
-from pysyncobj.node import TCPNode
 
-from raftreg.config import new_secret
-from raftreg.consensus.fsm import _Fsm
-from raftreg.consensus.journal import DurableJournal
-from raftreg.testing.ports import free_ports
-
-NOOP = b"\x01"  # entries that apply as nothing, whatever the command codec
-
-
-class Follower:
-    def __init__(self, tmp: Path) -> None:
-        me, a, b = (f"127.0.0.1:{p}" for p in free_ports(3))
-        self.leader, self.other = TCPNode(a), TCPNode(b)
-        self.journal = DurableJournal(tmp)
-        conf = SyncObjConf(autoTick=False, appendEntriesUseBatch=False,
-                           dynamicMembershipChange=True, journalFile=None, bindAddress=me)
-        self.fsm = _Fsm(me, [a, b], conf, lambda item: None, journal=self.journal,
-                        secret=new_secret())
-        self.sent: list[tuple[Any, dict[str, Any]]] = []
-        self.fsm._SyncObj__transport.send = lambda node, msg: self.sent.append((node, msg))
-
-    def ae(self, prev: int | None, prev_term: int | None, entries: list[tuple[int, int]],
-           commit: int, term: int, node: Any = None) -> dict[str, Any] | None:
-        """Deliver one append_entries; the reply sent (None if none)."""
-        n = len(self.sent)
-        self.fsm._SyncObj__onMessageReceived(node or self.leader, {
-            "type": "append_entries", "term": term, "commit_index": commit,
-            "entries": [(NOOP, i, t) for i, t in entries],
-            "prevLogIdx": prev, "prevLogTerm": prev_term})
-        return self.sent[-1][1] if len(self.sent) > n else None
-
-    def log(self) -> list[tuple[int, int]]:
-        return [(e[1], e[2]) for e in self.journal[:]]
-
-    def apply(self) -> None:
-        self.fsm._SyncObj__applyLogEntries()
-
-    @property
-    def commit(self) -> int:
-        return int(self.fsm.raftCommitIndex)
-
-    @property
-    def applied(self) -> int:
-        return int(self.fsm.raftLastApplied)
-
-
-@pytest.fixture
-def f(tmp_path: Path) -> Iterator[Follower]:
-    fol = Follower(tmp_path)
-    yield fol
-    fol.fsm._SyncObj__transport.destroy()
-    fol.fsm._poller = None
-    if fol.journal._fd >= 0:
-        os.close(fol.journal._fd)
-
-
-def term1_log(f: Follower) -> None:
-    """Entries 2..8 of term 1, commit 7, applied 7."""
-    for i in range(2, 9):
-        ack = f.ae(i - 1, 1 if i > 2 else 0, [(i, 1)], min(i - 1, 7), 1)
-        assert ack is not None and ack["success"] and ack["next_node_idx"] == i + 1
-    f.ae(8, 1, [], 7, 1)
-    f.apply()
-    assert f.log() == [(1, 0)] + [(i, 1) for i in range(2, 9)]
-    assert (f.commit, f.applied) == (7, 7)
+from tests.consensus.follower_harness import Follower, term1_log
 
 
 def test_stale_or_repeated_append_deletes_nothing(

@@ -159,6 +159,14 @@ GOOD: list[dict[str, Any]] = [
     {"type": "apply_command_response", "request_id": 4, "log_idx": 9, "log_term": 2},
     {"type": "apply_command_response", "request_id": 4, "error": 4},
     {"type": "timeout_now", "term": 3},
+    # raftreg's ReadIndex rounds (read_index.py)
+    {"type": "append_entries", "term": 2, "commit_index": 5, "entries": (), "prevLogIdx": 5,
+     "prevLogTerm": 2, "read_seq": 7},
+    {"type": "next_node_idx", "next_node_idx": 6, "reset": False, "success": True,
+     "read_seq": 7},
+    {"type": "read_index", "id": 3},
+    {"type": "read_index_resp", "id": 3, "index": 41},
+    {"type": "read_index_resp", "id": 3, "error": "not the leader"},
 ]
 
 
@@ -190,6 +198,14 @@ BAD: list[object] = [
     {"type": "apply_command_response", "request_id": 4},
     {"type": "apply_command_response", "request_id": 4, "error": 1, "log_idx": 9, "log_term": 2},
     {"type": "apply_command_response", "request_id": 4, "log_idx": 9},
+    {"type": "read_index"},
+    {"type": "read_index", "id": 3, "index": 4},
+    {"type": "read_index_resp", "id": 3},  # neither an index nor an error
+    {"type": "read_index_resp", "id": 3, "index": 4, "error": "x"},  # both
+    {"type": "read_index_resp", "id": 3, "error": "x" * 201},
+    {"type": "read_index_resp", "id": 3, "index": -1},
+    {"type": "next_node_idx", "next_node_idx": 6, "reset": False, "success": True,
+     "read_seq": "7"},
 ]
 
 
