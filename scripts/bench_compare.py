@@ -22,7 +22,10 @@ Figures: sequential put latency (p50/p99), put throughput at 64 and 256 in fligh
 client), sequential linearizable and serializable get, watch latency (put acknowledged ->
 event delivered, client), lease expiry lateness (delete event seen - (grant sent + TTL)), and
 leader failover (kill -9 of the leader -> first acknowledged put, probing the two survivors
-with 250 ms attempts, so the figure has that resolution). Ratio = raftreg / etcd
+with 250 ms attempts, so the figure has that resolution), and the server CPU each sequential
+put or linearizable get costs: user+system CPU of the leader process, and of all three
+members, over the phase divided by its operations (/proc/<pid>/stat, 10 ms ticks: about +-5%
+at these counts). Ratio = raftreg / etcd
 (for latencies > 1 means raftreg is slower; for throughputs > 1 means raftreg is faster).
 The load average is printed before and after: other work on the machine skews the figures.
 """
@@ -34,6 +37,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +62,7 @@ PREFIX = {"raftreg": "/raftreg.v1.", "etcd": "/etcdserverpb."}
 class Cluster(Protocol):
     names: list[str]
     client: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]]
 
     def kill(self, name: str) -> None: ...
 
@@ -83,6 +88,25 @@ class Raw:
     def __post_init__(self) -> None:
         self.put = self._m("KV", "Put", pb.PutRequest, pb.PutResponse)
         self.range = self._m("KV", "Range", pb.RangeRequest, pb.RangeResponse)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Server CPU per operation over one phase: the leader's and the whole cluster's, in us."""
+
+    def __init__(self, c: Cluster, leader: str) -> None:
+        self._pids = {name: c.procs[name].pid for name in c.names}
+        self._leader = leader
+        self._t0 = {name: cpu_s(pid) for name, pid in self._pids.items()}
+
+    def per_op(self, ops: int) -> tuple[float, float]:
+        used = {name: cpu_s(pid) - self._t0[name] for name, pid in self._pids.items()}
+        return used[self._leader] / ops * 1e6, sum(used.values()) / ops * 1e6
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -218,7 +242,10 @@ async def run_backend(
     lr = raws[leader_name]
     for i in range(100):  # warm up, and the keys the gets read
         await lr.put(pb.PutRequest(key=b"seq/%d" % i, value=VALUE), timeout=5)
+    meter = CpuMeter(c, leader_name)
     out["put p50 ms [raw, sequential]"], out["put p99 ms [raw, sequential]"] = await seq_put(lr, n)
+    (out["put leader CPU us/op [raw, sequential]"],
+     out["put cluster CPU us/op [raw, sequential]"]) = meter.per_op(n)
     all_raws = list(raws.values())
     for k in (64, 256):
         out[f"put/s {k} in flight [raw]"] = await inflight_raw(all_raws, k, secs)
@@ -233,8 +260,11 @@ async def run_backend(
         await client.put(b"warm", VALUE)
         for k in (64, 256):
             out[f"put/s {k} in flight [client]"] = await inflight_client(client, k, secs)
+        meter = CpuMeter(c, leader_name)
         p50, ops = await seq_get(lr, n, serializable=False)
         out["linearizable get p50 ms [raw]"], out["linearizable get/s [raw]"] = p50, ops
+        (out["linearizable get leader CPU us/op [raw]"],
+         out["linearizable get cluster CPU us/op [raw]"]) = meter.per_op(n)
         p50, ops = await seq_get(raws[next(x for x in c.names if x != leader_name)], n, True)
         out["serializable get p50 ms [raw, follower]"], out["serializable get/s [raw]"] = p50, ops
         w50, w99 = await watch_latency(client, n // 2)

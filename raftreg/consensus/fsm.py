@@ -202,9 +202,11 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
             if not self._term_committed():
                 self._reads_held = readers
                 return
+            first = not self._reads.unconfirmed
             self._reads.start(self._SyncObj__raftCommitIndex, self._SyncObj__raftCurrentTerm,
                               readers)
-            self._SyncObj__newAppendEntriesTime = 0.0  # this tick's heartbeat carries it
+            if first:  # else the heartbeat after the earlier round's confirmation carries it
+                self._SyncObj__newAppendEntriesTime = 0.0  # this tick's heartbeat carries it
             return
         leader = self._SyncObj__raftLeader
         if leader is None:
@@ -220,7 +222,10 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         if not reads.busy:
             return
         if self._isLeader():
+            waiting = reads.unconfirmed
             failed = reads.confirm(self._SyncObj__otherNodes, self._SyncObj__raftCurrentTerm)
+            if 0 < reads.unconfirmed < waiting:  # later rounds, not yet on any heartbeat
+                self._SyncObj__newAppendEntriesTime = 0.0  # the next tick's heartbeat
         else:
             failed = reads.step_down("this member lost the leadership before the read was "
                                      "confirmed")

@@ -9,9 +9,10 @@ Contract:
   next entry as soon as one commits, so the batch size follows the load.
 - `read_barrier()` resolves once this node has applied a read index confirmed after the call
   began (ReadIndex, read_index.py: no log entry, one heartbeat round acknowledged by a
-  majority); reads served from the local state machine after it are linearizable. Concurrent
-  readers share one round. It fails with `Unavailable` (nothing to undo: a read changes
-  nothing) when no leader confirms it.
+  majority); reads served from the local state machine after it are linearizable. Readers of
+  one event-loop turn share one request, and requests taken in one tick share one round. It
+  fails with `Unavailable` (nothing to undo: a read changes nothing) when no leader confirms
+  it.
 - Outcomes: `NotApplied` means the command was certainly not applied; `OutcomeUnknown` means it
   may have been (leader change, timeout after proposing). Never anything in between.
 
@@ -105,6 +106,11 @@ _NOT_APPLIED = {
 }
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class RaftNode:
     """One member of the raft group; construct it on the thread that runs the event loop."""
 
@@ -126,6 +132,7 @@ class RaftNode:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(settings.data_dir, 0o700)
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._read_group: asyncio.Future[None] | None = None  # readers of this loop turn
         self._inflight = 0
         self._inflight_items = 0
         self._hold = False  # proposals wait (not sent) while leadership is being handed over
@@ -187,23 +194,36 @@ class RaftNode:
             return  # TEST ONLY, deliberately broken: see FaultInjection
         if self._closed:
             raise Unavailable("node is shutting down")
-        fut: asyncio.Future[None] = self._loop.create_future()
+        group = self._read_group
+        if group is None:
+            # Readers of this loop turn share one request; it is made when the turn ends, so
+            # its round starts after every one of them began (none joins a running round).
+            group = self._read_group = self._loop.create_future()
+            # Every reader may have given up before it settles: then nobody retrieves it.
+            group.add_done_callback(_retrieve)
+            self._loop.call_soon(self._request_read, group)
+        await asyncio.shield(group)
+
+    def _request_read(self, group: asyncio.Future[None]) -> None:
+        self._read_group = None
         loop = self._loop
 
         def settle(error: str | None) -> None:
-            if fut.done():
-                return  # the reader gave up (cancelled, timed out)
+            if group.done():
+                return
             if error is None:
-                fut.set_result(None)
+                group.set_result(None)
             else:
-                fut.set_exception(Unavailable(f"read not confirmed: {error}"))
+                group.set_exception(Unavailable(f"read not confirmed: {error}"))
 
         def done(error: str | None) -> None:  # tick thread (or the loop, at close)
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(settle, error)
 
-        self._fsm.request_read(done)
-        await fut
+        if self._closed:
+            settle("node is shutting down")
+        else:
+            self._fsm.request_read(done)
 
     def _enqueue(self, data: bytes, fut: asyncio.Future[Any]) -> None:
         if self._closed:

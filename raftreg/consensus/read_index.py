@@ -13,7 +13,9 @@ A read is served at a *read index* R once the serving node has applied R:
   once it has applied R itself.
 
 Reads that arrive together share one round; rounds overlap freely (an echo of round s confirms
-every round up to s).
+every round up to s). The leader sends a heartbeat at once for a round only when no earlier
+round is waiting for its echoes; when one is confirmed and later rounds wait, the next tick's
+heartbeat carries them all. Under load, rounds batch up the way proposals do.
 
 `ReadIndex` is the bookkeeping only: no clock, no I/O, no threads. The raft node (`fsm.py`)
 feeds it on PySyncObj's tick thread with what it observed and calls back the readers it
@@ -100,6 +102,11 @@ class ReadIndex:
         self._rounds = []
         self._echo.clear()
         return failed
+
+    @property
+    def unconfirmed(self) -> int:
+        """Rounds waiting for their echoes."""
+        return len(self._rounds)
 
     @property
     def busy(self) -> bool:
