@@ -229,8 +229,9 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         else:
             failed = reads.step_down("this member lost the leadership before the read was "
                                      "confirmed")
-            failed += reads.expire_forwards(self._SyncObj__raftLeader, time.monotonic(),
-                                            self._forward_max_age)
+        # forwards to a member that is no longer the leader (also when this one now is)
+        failed += reads.expire_forwards(self._SyncObj__raftLeader, time.monotonic(),
+                                        self._forward_max_age)
         self._fail_reads(failed)
         for done in reads.applied(self._SyncObj__raftLastApplied):
             done(None)

@@ -14,6 +14,7 @@ from raftreg.config import new_secret
 from raftreg.consensus.raft import RaftNode, RaftSettings
 from raftreg.errors import Unavailable
 from raftreg.testing.ports import free_ports
+from tests.consensus.test_sync_rule import STEADY
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,7 +30,7 @@ class Group:
         self.nodes: dict[str, RaftNode] = {}
         for a in addrs:
             s = RaftSettings(self_addr=a, peers=tuple(x for x in addrs if x != a),
-                             secret=secret, data_dir=root / a.replace(":", "_"))
+                             secret=secret, data_dir=root / a.replace(":", "_"), **STEADY)
             self.nodes[a] = RaftNode(s, self._apply_fn(a), lambda: b"", lambda b: None,
                                      loop=loop)
 
@@ -110,7 +111,7 @@ async def test_a_leader_cut_off_from_its_followers_confirms_no_read(group: Group
         f.close()  # the leader still believes it leads until leader_fallback_timeout
     assert leader.is_leader
     with pytest.raises(Unavailable):
-        # it steps down within leader_fallback_timeout (0.6 s) and fails the round then;
+        # it steps down within leader_fallback_timeout (3 s here) and fails the round then;
         # a read served in between would be unconfirmed (the followers may have moved on)
         await asyncio.wait_for(leader.read_barrier(), timeout=10)
     assert not leader.is_leader

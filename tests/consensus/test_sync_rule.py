@@ -27,6 +27,12 @@ from raftreg.testing.ports import free_ports
 
 pytestmark = pytest.mark.timeout(120)
 
+# Three members and the event loop share one process (one GIL): on a busy two-core machine a
+# tick thread can miss the default 0.4-0.8 s election timeout, and these tests are not about
+# elections. Timeouts well above any starvation seen here keep the leader in place.
+STEADY = {"election_timeout_min": 2.0, "election_timeout_max": 4.0,
+          "leader_fallback_timeout": 3.0}
+
 
 class Checked:
     """Nodes of one process, with the invariants checked on their tick threads."""
@@ -96,7 +102,7 @@ class Checked:
         for a in self.addrs:
             s = RaftSettings(self_addr=a, peers=tuple(x for x in self.addrs if x != a),
                              secret=self.secret, data_dir=self.root / a.replace(":", "_"),
-                             max_inflight=4)
+                             max_inflight=4, **STEADY)
             self.nodes[a] = RaftNode(s, self.apply_fn(a), lambda: b"", lambda b: None,
                                      loop=loop)
 
