@@ -32,6 +32,12 @@ class FailedPrecondition(RegistryError):
     """The request is valid but cannot be applied in the current state."""
 
 
+class ClientClosed(FailedPrecondition):
+    """This client (or its lease keeper) was closed: nothing more goes through it. Raised by the
+    client itself, never sent by a server; loops that run until their client closes (a
+    `Registration`, a `PrefixMirror`) stop on this and retry every other error."""
+
+
 class Compacted(RegistryError):
     """The requested revision has been compacted away."""
 

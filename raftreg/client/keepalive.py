@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 from raftreg.common.backoff import Backoff
 from raftreg.common.clock import Clock, LoopClock
-from raftreg.errors import FailedPrecondition, InvalidArgument, RegistryError
+from raftreg.errors import ClientClosed, InvalidArgument, RegistryError
 
 if TYPE_CHECKING:
     from raftreg.client.protocol import RegistryClient
@@ -192,7 +192,7 @@ class LeaseKeeper:
         remaining TTL. `on_renew(id, ttl)` is called after each acknowledged renewal. Keeping
         an already kept lease replaces its callbacks. Must be called on the event loop."""
         if self._closed:
-            raise FailedPrecondition("lease keeper is closed")
+            raise ClientClosed("lease keeper is closed")
         if lease_id <= 0 or ttl <= 0:
             raise InvalidArgument("lease id and ttl must be positive")
         now = self._clock.now()

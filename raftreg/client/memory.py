@@ -57,7 +57,13 @@ from raftreg.common.types import (
     Txn,
     TxnResult,
 )
-from raftreg.errors import Compacted, FailedPrecondition, InvalidArgument, NotApplied, Unavailable
+from raftreg.errors import (
+    ClientClosed,
+    Compacted,
+    InvalidArgument,
+    NotApplied,
+    Unavailable,
+)
 from raftreg.store import Store, failure_to_error
 from raftreg.store.commands import (
     Command,
@@ -178,7 +184,7 @@ class MemoryRegistryClient:
 
     def _check(self) -> None:
         if self._closed:
-            raise FailedPrecondition("client is closed")
+            raise ClientClosed("client is closed")
         if self._unavailable:
             raise NotApplied("memory registry is unavailable")
 
@@ -315,7 +321,7 @@ class MemoryRegistryClient:
 
     def keepalive_manager(self) -> LeaseKeeper:
         if self._closed:
-            raise FailedPrecondition("client is closed")
+            raise ClientClosed("client is closed")
         if self._keeper is None:
             self._keeper = LeaseKeeper(self, clock=self._clock)
         return self._keeper

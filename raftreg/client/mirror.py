@@ -17,7 +17,7 @@ Guarantees:
 - A compacted watch re-lists at once; a failed watch re-lists after a pause of
   `backoff.base`. A failed list is retried after `backoff.delay(1)`, `delay(2)`, ... (the
   count starts again after a list that succeeded); the caller's copy is left as it was
-  meanwhile. A `FailedPrecondition` from the list (the client was closed) ends the mirror
+  meanwhile. `ClientClosed` from the list (the client was closed) ends the mirror
   with one warning line. An exception from a callback after the start ends the mirror too,
   logged with its traceback.
 - `revision` is the newest revision the copy is known to reflect: the list's, then each
@@ -48,7 +48,7 @@ from raftreg.client.resumable_watch import Watch
 from raftreg.common.backoff import Backoff
 from raftreg.common.clock import Clock, LoopClock
 from raftreg.common.types import Event, KeyValue, RangeResult
-from raftreg.errors import FailedPrecondition, RegistryError
+from raftreg.errors import ClientClosed, FailedPrecondition, RegistryError
 
 OnSnapshot = Callable[[tuple[KeyValue, ...], int], Awaitable[None]]
 OnEvents = Callable[[tuple[Event, ...], int], Awaitable[None]]
@@ -205,7 +205,7 @@ class PrefixMirror:
         while True:
             try:
                 snapshot, watch = await self._list_then_watch()
-            except FailedPrecondition as e:
+            except ClientClosed as e:
                 self._log.warning("%s: stopped (%s)", self._label, e)
                 return None
             except RegistryError as e:

@@ -131,7 +131,7 @@ class PooledClient(Generic[C]):
     def keepalive_manager(self) -> LeaseKeeper:
         """This client's one `LeaseKeeper` (one stream for all leases; closed by `close()`)."""
         if self._closed:
-            raise E.FailedPrecondition("client is closed")
+            raise E.ClientClosed("client is closed")
         if self._keeper is None:
             self._keeper = LeaseKeeper(self, backoff_base=self._backoff_base)
         return self._keeper
@@ -170,7 +170,7 @@ class PooledClient(Generic[C]):
         progress_notify: bool = False,
     ) -> Watch:
         if self._closed:
-            raise E.FailedPrecondition("client is closed")
+            raise E.ClientClosed("client is closed")
         k, end = resolve_range(key, range_end, prefix)
         options = WatchOptions.make(
             k,
@@ -192,7 +192,7 @@ class PooledClient(Generic[C]):
 
     async def request_progress(self) -> None:
         if self._closed:
-            raise E.FailedPrecondition("client is closed")
+            raise E.ClientClosed("client is closed")
         if self._watch_mux is not None:
             self._watch_mux.request_progress()
 
@@ -252,7 +252,7 @@ class PooledClient(Generic[C]):
         `fn` raises a `RegistryError` of its own for a stream that ended without an answer
         (`Unavailable`, or `NotApplied` when nothing can have been applied)."""
         if self._closed:
-            raise E.FailedPrecondition("client is closed")
+            raise E.ClientClosed("client is closed")
         deadline = self._call_deadline()
         maybe_applied = False
         attempts = 0

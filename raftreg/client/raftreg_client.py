@@ -365,7 +365,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         first healthy endpoint (which forwards). Raises `Unavailable` if it cannot connect;
         the stream marks its endpoint failed when it breaks, so the next one goes elsewhere."""
         if self._closed:
-            raise E.FailedPrecondition("client is closed")
+            raise E.ClientClosed("client is closed")
         deadline = self._call_deadline()
         ep = await self._leader_endpoint(deadline) or self._pool.ordered()[0]
         try:

@@ -33,7 +33,7 @@ from raftreg.common.types import (
     Txn,
     TxnResult,
 )
-from raftreg.errors import FailedPrecondition
+from raftreg.errors import ClientClosed
 
 T = TypeVar("T")
 
@@ -114,7 +114,7 @@ class SyncRegistryClient:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
             coro.close()
-            raise FailedPrecondition("client is closed")
+            raise ClientClosed("client is closed")
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("SyncRegistryClient called from its own event loop")

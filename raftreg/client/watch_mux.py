@@ -269,7 +269,7 @@ class WatchMux(Generic[C]):
 
     def add(self, w: Watch) -> None:
         if self._closed:
-            raise E.FailedPrecondition("client is closed")
+            raise E.ClientClosed("client is closed")
         self._watches[w.watch_id] = w
         if self._stream is not None:
             self._stream.create(w)

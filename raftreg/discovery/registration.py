@@ -29,7 +29,13 @@ from typing import Self
 from raftreg.client.protocol import RegistryClient
 from raftreg.common.backoff import Backoff
 from raftreg.discovery.instance import Instance, encode_instance
-from raftreg.errors import FailedPrecondition, InvalidArgument, RegistryError, Unavailable
+from raftreg.errors import (
+    ClientClosed,
+    FailedPrecondition,
+    InvalidArgument,
+    RegistryError,
+    Unavailable,
+)
 
 log = logging.getLogger("raftreg.discovery")
 
@@ -171,7 +177,7 @@ class Registration:
         while True:
             try:
                 await self._register_once()
-            except FailedPrecondition as e:  # the client was closed: nothing more to do
+            except ClientClosed as e:  # nothing more to do
                 log.warning("registering %s stopped: %s", self.key, e)
                 return
             except RegistryError as e:

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from raftreg.client import MemoryRegistryClient
+from raftreg.common.types import PutResult
 from raftreg.discovery import Instance, Registration, Resolver
+from raftreg.errors import FailedPrecondition
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -183,3 +185,32 @@ async def test_resolver_reads_the_documents_layouts_and_no_other_service(
         await mem.delete("/services/user")
         await res.wait_for(lambda i: [x.address for x in i] == ["10.0.0.2:80"], 5)
         assert [i.address for i in doc.instances] == ["10.0.0.1:8080"]
+
+
+async def test_a_refused_registration_is_retried_with_a_new_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only `ClientClosed` ends a registration: a server's FailedPrecondition (e.g. "request id
+    too old" when one client has more writes in flight than the server remembers) is retried
+    with a new lease, like any other refusal."""
+
+    class Refusing(MemoryRegistryClient):
+        refusals = 2
+
+        async def put(self, key: str | bytes, value: str | bytes, **kw: object) -> PutResult:
+            if self.refusals:
+                self.refusals -= 1
+                raise FailedPrecondition("request id too old")
+            return await super().put(key, value, **kw)  # type: ignore[arg-type]
+
+    caplog.set_level(logging.WARNING, "raftreg.discovery")
+    mem = Refusing(seed=1)
+    try:
+        async with Registration(mem, user("u1"), ttl=5, retry_base=0.01, retry_max=0.05) as reg:
+            assert mem.refusals == 0 and reg.registered
+            assert (await mem.get("/services/user/u1")).kvs[0].lease == reg.lease_id
+            assert len(await mem.lease_list()) == 1, "the refused attempts' leases were revoked"
+    finally:
+        await mem.close()
+    retried = [r for r in caplog.records if "request id too old); retrying" in r.getMessage()]
+    assert len(retried) == 2

@@ -361,7 +361,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
         `Unavailable` if it cannot connect; a broken stream marks its endpoint failed, so the
         keeper's next stream goes elsewhere."""
         if self._closed:
-            raise E.FailedPrecondition("client is closed")
+            raise E.ClientClosed("client is closed")
         ep = self._pool.ordered()[0]
         try:
             await self._pool.connect(ep, self.connect_timeout)
