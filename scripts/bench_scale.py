@@ -140,12 +140,16 @@ async def registrar(url: str, first: int, count: int, ttl: int, inflight: int) -
             say("REG", sum(r.registered for r in regs), sum(r.registrations for r in regs))
             await asyncio.sleep(5)
 
+    async def register_all() -> None:
+        await asyncio.gather(*(one(r) for r in regs))
+        say("DONE", time.monotonic())
+
     reporter = asyncio.create_task(report())
-    await asyncio.gather(*(one(r) for r in regs))
-    say("DONE", time.monotonic())
+    filling = asyncio.create_task(register_all())  # STATS is answered even if it never ends
     while (cmd := await cmds.get()) not in ("EOF", "QUIT"):
         if cmd == "STATS":
             reporter.cancel()
+            filling.cancel()
             say("STATS", json.dumps({
                 "n": count, "registrations": sum(r.registrations for r in regs),
                 "registered_now": sum(r.registered for r in regs),
@@ -351,6 +355,15 @@ def progress(regs: list[Child], watchers: list[Child]) -> str:
             f" removal events {total(cnt, 1)}, re-lists {total(cnt, 2)}")
 
 
+async def seen_at(c: Child, tag: str, timeout: float) -> float:
+    """When the last watcher of `c` saw the probe `tag` (lines of older probes are skipped)."""
+    end = time.monotonic() + timeout
+    while True:
+        got, at = await c.expect("SEEN", end - time.monotonic())
+        if got == tag:
+            return float(at)
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -481,16 +494,21 @@ async def run_backend(backend: str, url: str, pids: list[int], ns: argparse.Name
             tag = f"probe-{r}"
             key = f"{PREFIX}{tag}"
             t_put = time.monotonic()
+            put = False
             for attempt in range(5):  # the same put again is harmless
                 try:
                     await client.put(key, encode_instance(Instance(SERVICE, tag, "127.0.0.1:1")))
+                    put = True
                     break
                 except RegistryError as e:
                     print(f"  {backend}: change {r}, put attempt {attempt + 1}: {e}", flush=True)
             try:
-                seen = [float((await c.expect("SEEN", 30))[1]) for c in watchers]
+                if not put:
+                    raise TimeoutError
+                seen = await gather_checked(*(seen_at(c, tag, 30) for c in watchers))
                 lat.append(max(seen, default=t_put) - t_put)
             except TimeoutError:
+                print(f"  {backend}: change {r} not seen by every watcher", flush=True)
                 lat.append(math.inf)
             with contextlib.suppress(RegistryError):
                 await client.delete(key)
