@@ -123,11 +123,20 @@ def _env() -> dict[str, str]:
     return env
 
 
+# etcd's default raft timing (100 ms heartbeats, a 1 s election timeout randomised up to 2x, a
+# leader without a quorum for one election timeout steps down): the raftreg cluster these tests
+# compare with an etcd cluster runs with the same, so a process starved on a busy machine
+# costs both the same (with raftreg's own 0.4-0.8 s, `check perf` beside a fault soak once
+# lost its leader in the last second of the 60).
+ETCD_TIMING = {"heartbeat_interval": 0.1, "election_timeout_min": 1.0,
+               "election_timeout_max": 2.0, "leader_fallback_timeout": 1.0}
+
+
 @contextmanager
 def backend_cluster(kind: str, root: Path) -> Iterator[tuple[Any, Ctl]]:
     """A started three-node cluster of `kind` ("raftreg" or "etcd") with a leader."""
     cluster: ProcessCluster | EtcdCluster
-    cluster = ProcessCluster(root) if kind == "raftreg" else EtcdCluster(root)
+    cluster = ProcessCluster(root, **ETCD_TIMING) if kind == "raftreg" else EtcdCluster(root)
     with cluster:
         cluster.start()
         cluster.wait_leader()
