@@ -1,23 +1,26 @@
-"""The raft dump file (`raft.dump` in a node's data dir): its msgpack format, seeding an empty
-data dir with a store snapshot (`seed_data_dir`), and finishing a log compaction a crash
-interrupted (`_resume_compaction`).
+"""The raft dump file (`raft.dump` in a node's data dir): its msgpack format, writing it off the
+tick thread (`DumpWriter`), seeding an empty data dir with a store snapshot (`seed_data_dir`),
+and finishing a log compaction a crash interrupted (`_resume_compaction`).
 
 A dump is a msgpack map {magic, format, state (the store snapshot), entries (the last two log
 entries it covers, newest first), cluster (the members' raft addresses)}; nothing in it reaches
-pickle. `RaftNode`'s serializer hooks write and read it on PySyncObj's tick thread
-(`pack_dump`, `unpack_dump`); `seed_data_dir` and `_resume_compaction` run before the node
+pickle. `RaftNode`'s serializer hooks start writing it (`DumpWriter`) and read it on PySyncObj's
+tick thread (`unpack_dump`); `seed_data_dir` and `_resume_compaction` run before the node
 starts, with no tick thread yet.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgpack
+from pysyncobj.config import SERIALIZER_STATE
 
 from raftreg.consensus.journal import DurableJournal, fsync_dir
 from raftreg.errors import FailedPrecondition, InvalidArgument
@@ -39,6 +42,84 @@ def pack_dump(state: bytes, last_entry: Sequence[Any], prev_entry: Sequence[Any]
         "entries": [list(last_entry), list(prev_entry)],
         "cluster": sorted(cluster),
     }))
+
+
+class DumpWriter:
+    """Writes raft dumps on a thread of its own, so that the tick thread (heartbeats, elections,
+    applies) never waits for a large store to be encoded and written.
+
+    Contract (PySyncObj's custom serializer with a `serializeChecker`; every method but the
+    writing runs on the tick thread):
+    - `start(encode, ...)`: `encode` was taken on the tick thread (a frozen view of the state
+      at the dump's last entry); the thread encodes it and writes and fsyncs `raft.dump.next`.
+    - `check()` is the serializeChecker: SERIALIZING while the thread runs; then, on the tick
+      thread, renames the new dump over `raft.dump` and answers SUCCESS, after which PySyncObj
+      compacts the log (the journal fsyncs the directory first, making the rename durable).
+    - `installed()`: a dump received from the leader replaced `raft.dump` meanwhile; the one
+      being written is older, so `check()` drops it and answers FAILED (PySyncObj tries again
+      later). Renames happen only on the tick thread, so they never race an installed dump.
+    - A crash mid-write leaves at most a stale `raft.dump.next`, removed on the next start;
+      `raft.dump` is always a complete, fsynced dump.
+    """
+
+    def __init__(self, path: Path, fsync_file: Callable[[int, str], None]) -> None:
+        self._path = path
+        self._next = path.with_name(path.name + ".next")
+        self._fsync_file = fsync_file
+        self._job: threading.Thread | None = None
+        self._failed = False
+        self._installs = 0  # dumps received from the leader
+        self._installs_at_start = 0
+        with contextlib.suppress(FileNotFoundError):
+            self._next.unlink()
+
+    @property
+    def writing(self) -> bool:
+        return self._job is not None
+
+    def start(self, encode: Callable[[], bytes], last_entry: Sequence[Any],
+              prev_entry: Sequence[Any], cluster: Sequence[str]) -> None:
+        assert self._job is None, "one dump at a time"
+        self._failed = False
+        self._installs_at_start = self._installs
+        self._job = threading.Thread(target=self._write, name="raft-dump", daemon=True,
+                                     args=(encode, last_entry, prev_entry, cluster))
+        self._job.start()
+
+    def _write(self, encode: Callable[[], bytes], last_entry: Sequence[Any],
+               prev_entry: Sequence[Any], cluster: Sequence[str]) -> None:
+        try:
+            blob = pack_dump(encode(), last_entry, prev_entry, cluster)
+            with open(self._next, "wb") as f:
+                f.write(blob)
+                f.flush()
+                self._fsync_file(f.fileno(), str(self._next))
+        except Exception:
+            log.exception("writing the raft dump failed")
+            self._failed = True
+
+    def check(self) -> int:
+        job = self._job
+        if job is None:
+            return SERIALIZER_STATE.NOT_SERIALIZING  # type: ignore[no-any-return]
+        if job.is_alive():
+            return SERIALIZER_STATE.SERIALIZING  # type: ignore[no-any-return]
+        self._job = None
+        if self._failed or self._installs != self._installs_at_start:
+            with contextlib.suppress(FileNotFoundError):
+                self._next.unlink()
+            return SERIALIZER_STATE.FAILED  # type: ignore[no-any-return]
+        os.replace(self._next, self._path)
+        return SERIALIZER_STATE.SUCCESS  # type: ignore[no-any-return]
+
+    def installed(self) -> None:
+        self._installs += 1
+
+    def close(self, timeout: float) -> None:
+        """Wait (up to `timeout`) for a dump being written; it is not renamed any more."""
+        job = self._job
+        if job is not None:
+            job.join(timeout)
 
 
 def unpack_dump(d: Any, filename: str) -> tuple[bytes, tuple[Any, ...], tuple[Any, ...], list[str]]:

@@ -26,10 +26,12 @@ from raftreg.consensus.status import RaftStatus
 
 @dataclass(frozen=True, slots=True)
 class StateMachine:
-    """The replicated state: applies one command, saves and replaces the whole state."""
+    """The replicated state: applies one command, saves and replaces the whole state.
+    `freeze()` takes the state now and returns at once what encodes it: the encoding may run
+    later, on another thread, while commands go on being applied."""
 
     apply_one: Callable[[bytes], Any]
-    snapshot: Callable[[], bytes]
+    freeze: Callable[[], Callable[[], bytes]]
     restore: Callable[[bytes], None]
 
 

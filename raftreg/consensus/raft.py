@@ -17,10 +17,13 @@ Contract:
   may have been (leader change, timeout after proposing). Never anything in between.
 
 Threads: every public method of `RaftNode` runs on its event loop (construct it on that
-thread). `apply_one`, `snapshot` and `restore` run on PySyncObj's tick thread (fsm.py): they
-must not block; the owner hands anything slow to its event loop. Completions cross from the
-tick thread to the loop only through `call_soon_threadsafe`; the loop reads the `_Fsm`'s
-state through plain attribute reads (never PySyncObj's iterating getters).
+thread). `apply_one`, `freeze` and `restore` run on PySyncObj's tick thread (fsm.py): they
+must not block; the owner hands anything slow to its event loop. `freeze` returns at once
+what encodes the state later: the dump is encoded and written on its own thread
+(dump.py `DumpWriter`), so heartbeats and applies go on while a large store is saved.
+Completions cross from the tick thread to the loop only through `call_soon_threadsafe`; the
+loop reads the `_Fsm`'s state through plain attribute reads (never PySyncObj's iterating
+getters).
 
 Security: nothing from the network, the log or the dump reaches pickle. The peer wire is
 raftreg's (raftreg/consensus/peer.py): both ends prove the mandatory cluster secret before a
@@ -58,7 +61,7 @@ from pysyncobj.node import TCPNode
 
 from raftreg.config import check_secret
 from raftreg.consensus.commands import APPEND_BATCH_BYTES, BATCH_MAX_BYTES, MAX_ITEM_BYTES
-from raftreg.consensus.dump import _resume_compaction, pack_dump, seed_data_dir, unpack_dump
+from raftreg.consensus.dump import DumpWriter, _resume_compaction, seed_data_dir, unpack_dump
 from raftreg.consensus.fsm import ApplyFn, FaultInjection, _Fsm
 from raftreg.consensus.journal import DurableJournal
 from raftreg.consensus.status import RaftStatus
@@ -118,7 +121,7 @@ class RaftNode:
         self,
         settings: RaftSettings,
         apply_one: ApplyFn,
-        snapshot: Callable[[], bytes],
+        freeze: Callable[[], Callable[[], bytes]],
         restore: Callable[[bytes], None],
         *,
         loop: asyncio.AbstractEventLoop,
@@ -127,7 +130,7 @@ class RaftNode:
         check_secret(settings.secret)
         self._s = settings
         self._loop = loop
-        self._snapshot = snapshot
+        self._freeze = freeze
         self._restore = restore
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(settings.data_dir, 0o700)
@@ -154,6 +157,7 @@ class RaftNode:
             journalFile=None,  # PySyncObj's journal is replaced by ours (_JournalSlot)
             fullDumpFile=str(settings.data_dir / "raft.dump"),
             serializer=self._serialize,
+            serializeChecker=self._check_dump,
             deserializer=self._deserialize,
             logCompactionMinEntries=settings.snapshot_entries,
             logCompactionMinTime=settings.snapshot_interval_s,
@@ -170,6 +174,7 @@ class RaftNode:
             unsafe_no_sync=None if faults is None else (lambda: faults.unsafe_no_sync),
         )
         _resume_compaction(self._journal, settings.data_dir / "raft.dump")
+        self._dumps = DumpWriter(settings.data_dir / "raft.dump", self._journal.fsync_file)
         self._fsm = _Fsm(settings.self_addr, list(settings.peers), conf, apply_one, self._faults,
                          journal=self._journal, secret=settings.secret, join=settings.join)
 
@@ -287,17 +292,19 @@ class RaftNode:
 
     def _serialize(self, filename: str, data: Any) -> None:  # tick thread
         last_entry, prev_entry, cluster = data
-        blob = pack_dump(self._snapshot(), last_entry, prev_entry,
-                         [n.address for n in cluster])
-        # `filename` is PySyncObj's temp file: it renames it over raft.dump after this returns,
-        # and the journal's compaction that follows fsyncs the directory (making the rename
-        # durable) before it drops the entries the dump replaces.
-        with open(filename, "wb") as f:
-            f.write(blob)
-            f.flush()
-            self._journal.fsync_file(f.fileno(), filename)
+        self._dumps.start(self._freeze(), last_entry, prev_entry,
+                          [n.address for n in cluster])
+        # PySyncObj renames `filename` over the dump once this returns. We never write it (the
+        # dump is renamed in `_check_dump` when written): that rename fails, PySyncObj ignores
+        # the failure, and `_check_dump`, its serializeChecker, reports the outcome.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(filename)
+
+    def _check_dump(self) -> int:  # tick thread
+        return self._dumps.check()
 
     def _deserialize(self, filename: str) -> tuple[Any, Any, Any]:  # tick thread
+        self._dumps.installed()
         with open(filename, "rb") as f:
             d = msgpack.unpackb(f.read())
             # A dump received from the leader was written and renamed by PySyncObj without any
@@ -468,3 +475,4 @@ class RaftNode:
                 fut.set_exception(NotApplied("node is shutting down"))
         if not self._fsm.tick_thread_alive():  # else its readers time out (node.barrier)
             self._fsm.close_reads("node is shutting down")
+        self._dumps.close(timeout=30.0)

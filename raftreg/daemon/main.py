@@ -81,6 +81,7 @@ async def run_node(
         interceptors=[rpc_metrics] + ([auth] if auth is not None else []),
         options=[
             ("grpc.so_reuseport", 0),
+            ("grpc.enable_channelz", 0),  # per-call bookkeeping nothing here reads
             ("grpc.max_receive_message_length", cfg.settings.max_value_bytes + (1 << 20)),
         ],
     )
@@ -199,7 +200,7 @@ def raft_consensus(
     settings = raft_settings(cfg, name, join=join)
 
     def build(sm: StateMachine) -> Consensus:
-        return RaftNode(settings, sm.apply_one, sm.snapshot, sm.restore, loop=loop,
+        return RaftNode(settings, sm.apply_one, sm.freeze, sm.restore, loop=loop,
                         faults=faults)
 
     return build

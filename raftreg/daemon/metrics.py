@@ -126,6 +126,9 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         # labelled children, looked up once per method (and code), not on every call
         self._counts: dict[tuple[str, str], Counter] = {}
         self._timers: dict[str, Histogram] = {}
+        # method -> (the handler it resolved to, its wrapped handler): wrapped once, not per
+        # call, while the services below resolve a method to the same handler object
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -136,6 +139,9 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         labels = _labels(method, handler)
         timer = self._timers.get(method)
         if timer is None:
@@ -152,7 +158,9 @@ class RpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 count = self._counts[key] = self.handled.labels(*labels, code.name)
             count.inc()
 
-        return wrap_handler(handler, start=start, finish=finish)
+        wrapped = wrap_handler(handler, start=start, finish=finish)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 def _labels(method: str, handler: Handler) -> tuple[str, str, str]:

@@ -40,7 +40,8 @@ class Lessor:
         *,
         is_leader: Callable[[], bool],
         term: Callable[[], int],
-        leases: Callable[[], list[LeaseInfo]],
+        ttls: Callable[[], dict[int, int]],
+        ttl: Callable[[int], int | None],
         lease: Callable[[int], LeaseInfo | None],
         barrier: Callable[[], Awaitable[None]],
         propose: Callable[[Command], Awaitable[object]],
@@ -51,7 +52,8 @@ class Lessor:
     ) -> None:
         self._is_leader = is_leader
         self._term = term
-        self._leases = leases
+        self._ttls = ttls  # {id: granted TTL} of every lease
+        self._ttl = ttl
         self._lease = lease
         self._barrier = barrier
         self._propose = propose
@@ -78,7 +80,7 @@ class Lessor:
         term = self._term()
         if self._led_term != term:
             now = self._clock()
-            self._deadlines = {lease.id: now + lease.ttl for lease in self._leases()}
+            self._deadlines = {lid: now + ttl for lid, ttl in self._ttls().items()}
             self._expiring.clear()
             self._led_term = term
             log.info("leading term %d: %d leases get a fresh TTL", term, len(self._deadlines))
@@ -102,10 +104,10 @@ class Lessor:
         except RegistryError as e:
             log.warning("leader epoch %d not confirmed: %s", term, e)
 
-    def _deadline(self, lease: LeaseInfo) -> float:
-        d = self._deadlines.get(lease.id)
+    def _deadline(self, lease_id: int, ttl: int) -> float:
+        d = self._deadlines.get(lease_id)
         if d is None:  # granted since we took over: its TTL starts now
-            d = self._deadlines[lease.id] = self._clock() + lease.ttl
+            d = self._deadlines[lease_id] = self._clock() + ttl
         return d
 
     async def renew(self, lease_id: int) -> int:
@@ -115,11 +117,11 @@ class Lessor:
         if not self._ensure_current():
             raise NotApplied("not the leader")
         await self._await_epoch()
-        lease = self._lease(lease_id)
-        if lease is None or lease_id in self._expiring:
+        ttl = self._ttl(lease_id)
+        if ttl is None or lease_id in self._expiring:
             return 0
-        self._deadlines[lease_id] = max(self._deadline(lease), started + lease.ttl)
-        return lease.ttl
+        self._deadlines[lease_id] = max(self._deadline(lease_id, ttl), started + ttl)
+        return ttl
 
     async def remaining(self, lease_id: int) -> tuple[int, LeaseInfo]:
         """Leader only: (remaining whole seconds, lease). Raises LeaseNotFound."""
@@ -130,7 +132,7 @@ class Lessor:
         lease = self._lease(lease_id)
         if lease is None or lease_id in self._expiring:
             raise LeaseNotFound(f"lease {lease_id:x} not found")
-        left = self._deadline(lease) - self._clock()
+        left = self._deadline(lease.id, lease.ttl) - self._clock()
         return max(0, int(left + 0.999)), lease
 
     # ------------------------------------------------------------------ expiry loop
@@ -157,7 +159,7 @@ class Lessor:
         now = self._clock()
         if now >= self._next_scan:
             self._scan()
-            # The full scan copies every lease: keep it to ~10% of the loop however many
+            # The full scan reads every lease: keep it to ~10% of the loop however many
             # leases there are (a lease nobody renews starts its TTL when a scan sees it).
             done = self._clock()
             self._next_scan = done + 9 * (done - now)
@@ -167,7 +169,7 @@ class Lessor:
             lid for lid, d in self._deadlines.items()
             if d <= now and lid not in self._expiring
         ):
-            if self._lease(lid) is None:  # revoked since the last scan
+            if self._ttl(lid) is None:  # revoked since the last scan
                 del self._deadlines[lid]
             else:
                 due.append(lid)
@@ -180,12 +182,12 @@ class Lessor:
 
     def _scan(self) -> None:
         """Sync the deadlines with the store: forget gone leases, start the TTL of new ones."""
-        live = {lease.id: lease for lease in self._leases()}
+        live = self._ttls()
         for gone in [i for i in self._deadlines if i not in live]:
             del self._deadlines[gone]
-        self._expiring &= set(live)
-        for lease in live.values():
-            self._deadline(lease)
+        self._expiring.intersection_update(live)
+        for lid, ttl in live.items():
+            self._deadline(lid, ttl)
 
     async def _propose_expiry(self, ids: tuple[int, ...], term: int) -> None:
         try:

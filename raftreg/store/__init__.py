@@ -33,7 +33,7 @@ from raftreg.store.commands import (
 )
 from raftreg.store.failures import error_to_failure, failure_to_error
 from raftreg.store.lease import LeaseInfo
-from raftreg.store.store import Store
+from raftreg.store.store import Store, StoreView
 
 __all__ = [
     "Command",
@@ -50,6 +50,7 @@ __all__ = [
     "Request",
     "Result",
     "Store",
+    "StoreView",
     "decode_request",
     "encode_request",
     "error_to_failure",

@@ -74,6 +74,15 @@ class ClientTable:
         for cid in idle:
             del self._clients[cid]
 
+    def freeze(self) -> ClientTable:
+        """A copy no one changes, for a snapshot encoded later (results are immutable)."""
+        copy = ClientTable(self._window)
+        copy._clients = {
+            cid: _Client(c.last_seen_ms, c.max_seq, dict(c.results))
+            for cid, c in self._clients.items()
+        }
+        return copy
+
     # snapshot: [[client_id, last_seen_ms, max_seq, [[seq, result], ...]], ...], all sorted.
 
     def to_obj(self) -> list[object]:

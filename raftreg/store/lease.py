@@ -60,6 +60,14 @@ class LeaseTable:
         lease = self._leases.get(lease_id)
         return None if lease is None else _copy(lease)
 
+    def ttl(self, lease_id: int) -> int | None:
+        lease = self._leases.get(lease_id)
+        return None if lease is None else lease.ttl
+
+    def ttls(self) -> dict[int, int]:
+        """{lease id: granted TTL} of every lease (no key sets copied), ascending ids."""
+        return {i: self._leases[i].ttl for i in sorted(self._leases)}
+
     def all(self) -> list[LeaseInfo]:
         """Copies of every lease, sorted by id."""
         return [_copy(self._leases[i]) for i in sorted(self._leases)]

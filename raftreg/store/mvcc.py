@@ -10,6 +10,9 @@ Invariants:
 - The change log lists, per changed revision >= `compact_revision`, the changed keys in the
   order they changed. Every history record with mod_revision >= compact_revision appears in it
   exactly once; events are rebuilt from the log and the histories.
+- Copy on write for views: a history list that a live `KeySpaceView` may share is replaced by a
+  copy before its first change (`_writable`), never changed in place. So a view, taken in
+  O(keys) pointer copies, stays exactly the state at its revision while writes go on.
 - After `compact(c)`, a key's history holds every record with mod_revision >= c plus the newest
   older record if that one is live. So reads at any revision >= c are exact, and every record
   that can be an event (mod >= c) still has its predecessor — prev_kv is exact too.
@@ -17,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from operator import attrgetter
@@ -28,7 +32,7 @@ from raftreg.common.types import Event, EventType, KeyValue
 from raftreg.errors import Compacted, FutureRevision, InvalidArgument
 from raftreg.store.codec import read_bytes, read_int, read_list
 
-__all__ = ["KeySpace", "in_range"]
+__all__ = ["KeySpace", "KeySpaceView", "in_range"]
 
 ALL_KEYS = b"\0"
 _mod = attrgetter("mod_revision")
@@ -63,7 +67,9 @@ class KeySpace:
         "_log_keys",
         "_log_revs",
         "_pending",
+        "_private",
         "_revision",
+        "_views",
     )
 
     def __init__(self) -> None:
@@ -78,6 +84,10 @@ class KeySpace:
         self._revision = 1
         self._compact_revision = 0
         self._pending: list[bytes] | None = None  # keys changed by the running write
+        # Views that may still share history lists, and the keys whose list was copied (is
+        # no longer shared) since the newest view; None when no view is alive.
+        self._views: weakref.WeakSet[KeySpaceView] = weakref.WeakSet()
+        self._private: set[bytes] | None = None
 
     # -----------------------------------------------------------------------------------------
     # state
@@ -201,12 +211,14 @@ class KeySpace:
         pending = self._pending
         assert pending is not None, "put outside a write"
         rev = self._revision + 1
-        h = self._hist.get(key)
         prev: KeyValue | None = None
-        if h is None:
+        if key not in self._hist:
             h = self._hist[key] = []
             self._keys.add(key)
+            if self._private is not None:
+                self._private.add(key)
         else:
+            h = self._writable(key)
             last = h[-1]
             assert last.mod_revision < rev, "key changed twice in one revision"
             if last.version:
@@ -227,7 +239,7 @@ class KeySpace:
         rev = self._revision + 1
         assert prev.mod_revision < rev, "key changed twice in one revision"
         tomb = tombstone(key, rev)
-        self._hist[key].append(tomb)
+        self._writable(key).append(tomb)
         self._dirty.add(key)
         self._live -= 1
         pending.append(key)
@@ -262,6 +274,7 @@ class KeySpace:
             if i and h[i - 1].version:
                 i -= 1  # keep the newest older record if it is live
             if i:
+                h = self._writable(k)
                 del h[:i]
             if not h:
                 del self._hist[k]
@@ -274,23 +287,43 @@ class KeySpace:
         del self._log_keys[:j]
         self._compact_revision = revision
 
+    def _writable(self, key: bytes) -> list[KeyValue]:
+        """`key`'s history list, safe to change in place: copied first if a view may share it."""
+        h = self._hist[key]
+        private = self._private
+        if private is not None:
+            if not self._views:
+                self._private = None  # every view is gone: nothing is shared any more
+            elif key not in private:
+                h = self._hist[key] = h.copy()
+                private.add(key)
+        return h
+
+    # -----------------------------------------------------------------------------------------
+    # views
+
+    def freeze(self) -> KeySpaceView:
+        """The state now, as an immutable view (outside a write). Costs O(keys) pointer copies
+        and no per-key work; the histories are shared, copied on their next change."""
+        assert self._pending is None, "freeze inside a write"
+        view = KeySpaceView(
+            self._revision,
+            self._compact_revision,
+            dict(self._hist),
+            list(self._keys),
+            list(self._log_revs),
+            list(self._log_keys),
+        )
+        self._views.add(view)
+        self._private = set()
+        return view
+
     # -----------------------------------------------------------------------------------------
     # snapshot: [revision, compact_revision, [[key, [record, ...]], ...], [[rev, [key, ...]], ...]]
     # record: [mod] for a tombstone, [mod, create, version, value, lease] for a live kv.
 
     def to_obj(self) -> list[object]:
-        hist = self._hist
-        keys: list[object] = []
-        for k in self._keys:
-            recs: list[object] = [
-                [kv.mod_revision, kv.create_revision, kv.version, kv.value, kv.lease]
-                if kv.version
-                else [kv.mod_revision]
-                for kv in hist[k]
-            ]
-            keys.append([k, recs])
-        log = [[rev, list(ks)] for rev, ks in zip(self._log_revs, self._log_keys, strict=True)]
-        return [self._revision, self._compact_revision, keys, log]
+        return self.freeze().to_obj()
 
     @classmethod
     def from_obj(cls, x: object) -> KeySpace:
@@ -363,3 +396,47 @@ class KeySpace:
         if logged:
             raise InvalidArgument("corrupt snapshot: log and histories disagree")
         return ks
+
+
+class KeySpaceView:
+    """A `KeySpace` frozen at one revision (`KeySpace.freeze`). Nothing in it changes after it
+    is taken: its lists are its own or never changed again (the key space copies on write).
+    So any thread may encode it while the key space goes on applying writes."""
+
+    __slots__ = ("__weakref__", "_compact_revision", "_hist", "_keys", "_log_keys",
+                 "_log_revs", "_revision")
+
+    def __init__(
+        self,
+        revision: int,
+        compact_revision: int,
+        hist: dict[bytes, list[KeyValue]],
+        keys: list[bytes],
+        log_revs: list[int],
+        log_keys: list[tuple[bytes, ...]],
+    ) -> None:
+        self._revision = revision
+        self._compact_revision = compact_revision
+        self._hist = hist
+        self._keys = keys
+        self._log_revs = log_revs
+        self._log_keys = log_keys
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def to_obj(self) -> list[object]:
+        """The key space's snapshot form (see the format above `KeySpace.to_obj`)."""
+        hist = self._hist
+        keys: list[object] = []
+        for k in self._keys:
+            recs: list[object] = [
+                [kv.mod_revision, kv.create_revision, kv.version, kv.value, kv.lease]
+                if kv.version
+                else [kv.mod_revision]
+                for kv in hist[k]
+            ]
+            keys.append([k, recs])
+        log = [[rev, list(ks)] for rev, ks in zip(self._log_revs, self._log_keys, strict=True)]
+        return [self._revision, self._compact_revision, keys, log]

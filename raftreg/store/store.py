@@ -9,6 +9,9 @@ Contracts:
   randomness, no iteration over unordered containers where order reaches an output.
 - `snapshot()` captures everything (key histories, change log, leases, request identities);
   `restore(snapshot())` yields a state whose next snapshot is byte-identical.
+- `freeze()` is `snapshot()` split in two: the view is taken at once (pointer copies, no
+  per-key work) and `StoreView.encode()` gives the same bytes later, from any thread, however
+  many writes were applied meanwhile.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Final
 
@@ -70,11 +73,17 @@ from raftreg.store.commands import (
 from raftreg.store.failures import error_to_failure
 from raftreg.store.identity import ClientTable
 from raftreg.store.lease import LeaseInfo, LeaseTable
-from raftreg.store.mvcc import ALL_KEYS, COMPACTED_MESSAGE, FUTURE_MESSAGE, KeySpace
+from raftreg.store.mvcc import (
+    ALL_KEYS,
+    COMPACTED_MESSAGE,
+    FUTURE_MESSAGE,
+    KeySpace,
+    KeySpaceView,
+)
 from raftreg.store.txn import txn_path
 from raftreg.store.validate import check_key_range, validate_command, validate_range
 
-__all__ = ["SNAPSHOT_FORMAT", "Store"]
+__all__ = ["SNAPSHOT_FORMAT", "Store", "StoreView"]
 
 SNAPSHOT_MAGIC: Final = "raftreg.store"
 SNAPSHOT_FORMAT: Final = 3  # 3 added the member table; format 2 is still restored
@@ -140,6 +149,14 @@ class Store:
 
     def leases(self) -> list[LeaseInfo]:
         return self._leases.all()
+
+    def lease_ttl(self, id: int) -> int | None:
+        """The granted TTL of lease `id`, None if it does not exist."""
+        return self._leases.ttl(id)
+
+    def lease_ttls(self) -> dict[int, int]:
+        """{lease id: granted TTL} of every lease, ascending ids (cheaper than `leases`)."""
+        return self._leases.ttls()
 
     def range(self, r: Range) -> RangeResult:
         """Serve a read at r.revision (0 = current). Raises InvalidArgument, Compacted,
@@ -391,16 +408,16 @@ class Store:
     def snapshot(self) -> bytes:
         """[magic, format, key space, leases, clients, leader epoch, members] as msgpack; see
         each part's `to_obj`."""
-        return pack(
-            [
-                SNAPSHOT_MAGIC,
-                SNAPSHOT_FORMAT,
-                self._kv.to_obj(),
-                self._leases.to_obj(),
-                self._clients.to_obj(),
-                self._epoch,
-                [_member_to_obj(m) for m in self.members()],
-            ]
+        return self.freeze().encode()
+
+    def freeze(self) -> StoreView:
+        """The whole state now, to encode later (see the module contract). Outside `apply`."""
+        return StoreView(
+            self._kv.freeze(),
+            self._leases.to_obj(),
+            self._clients.freeze(),
+            self._epoch,
+            [_member_to_obj(m) for m in self.members()],
         )
 
     def restore(self, data: bytes) -> None:
@@ -434,6 +451,35 @@ class Store:
 
         self._kv, self._leases, self._clients, self._epoch, self._members = guard(
             decode, "snapshot"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreView:
+    """A `Store` frozen by `Store.freeze`: its parts are copies or never change again."""
+
+    kv: KeySpaceView
+    leases: list[object]
+    clients: ClientTable  # a copy no one changes
+    epoch: int
+    members: list[object]
+
+    @property
+    def revision(self) -> int:
+        return self.kv.revision
+
+    def encode(self) -> bytes:
+        """The snapshot bytes (`Store.snapshot`) of the state it was taken from."""
+        return pack(
+            [
+                SNAPSHOT_MAGIC,
+                SNAPSHOT_FORMAT,
+                self.kv.to_obj(),
+                self.leases,
+                self.clients.to_obj(),
+                self.epoch,
+                self.members,
+            ]
         )
 
 

@@ -49,7 +49,8 @@ class Harness:
         self.lessor = Lessor(
             is_leader=lambda: self.leader,
             term=lambda: self.term,
-            leases=self.store.leases,
+            ttls=self.store.lease_ttls,
+            ttl=self.store.lease_ttl,
             lease=self.store.lease,
             barrier=self._barrier,
             propose=self._propose,

@@ -76,7 +76,7 @@ async def h() -> AsyncIterator[Harness]:
             applied.append(decode_request(data).command)
             return sm.apply_one(data)
 
-        made.append(LocalConsensus(StateMachine(apply_one, sm.snapshot, sm.restore), "local:1"))
+        made.append(LocalConsensus(StateMachine(apply_one, sm.freeze, sm.restore), "local:1"))
         return made[0]
 
     clock = ManualClock()

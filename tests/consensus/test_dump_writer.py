@@ -1,0 +1,143 @@
+"""Raft dumps are written off the tick thread (dump.py `DumpWriter`): the writer's outcomes,
+and three real RaftNodes that keep their leader and go on committing while every member's
+dump takes longer than an election timeout to encode."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import msgpack
+import pytest
+from pysyncobj.config import SERIALIZER_STATE
+
+from raftreg.config import new_secret
+from raftreg.consensus.dump import DumpWriter, unpack_dump
+from raftreg.consensus.raft import RaftNode, RaftSettings
+from raftreg.testing.ports import free_ports
+
+pytestmark = pytest.mark.timeout(120)
+
+ENTRIES = ([b"\x01", 9, 2], [b"\x01", 8, 2])
+
+
+def _writer(tmp_path: Path) -> DumpWriter:
+    return DumpWriter(tmp_path / "raft.dump", lambda fd, what: None)
+
+
+def _wait_written(w: DumpWriter, timeout: float = 10.0) -> int:
+    done = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        state = w.check()
+        if state != SERIALIZER_STATE.SERIALIZING:
+            return state
+        done.wait(0.01)
+    raise AssertionError("the dump was never written")
+
+
+def test_a_written_dump_is_renamed_by_check_only(tmp_path: Path) -> None:
+    gate = threading.Event()
+    w = _writer(tmp_path)
+    assert w.check() == SERIALIZER_STATE.NOT_SERIALIZING
+    w.start(lambda: gate.wait(10) and b"state", *ENTRIES, ["a:1", "b:2"])
+    assert w.check() == SERIALIZER_STATE.SERIALIZING
+    assert not (tmp_path / "raft.dump").exists()
+    gate.set()
+    assert _wait_written(w) == SERIALIZER_STATE.SUCCESS
+    state, last, prev, cluster = unpack_dump(
+        msgpack.unpackb((tmp_path / "raft.dump").read_bytes()), "raft.dump")
+    assert (state, last, prev, cluster) == (b"state", (b"\x01", 9, 2), (b"\x01", 8, 2),
+                                            ["a:1", "b:2"])
+    assert not (tmp_path / "raft.dump.next").exists()
+    assert w.check() == SERIALIZER_STATE.NOT_SERIALIZING
+
+
+def test_a_dump_older_than_an_installed_one_is_dropped(tmp_path: Path) -> None:
+    (tmp_path / "raft.dump").write_bytes(b"installed")
+    gate = threading.Event()
+    w = _writer(tmp_path)
+    w.start(lambda: gate.wait(10) and b"old", *ENTRIES, [])
+    w.installed()  # the leader's dump replaced raft.dump meanwhile
+    gate.set()
+    assert _wait_written(w) == SERIALIZER_STATE.FAILED
+    assert (tmp_path / "raft.dump").read_bytes() == b"installed"
+    assert not (tmp_path / "raft.dump.next").exists()
+
+
+def test_a_failed_encoding_leaves_the_dump_alone(tmp_path: Path) -> None:
+    (tmp_path / "raft.dump").write_bytes(b"previous")
+
+    def broken() -> bytes:
+        raise RuntimeError("boom")
+
+    w = _writer(tmp_path)
+    w.start(broken, *ENTRIES, [])
+    assert _wait_written(w) == SERIALIZER_STATE.FAILED
+    assert (tmp_path / "raft.dump").read_bytes() == b"previous"
+
+
+def test_a_stale_partial_dump_is_removed_on_start(tmp_path: Path) -> None:
+    (tmp_path / "raft.dump.next").write_bytes(b"half a dump")
+    _writer(tmp_path)
+    assert not (tmp_path / "raft.dump.next").exists()
+
+
+@pytest.mark.slow
+async def test_the_leader_keeps_leading_and_committing_while_dumps_are_written(
+    tmp_path: Path,
+) -> None:
+    """Every member compacts after 50 entries, and each dump takes 3 s to encode: longer than
+    the 1-2 s election timeout. Written on the tick thread, it cost the leader its term."""
+    gate = threading.Event()
+    encoding = threading.Semaphore(0)
+
+    def freeze():  # type: ignore[no-untyped-def]
+        def encode() -> bytes:
+            encoding.release()
+            gate.wait(3.0)
+            return b"state"
+
+        return encode
+
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    secret = new_secret()
+    loop = asyncio.get_running_loop()
+    nodes = [
+        RaftNode(RaftSettings(self_addr=a, peers=tuple(x for x in addrs if x != a),
+                              secret=secret, data_dir=tmp_path / a.replace(":", "_"),
+                              heartbeat_interval=0.1, election_timeout_min=1.0,
+                              election_timeout_max=2.0, leader_fallback_timeout=1.0,
+                              snapshot_entries=50),
+                 lambda item: None, freeze, lambda b: None, loop=loop)
+        for a in addrs
+    ]
+    try:
+        async with asyncio.timeout(30):
+            while sum(n.is_leader for n in nodes) != 1:
+                await asyncio.sleep(0.02)
+        leader = next(n for n in nodes if n.is_leader)
+        term = leader.term
+        for i in range(60):
+            await leader.propose(b"w%d" % i)
+        async with asyncio.timeout(10):  # the dumps are being encoded
+            while not encoding.acquire(blocking=False):
+                await asyncio.sleep(0.01)
+        started = loop.time()
+        committed = 0
+        while loop.time() - started < 2.5:  # all of it while the dumps are still encoding
+            await leader.propose(b"during")
+            committed += 1
+        assert leader.is_leader and leader.term == term
+        assert all(n.term == term for n in nodes)
+        assert committed > 10
+        gate.set()
+        async with asyncio.timeout(10):  # then every member renames its dump and compacts
+            while not all((tmp_path / n.self_addr.replace(":", "_") / "raft.dump").exists()
+                          and n.status().log_len < 60 for n in nodes):
+                await asyncio.sleep(0.02)
+        assert leader.term == term
+    finally:
+        gate.set()
+        for n in nodes:
+            n.close()
