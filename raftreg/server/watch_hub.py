@@ -5,8 +5,11 @@ Guarantees, per watcher:
   split across responses;
 - a watch starts at any revision >= the compaction point (catching up from the store's history)
   or is cancelled with the compact revision;
-- a watcher whose stream cannot keep up is cancelled once `buffer_limit` events are queued; it
-  never slows apply or other watchers.
+- a stream holds at most `buffer_limit` queued events (a single revision larger than that is
+  still sent whole); a watcher whose stream cannot keep up is never cancelled for it, nor does
+  it slow apply or other watchers: it stops taking live events and catches up from the store's
+  history as its stream drains (etcd's unsynced watchers). Only compaction past what it has
+  been sent cancels it, with the compact revision.
 
 How: every watcher tracks `next_rev`, the first revision it has not seen. Catch-up reads
 `store.events_since(next_rev)` under the node's lock; live events (published on the event loop
@@ -16,8 +19,9 @@ hole, so `resync()` makes every watcher catch up again from its `next_rev`.
 
 Catch-up is paced by the stream: history is sent in messages of whole revisions while the
 stream's queue has room; a watcher with more history than that is "unsynced" (live events skip
-it) and continues catching up as the stream drains, then rejoins the live stream. Watch ids are
-per stream, as in etcd.
+it) and continues catching up as the stream drains, then rejoins the live stream. A live event
+that would overflow the queue makes its watcher unsynced the same way, `next_rev` unchanged.
+Watch ids are per stream, as in etcd.
 """
 
 from __future__ import annotations
@@ -220,20 +224,16 @@ class WatchHub:
 
     def _deliver(self, w: Watcher, events: list[Event], revision: int) -> None:
         selected = w.select(events)
+        queued = w.stream.queued_events
+        if selected and queued and queued + len(selected) > self._limit:
+            # No room: leave the live stream; WatchStream.taken() resumes from history at
+            # next_rev (this revision included) once the queue has drained to half.
+            w.synced = False
+            return
         if events:
             w.next_rev = max(w.next_rev, events[-1].kv.mod_revision + 1)
-        if not selected:
-            return
-        queued = w.stream.queued_events
-        if queued and queued + len(selected) > self._limit:
-            self.remove(w)
-            w.stream.send(
-                Outgoing(w.id, revision, canceled=True,
-                         cancel_reason="watcher is too slow: event buffer full; "
-                         "re-create it from the last revision received")
-            )
-            return
-        w.stream.send(Outgoing(w.id, revision, events=selected))
+        if selected:
+            w.stream.send(Outgoing(w.id, revision, events=selected))
 
     # ------------------------------------------------------------------ publishers (event loop)
 

@@ -407,13 +407,15 @@ async def test_every_node_sees_exactly_the_committed_sequence(wcluster: ProcessC
         await kv.close()
 
 
-async def test_slow_watcher_is_cancelled_without_slowing_anyone(
+async def test_slow_watcher_catches_up_without_slowing_anyone(
     wcluster: ProcessCluster,
 ) -> None:
     """Behaviour on a real node: puts keep being acknowledged while a watcher that never reads
-    is backed up, the node cancels it (not the fast one), and no put waits anywhere near a
-    proposal timeout. That publishing never waits for a consumer is stated exactly by
-    tests/server/test_watch_hub.py; here no wall-clock comparison between runs is made."""
+    is backed up far past the node's buffer, neither watcher is cancelled, and once the slow
+    client reads again it gets every event exactly once, in order (caught up from history).
+    No put waits anywhere near a proposal timeout. That publishing never waits for a consumer
+    is stated exactly by tests/server/test_watch_hub.py; here no wall-clock comparison between
+    runs is made."""
     _, (f1, _) = roles(wcluster)
     node = f1
     kv = KV(wcluster.client[node])
@@ -447,34 +449,17 @@ async def test_slow_watcher_is_cancelled_without_slowing_anyone(
         assert (await kv.status()).watchers == base_watchers + 2
         n = 4 * BUFFER_EVENTS + 500
         revs, during = await put_all(n, b"sl/k/")
-        # The slow watcher was dropped by the server, the fast one was not.
-        deadline = time.monotonic() + put_bound
-        while (await kv.status()).watchers != base_watchers + 1:
-            assert time.monotonic() < deadline, (
-                f"the slow watcher was not cancelled within {put_bound:.0f}s after {n} puts "
-                f"(buffer {BUFFER_EVENTS} events)")
-            await asyncio.sleep(0.05)
         resps = await fast.events_for(fast_id, lambda evs: len(evs) >= n, timeout=put_bound)
         assert [e.kv.mod_revision for r in resps for e in r.events] == revs
+        assert (await kv.status()).watchers == base_watchers + 2, "a watcher was cancelled"
         b50, d50 = statistics.median(baseline), statistics.median(during)
         print(f"\nput latency p50 before {b50 * 1e3:.2f} ms, with a slow watcher "
               f"{d50 * 1e3:.2f} ms (max {max(during) * 1e3:.2f} ms; bound {put_bound:.0f} s)")
-        # When the slow client finally reads, it finds the cancel with a reason after what was
-        # buffered, and never more than the buffer plus the transport's window of events.
-        events = 0
-        while True:
-            r = await slow.recv(timeout=put_bound)
-            events += len(r.events)
-            if r.canceled:
-                break
-        assert r.watch_id == slow_id
-        assert "slow" in r.cancel_reason, r.cancel_reason
-        assert events < n
-        # It was cancelled in the middle of the puts: the ones up to the cancel's revision were
-        # applied and acknowledged while it existed, backed up, and the later ones after.
-        assert revs[0] < r.header.revision < revs[-1], (revs[0], r.header.revision, revs[-1])
-        got, _ = await slow.until_progress()
-        assert not [x for x in got if x.events], "events after the cancel"
+        # The slow client reads at last: every event once, in order, and no cancel.
+        resps = await slow.events_for(slow_id, lambda evs: len(evs) >= n, timeout=put_bound)
+        assert not [r for r in resps if r.canceled]
+        assert [e.kv.mod_revision for r in resps for e in r.events] == revs
+        assert (await kv.status()).watchers == base_watchers + 2
     finally:
         await slow.close()
         await fast.close()
