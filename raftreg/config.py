@@ -19,6 +19,12 @@ from raftreg.logfmt import FORMATS as LOG_FORMATS
 from raftreg.logfmt import LEVELS as LOG_LEVELS
 from raftreg.logfmt import LogFormat
 
+# How many of one client's most recent write sequence numbers the store remembers results for
+# (`raftreg.store.identity.ClientTable`): the server's `client_window` setting by default, and
+# the default write window of `raftreg.client.GrpcRegistryClient`, which never has writes more
+# than this many sequence numbers apart unfinished (so a retry is never refused as too old).
+DEFAULT_CLIENT_WINDOW = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
@@ -67,6 +73,12 @@ class ClusterSettings:
     min_lease_ttl: int = 2
     # Request-identity entries of clients idle this long are forgotten.
     client_idle_expiry_s: float = 3600.0
+    # Request identity: per client, the results of the last `client_window` sequence numbers
+    # are remembered; a retry of an older one is refused ("request id too old"). Part of the
+    # replicated state machine, like the store limits: the same on every node. A client must
+    # not use a larger write window (GrpcRegistryClient(write_window=...), by default this
+    # default) than the cluster's.
+    client_window: int = DEFAULT_CLIENT_WINDOW
     # Watches: events buffered per watch stream before the slow watcher is cancelled.
     watch_buffer_events: int = 10_000
     watch_progress_interval_s: float = 10.0
@@ -97,6 +109,8 @@ class ClusterSettings:
     auth_file: str = ""
 
     def __post_init__(self) -> None:
+        if self.client_window < 1:
+            raise InvalidArgument("[cluster]: client_window must be >= 1")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InvalidArgument("[cluster]: tls_cert_file and tls_key_file go together")
         if self.secret and self.secret_file:

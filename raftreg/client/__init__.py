@@ -13,6 +13,8 @@ implementation of their mechanisms: `endpoint_pool` (endpoints, failure marks, c
 waits, backoff), `watch_mux` (the shared watch stream; each backend supplies a `WatchWire`:
 `raftreg_watch_wire`, `etcd.watch_wire`), `bidi` (stream writer, keepalive stream) and
 `pooled_client` (`PooledClient`: the one call loop and everything else the clients share).
+`seq_window` (`SeqWindow`) is the raftreg client's write flow control: which request-id seq a
+write may take, so that the server can still deduplicate every retry.
 `resumable_watch` is the caller's `Watch`, the same for every backend; `mirror`
 (`PrefixMirror`) is the list-then-watch-relist loop that keeps a caller's copy of a prefix
 (the resolver's, the config watcher's); `backend_choice` picks the backend.

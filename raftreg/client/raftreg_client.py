@@ -20,6 +20,14 @@ Contracts:
   the store applies it at most once. A write whose outcome may be unknown (the request may
   have reached a server) and that never got an answer raises `OutcomeUnknown`, never a plain
   failure.
+- Write flow control (`raftreg.client.seq_window.SeqWindow`): a write takes its seq only when
+  every unfinished write of this client (in flight or being retried) has a seq greater than
+  `seq - write_window`; otherwise it waits, first come first served, for the oldest to finish
+  (however it ends). The server remembers the last `client_window` seqs of a client, so with
+  `write_window <= client_window` (both default to `raftreg.config.DEFAULT_CLIENT_WINDOW`) a
+  retry is never refused as "request id too old", however many writes share the client. The
+  wait is back-pressure, not part of the write's retry budget (the oldest write ends within
+  its own budget).
 - Every `grpc.aio.AioRpcError` becomes a `raftreg.errors` exception through `rpc_error`.
 - Watches share one stream (`raftreg.client.watch_mux`, with raftreg's wire from
   `raftreg.client.raftreg_watch_wire`); a failed watch or keepalive stream forgets the leader too.
@@ -33,11 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 import secrets
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -61,6 +68,7 @@ from raftreg.client.protocol import (
 from raftreg.client.raftreg_watch_wire import WIRE as WATCH_WIRE
 from raftreg.client.resumable_watch import Watch
 from raftreg.client.security import ClientSecurity, wants_tls
+from raftreg.client.seq_window import SeqWindow
 from raftreg.common import convert
 from raftreg.common.clock import Clock
 from raftreg.common.status import error_from_status
@@ -77,12 +85,20 @@ from raftreg.common.types import (
     Txn,
     TxnResult,
 )
+from raftreg.config import DEFAULT_CLIENT_WINDOW
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 
 T = TypeVar("T")
 
 _MAX_CLIENT_ID = (1 << 63) - 1
+
+
+class _IdentifiedRequest(Protocol):
+    """A write request: it carries a `RequestId`."""
+
+    @property
+    def request_id(self) -> pb.RequestId: ...
 
 
 def rpc_error(e: grpc.aio.AioRpcError) -> E.RegistryError:
@@ -162,7 +178,9 @@ class GrpcRegistryClient(PooledClient[_Conn]):
 
     `timeout` bounds each attempt; `retry_budget` (default 2 x timeout) bounds a whole call
     including retries; `connect_timeout` bounds waiting for a connection to one endpoint.
-    `client_id` (default random, 63 bits, non-zero) identifies this client's writes.
+    `client_id` (default random, 63 bits, non-zero) identifies this client's writes;
+    `write_window` bounds how far apart the seqs of its unfinished writes may be (see the
+    module docstring; never more than the cluster's `client_window`).
     `tls`, `ca_file`, `cert_file`, `key_file`, `token`: see the module docstring.
     `clock` measures budgets and retry pauses (default: the loop's; see `PooledClient`).
     """
@@ -179,6 +197,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         failure_penalty: float = 5.0,
         rediscover_interval: float = 1.0,
         client_id: int | None = None,
+        write_window: int = DEFAULT_CLIENT_WINDOW,
         channel_options: Sequence[tuple[str, str | int]] = (),
         tls: bool = False,
         ca_file: str = "",
@@ -198,6 +217,8 @@ class GrpcRegistryClient(PooledClient[_Conn]):
             raise E.InvalidArgument("timeouts must be positive")
         if client_id is not None and not 0 < client_id <= _MAX_CLIENT_ID:
             raise E.InvalidArgument("client_id must be in [1, 2**63 - 1]")
+        if write_window < 1:
+            raise E.InvalidArgument("write_window must be >= 1")
         super().__init__(
             eps,
             make_conn=_Conn,
@@ -215,7 +236,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         )
         self._rediscover_interval = rediscover_interval
         self._client_id = client_id or (secrets.randbits(63) or 1)
-        self._seq = itertools.count(1)
+        self._write_window = SeqWindow(write_window)
         self._leader: str | None = None
         self._leader_checked_at = -math.inf
         self._member_endpoints: dict[int, str] = {}
@@ -226,6 +247,12 @@ class GrpcRegistryClient(PooledClient[_Conn]):
     @property
     def client_id(self) -> int:
         return self._client_id
+
+    @property
+    def seq_window(self) -> SeqWindow:
+        """The seqs of this client's writes (`write_window`; how many are unfinished, how many
+        writes wait for one)."""
+        return self._write_window
 
     # --- KV --------------------------------------------------------------------------------
 
@@ -260,14 +287,13 @@ class GrpcRegistryClient(PooledClient[_Conn]):
         self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False
     ) -> PutResult:
         req = convert.RAFTREG.put(Put(to_bytes(key), to_bytes(value), lease, prev_kv))
-        req.request_id.CopyFrom(self._next_request_id())
 
         async def call(c: _Conn, t: float) -> PutResult:
             resp = await self._kv_op(c, t, c.kv.Put, pb.TaggedRequest(put=req))
             assert isinstance(resp, pb.PutResponse)
             return convert.put_result_from_pb(resp)
 
-        return await self._call(call, "put", route="leader", write=True)
+        return await self._write(req, call, "put")
 
     async def delete(
         self,
@@ -279,25 +305,23 @@ class GrpcRegistryClient(PooledClient[_Conn]):
     ) -> DeleteResult:
         k, end = resolve_range(key, range_end, prefix)
         req = convert.RAFTREG.delete(DeleteRange(k, end, prev_kv))
-        req.request_id.CopyFrom(self._next_request_id())
 
         async def call(c: _Conn, t: float) -> DeleteResult:
             resp = await self._kv_op(c, t, c.kv.DeleteRange, pb.TaggedRequest(delete_range=req))
             assert isinstance(resp, pb.DeleteRangeResponse)
             return convert.delete_result_from_pb(resp)
 
-        return await self._call(call, "delete", route="leader", write=True)
+        return await self._write(req, call, "delete")
 
     async def txn(self, txn: Txn) -> TxnResult:
         req = convert.RAFTREG.txn(txn)
-        req.request_id.CopyFrom(self._next_request_id())
 
         async def call(c: _Conn, t: float) -> TxnResult:
             resp = await self._kv_op(c, t, c.kv.Txn, pb.TaggedRequest(txn=req))
             assert isinstance(resp, pb.TxnResponse)
             return convert.txn_result_from_pb(resp)
 
-        return await self._call(call, "txn", route="leader", write=True)
+        return await self._write(req, call, "txn")
 
     async def compact(self, revision: int) -> int:
         req = pb.CompactionRequest(revision=revision)
@@ -310,7 +334,7 @@ class GrpcRegistryClient(PooledClient[_Conn]):
     # --- leases ----------------------------------------------------------------------------
 
     async def lease_grant(self, ttl: int, *, id: int = 0) -> LeaseGrantResult:
-        req = pb.LeaseGrantRequest(TTL=ttl, ID=id, request_id=self._next_request_id())
+        req = pb.LeaseGrantRequest(TTL=ttl, ID=id)
 
         async def call(c: _Conn, t: float) -> LeaseGrantResult:
             resp = await c.lease.LeaseGrant(req, timeout=t)
@@ -318,15 +342,15 @@ class GrpcRegistryClient(PooledClient[_Conn]):
                 raise E.RegistryError(resp.error)
             return LeaseGrantResult(resp.header.revision, resp.ID, resp.TTL)
 
-        return await self._call(call, "lease grant", route="leader", write=True)
+        return await self._write(req, call, "lease grant")
 
     async def lease_revoke(self, id: int) -> None:
-        req = pb.LeaseRevokeRequest(ID=id, request_id=self._next_request_id())
+        req = pb.LeaseRevokeRequest(ID=id)
 
         async def call(c: _Conn, t: float) -> None:
             await c.lease.LeaseRevoke(req, timeout=t)
 
-        await self._call(call, "lease revoke", route="leader", write=True)
+        await self._write(req, call, "lease revoke")
 
     async def lease_time_to_live(self, id: int, *, keys: bool = False) -> LeaseTTL:
         req = pb.LeaseTimeToLiveRequest(ID=id, keys=keys)
@@ -458,9 +482,16 @@ class GrpcRegistryClient(PooledClient[_Conn]):
 
     # --- internals -------------------------------------------------------------------------
 
-    def _next_request_id(self) -> pb.RequestId:
-        """The identity of one logical write; retries of that write reuse it."""
-        return pb.RequestId(client_id=self._client_id, seq=next(self._seq))
+    async def _write(
+        self, req: _IdentifiedRequest, fn: Callable[[_Conn, float], Awaitable[T]], what: str
+    ) -> T:
+        """One logical write: `fn` sends `req`, which gets the write's `RequestId` here, a seq
+        from the write window held until the write ends (every retry re-sends that id)."""
+        if self._closed:
+            raise E.ClientClosed("client is closed")
+        async with self._write_window.slot() as seq:
+            req.request_id.CopyFrom(pb.RequestId(client_id=self._client_id, seq=seq))
+            return await self._call(fn, what, route="leader", write=True)
 
     identified_writes = True  # every write carries a RequestId that its retries reuse
 

@@ -110,7 +110,8 @@ class RegistryNode:
         self._membership_lock = asyncio.Lock()
         self._lock = threading.Lock()
         self.counters = NodeCounters()
-        self.store = Store(max_value_bytes=s.max_value_bytes, max_txn_ops=s.max_txn_ops)
+        self.store = Store(max_value_bytes=s.max_value_bytes, max_txn_ops=s.max_txn_ops,
+                           client_window=s.client_window)
         self._sinks: list[EventSink] = []
         self._unpublished: list[tuple[int, list[Event]] | None] = []  # applied, not published
         self._publish_scheduled = False

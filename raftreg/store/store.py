@@ -39,6 +39,7 @@ from raftreg.common.types import (
     Txn,
     TxnResult,
 )
+from raftreg.config import DEFAULT_CLIENT_WINDOW
 from raftreg.errors import (
     AlreadyExists,
     Compacted,
@@ -103,7 +104,11 @@ class Store:
     """MVCC key space + leases + request identities; see the module docstring."""
 
     def __init__(
-        self, *, max_value_bytes: int = 1_572_864, max_txn_ops: int = 128, client_window: int = 1024
+        self,
+        *,
+        max_value_bytes: int = 1_572_864,
+        max_txn_ops: int = 128,
+        client_window: int = DEFAULT_CLIENT_WINDOW,
     ) -> None:
         if max_value_bytes < 0 or max_txn_ops < 1 or client_window < 1:
             raise ValueError("store limits must be positive")

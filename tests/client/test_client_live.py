@@ -11,13 +11,15 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.protobuf.message import Message
 
 from raftreg.client import GrpcRegistryClient, WatchBatch
-from raftreg.common.types import EventType
+from raftreg.common.types import EventType, Put, Txn
 from raftreg.errors import OutcomeUnknown, RegistryError
 from raftreg.testing import ProcessCluster
 
@@ -184,3 +186,84 @@ async def test_cli_watch_prints_events_and_exits_0_on_ctrl_c(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# --- write flow control against a server with a small request-identity window ------------------
+
+SMALL_WINDOW = 8
+
+
+@pytest.fixture
+def small_window_node(tmp_path: Path) -> Iterator[ProcessCluster]:
+    """One node whose store remembers only the last SMALL_WINDOW results per client."""
+    with ProcessCluster(tmp_path / "c", size=1, client_window=SMALL_WINDOW) as c:
+        c.start()
+        c.wait_leader()
+        yield c
+
+
+class HoldingClient(GrpcRegistryClient):
+    """Holds back the KV write with seq 1 (a stand-in for one slow write: an answer lost and
+    retried, a stalled connection) until every later write it sent was answered, and at least
+    window - 1 of them were (as many as may go before seq 1 ends)."""
+
+    def __init__(self, *args: Any, window: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.window = window
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+        self.sent = self.answered = 0
+
+    async def _kv_op(self, c: Any, timeout: float, unary: Any, op: Any) -> Message:
+        kind = op.WhichOneof("request")
+        if kind == "range":
+            return await super()._kv_op(c, timeout, unary, op)
+        if getattr(op, kind).request_id.seq == 1:
+            self.holding.set()
+            await self.release.wait()
+            return await super()._kv_op(c, timeout, unary, op)
+        self.sent += 1
+        try:
+            return await super()._kv_op(c, timeout, unary, op)
+        finally:
+            self.answered += 1
+            if self.answered == self.sent >= self.window - 1:
+                self.release.set()
+
+
+async def test_many_writes_beyond_the_servers_window_are_never_refused_as_too_old(
+    small_window_node: ProcessCluster,
+) -> None:
+    """The server remembers 8 results per client. One write is held back while 120 later
+    writes of the same client are issued: without flow control they are all applied first, so
+    the held one arrives 120 seqs behind and is refused ("request id too old"); with it, the
+    later writes wait until the held one is answered."""
+    eps = small_window_node.endpoints
+    n = 120
+    async with HoldingClient(eps, write_window=SMALL_WINDOW, window=SMALL_WINDOW) as c:
+        await c.status()  # connected, so the later writes go out at once
+        held = asyncio.create_task(c.put("flow/held", "1"))
+        await asyncio.wait_for(c.holding.wait(), 10)
+
+        async def write(i: int) -> object:
+            if i % 3 == 0:
+                return await c.put(f"flow/{i}", str(i))
+            if i % 3 == 1:
+                return await c.txn(Txn(success=(Put(f"flow/{i}".encode(), b"t"),)))
+            return await c.delete(f"flow/{i - 1}")
+
+        later = [asyncio.create_task(write(i)) for i in range(n)]
+        results = await asyncio.wait_for(
+            asyncio.gather(held, *later, return_exceptions=True), 60
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert failed == [], f"{len(failed)} writes failed, e.g. {failed[0]!r}"
+        assert c.sent == n and c.seq_window.unfinished == 0
+        assert (await c.get("flow/held")).kvs[0].value == b"1"
+
+    # And plainly: a burst of concurrent writes, many times the window, all succeed.
+    async with GrpcRegistryClient(eps, write_window=SMALL_WINDOW) as plain:
+        burst = [plain.put(f"burst/{i}", "v") for i in range(400)]
+        results = await asyncio.wait_for(asyncio.gather(*burst, return_exceptions=True), 60)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert (await plain.get("burst/", prefix=True, count_only=True)).count == 400

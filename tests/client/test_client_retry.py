@@ -274,6 +274,84 @@ async def test_every_write_kind_carries_a_fresh_request_id() -> None:
     ]
 
 
+class HoldingServer(FakeServer):
+    """A `FakeServer` that holds the Put with seq `held` until `release` is set."""
+
+    def __init__(self, held: int = 1) -> None:
+        super().__init__()
+        self.held = held
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
+        await self._enter("Put", context, request.request_id)
+        if request.request_id.seq == self.held:
+            self.holding.set()
+            await self.release.wait()
+        self.revision += 1
+        self.data[request.key] = request.value
+        return pb.PutResponse(header=self.header())
+
+    def seqs(self) -> list[int]:
+        return sorted(seq for m, _, seq in self.calls if m in ("Put", "LeaseGrant"))
+
+
+async def test_writes_wait_while_the_oldest_unfinished_write_is_a_window_behind() -> None:
+    """With write_window 4 and seq 1 unanswered, seqs 2..4 go out and the next writes wait
+    (a 5th seq could make the server refuse a retry of seq 1 as too old); they go, in order,
+    once seq 1 is answered."""
+    fake = HoldingServer()
+    async with serving(fake) as eps, client(eps, client_id=9, write_window=4) as c:
+        first = asyncio.create_task(c.put("k", "v"))
+        await asyncio.wait_for(fake.holding.wait(), 5)
+        later = [asyncio.create_task(c.lease_grant(10)) for _ in range(10)]
+        await asyncio.wait_for(asyncio.gather(*later[:3]), 5)
+        assert fake.seqs() == [1, 2, 3, 4]
+        assert not any(t.done() for t in later[3:])
+        assert (c.seq_window.unfinished, c.seq_window.waiting) == (1, 7)
+        fake.release.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), 5)
+        assert fake.seqs() == list(range(1, 12))
+        assert c.seq_window.unfinished == 0
+
+
+async def test_a_cancelled_write_lets_the_waiting_writes_go() -> None:
+    fake = HoldingServer()
+    async with serving(fake) as eps, client(eps, write_window=2) as c:
+        first = asyncio.create_task(c.put("k", "v"))
+        await asyncio.wait_for(fake.holding.wait(), 5)
+        later = [asyncio.create_task(c.lease_grant(10)) for _ in range(5)]
+        await asyncio.wait_for(later[0], 5)
+        assert c.seq_window.waiting == 4
+        first.cancel()
+        await asyncio.wait_for(asyncio.gather(*later), 5)
+        assert first.cancelled()
+        assert fake.seqs() == [1, 2, 3, 4, 5, 6] and c.seq_window.unfinished == 0
+
+
+async def test_a_failed_write_ends_its_seq() -> None:
+    fake = FakeServer()
+    fake.script["Put"] = Script([
+        abort(grpc.StatusCode.INVALID_ARGUMENT, "nope", "InvalidArgument"),
+        *[abort(grpc.StatusCode.UNAVAILABLE, "leader changed", "OutcomeUnknown")] * 50,
+    ])
+    opts = {"timeout": 2.0, "retry_budget": 4.0, "backoff_base": 0.5, "backoff_max": 1.0}
+    async with serving(fake) as eps, client(eps, write_window=1, **opts) as c:
+        with pytest.raises(InvalidArgument):
+            await c.put("k", "v")
+        with pytest.raises(OutcomeUnknown):
+            await c.put("k", "v")  # retried with seq 2 until the budget ends
+        assert c.seq_window.unfinished == 0
+        fake.script.clear()
+        await asyncio.wait_for(c.put("k", "w"), 5)  # window 1: only if seq 2 was released
+    assert [seq for m, _, seq in fake.calls if m == "Put"][-1] == 3
+
+
+async def test_write_window_must_be_positive() -> None:
+    with pytest.raises(InvalidArgument, match="write_window"):
+        GrpcRegistryClient(["127.0.0.1:1"], write_window=0)
+
+
 async def test_clients_pick_distinct_random_ids() -> None:
     ids = {GrpcRegistryClient(["127.0.0.1:1"]).client_id for _ in range(20)}
     assert len(ids) == 20 and all(0 < i < 2**63 for i in ids)
