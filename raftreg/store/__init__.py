@@ -13,7 +13,8 @@ live in `raftreg.common.types`, below this package, and are imported from there.
 No I/O, clocks, threads, randomness or logging: time enters only as `Request.now_ms`, and the
 same requests in the same order give identical state, results, events and snapshot bytes on
 every replica. Everything above this package (consensus, server, api) depends on it, never
-the other way round; below it are only `raftreg.errors` and `raftreg.common.types`.
+the other way round; below it are only `raftreg.errors`, `raftreg.common.types` and one
+default of `raftreg.config` (`DEFAULT_CLIENT_WINDOW`).
 """
 
 from raftreg.store.codec import decode_request, encode_request
