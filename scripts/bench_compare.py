@@ -88,6 +88,8 @@ class Raw:
     def __post_init__(self) -> None:
         self.put = self._m("KV", "Put", pb.PutRequest, pb.PutResponse)
         self.range = self._m("KV", "Range", pb.RangeRequest, pb.RangeResponse)
+        self.txn = self._m("KV", "Txn", pb.TxnRequest, pb.TxnResponse)
+        self.status = self._m("Maintenance", "Status", pb.StatusRequest, pb.StatusResponse)
 
 
 def cpu_s(pid: int) -> float:

@@ -370,10 +370,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of process `pid` from /proc/<pid>/status, MiB: VmRSS (resident now) or
+    VmHWM (the peak resident)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return math.nan
 
@@ -579,6 +581,29 @@ def show(v: float) -> str:
     return "-" if math.isnan(v) else f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
 
 
+def print_table(results: dict[str, dict[str, float]]) -> bool:
+    """The figures of each backend side by side (in the order of `results`: raftreg, etcd),
+    with the ratio raftreg / etcd when both ran; False when there is no figure at all."""
+    backends = list(results)
+    keys = list(dict.fromkeys(k for b in backends for k in results[b]))
+    if not keys:
+        return False
+    width = max(len(k) for k in keys) + 2
+    print()
+    print(f"{'figure':<{width}}" + "".join(f"{b:>10}" for b in backends)
+          + (f"{'ratio':>8}" if len(backends) == 2 else ""))
+    print("-" * (width + 10 * len(backends) + 8))
+    for k in keys:
+        row = f"{k:<{width}}" + "".join(
+            f"{show(results[b].get(k, math.nan)):>10}" for b in backends)
+        if len(backends) == 2:
+            r, e = results["raftreg"].get(k, math.nan), results["etcd"].get(k, math.nan)
+            row += f"{show(r / e) if e and not math.isnan(r + e) else '-':>8}"
+        print(row)
+    print()
+    return True
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_main(sys.argv[2:])
@@ -626,22 +651,8 @@ def main() -> int:
         print("interrupted: every cluster and child process stopped", file=sys.stderr)
         return 130
     load_after = loadavg()
-    keys = list(dict.fromkeys(k for b in backends for k in results[b]))
-    if not keys:
+    if not print_table(results):
         return 1
-    width = max(len(k) for k in keys) + 2
-    print()
-    print(f"{'figure':<{width}}" + "".join(f"{b:>10}" for b in backends)
-          + (f"{'ratio':>8}" if len(backends) == 2 else ""))
-    print("-" * (width + 10 * len(backends) + 8))
-    for k in keys:
-        row = f"{k:<{width}}" + "".join(
-            f"{show(results[b].get(k, math.nan)):>10}" for b in backends)
-        if len(backends) == 2:
-            r, e = results["raftreg"].get(k, math.nan), results["etcd"].get(k, math.nan)
-            row += f"{show(r / e) if e and not math.isnan(r + e) else '-':>8}"
-        print(row)
-    print()
     print("ratio = raftreg / etcd; '-' = not reached within --converge-timeout (or 0/0).")
     print(f"load average after: {load_after}; took {time.monotonic() - started:.0f}s;"
           f" python {sys.version.split()[0]}")

@@ -95,11 +95,26 @@ async def par_client(client: GrpcRegistryClient, inflight: int, seconds: float) 
     return done
 
 
-async def run(a: argparse.Namespace, root: Path) -> None:
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """`k=v` [cluster] settings for a `ProcessCluster`: integers and decimals become numbers,
+    true/false booleans, anything else stays text."""
     settings: dict[str, Any] = {}
-    for kv in a.setting:
+    for kv in pairs:
         k, v = kv.split("=", 1)
-        settings[k] = int(v) if v.isdigit() else v
+        if v in ("true", "false"):
+            settings[k] = v == "true"
+            continue
+        for kind in (int, float):
+            try:
+                settings[k] = kind(v)
+                break
+            except ValueError:
+                settings[k] = v
+    return settings
+
+
+async def run(a: argparse.Namespace, root: Path) -> None:
+    settings = parse_settings(a.setting)
     with ProcessCluster(root, **settings) as c:
         c.start()
         leader = c.wait_leader()
