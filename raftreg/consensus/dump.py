@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,30 @@ _NO_OP = b"\x01"  # PySyncObj's _COMMAND_TYPE.NO_OP entry
 def pack_dump(state: bytes, last_entry: Sequence[Any], prev_entry: Sequence[Any],
               cluster: Sequence[str]) -> bytes:
     """A dump's bytes: `state` plus the two log entries it covers and the members."""
-    return bytes(msgpack.packb({
-        "magic": _DUMP_MAGIC,
-        "format": _DUMP_FORMAT,
-        "state": state,
-        "entries": [list(last_entry), list(prev_entry)],
-        "cluster": sorted(cluster),
-    }))
+    head, tail = _dump_frame(len(state), last_entry, prev_entry, cluster)
+    return head + state + tail
+
+
+def _dump_frame(state_len: int, last_entry: Sequence[Any], prev_entry: Sequence[Any],
+                cluster: Sequence[str]) -> tuple[bytes, bytes]:
+    """(head, tail): a dump is head + state + tail, the msgpack map {magic, format, state,
+    entries, cluster}; written around a state that is never copied into one buffer."""
+    p = msgpack.Packer(use_bin_type=True)
+    head = b"".join([p.pack_map_header(5), p.pack("magic"), p.pack(_DUMP_MAGIC),
+                     p.pack("format"), p.pack(_DUMP_FORMAT), p.pack("state"),
+                     _bin_header(state_len)])
+    tail = b"".join([p.pack("entries"), p.pack([list(last_entry), list(prev_entry)]),
+                     p.pack("cluster"), p.pack(sorted(cluster))])
+    return head, tail
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header of an n-byte bin (the smallest form, as `packb` writes it)."""
+    if n < 1 << 8:
+        return struct.pack(">BB", 0xC4, n)
+    if n < 1 << 16:
+        return struct.pack(">BH", 0xC5, n)
+    return struct.pack(">BI", 0xC6, n)
 
 
 class DumpWriter:
@@ -51,7 +69,8 @@ class DumpWriter:
     Contract (PySyncObj's custom serializer with a `serializeChecker`; every method but the
     writing runs on the tick thread):
     - `start(encode, ...)`: `encode` was taken on the tick thread (a frozen view of the state
-      at the dump's last entry); the thread encodes it and writes and fsyncs `raft.dump.next`.
+      at the dump's last entry); the thread encodes it, in chunks, and writes and fsyncs
+      `raft.dump.next`. No step holds the interpreter for long (see `pack_chunks`).
     - `check()` is the serializeChecker: SERIALIZING while the thread runs; then, on the tick
       thread, renames the new dump over `raft.dump` and answers SUCCESS, after which PySyncObj
       compacts the log (the journal fsyncs the directory first, making the rename durable).
@@ -77,7 +96,7 @@ class DumpWriter:
     def writing(self) -> bool:
         return self._job is not None
 
-    def start(self, encode: Callable[[], bytes], last_entry: Sequence[Any],
+    def start(self, encode: Callable[[], Iterable[bytes]], last_entry: Sequence[Any],
               prev_entry: Sequence[Any], cluster: Sequence[str]) -> None:
         assert self._job is None, "one dump at a time"
         self._failed = False
@@ -86,12 +105,15 @@ class DumpWriter:
                                      args=(encode, last_entry, prev_entry, cluster))
         self._job.start()
 
-    def _write(self, encode: Callable[[], bytes], last_entry: Sequence[Any],
+    def _write(self, encode: Callable[[], Iterable[bytes]], last_entry: Sequence[Any],
                prev_entry: Sequence[Any], cluster: Sequence[str]) -> None:
         try:
-            blob = pack_dump(encode(), last_entry, prev_entry, cluster)
+            state = list(encode())
+            head, tail = _dump_frame(sum(map(len, state)), last_entry, prev_entry, cluster)
             with open(self._next, "wb") as f:
-                f.write(blob)
+                f.write(head)
+                f.writelines(state)
+                f.write(tail)
                 f.flush()
                 self._fsync_file(f.fileno(), str(self._next))
         except Exception:

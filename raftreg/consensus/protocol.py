@@ -17,7 +17,7 @@ hands it its `StateMachine`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,11 +27,12 @@ from raftreg.consensus.status import RaftStatus
 @dataclass(frozen=True, slots=True)
 class StateMachine:
     """The replicated state: applies one command, saves and replaces the whole state.
-    `freeze()` takes the state now and returns at once what encodes it: the encoding may run
-    later, on another thread, while commands go on being applied."""
+    `freeze()` takes the state now and returns at once what encodes it (as chunks of the
+    snapshot's bytes): the encoding may run later, on another thread, while commands go on
+    being applied."""
 
     apply_one: Callable[[bytes], Any]
-    freeze: Callable[[], Callable[[], bytes]]
+    freeze: Callable[[], Callable[[], Iterable[bytes]]]
     restore: Callable[[bytes], None]
 
 

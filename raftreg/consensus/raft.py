@@ -50,7 +50,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,7 @@ class RaftNode:
         self,
         settings: RaftSettings,
         apply_one: ApplyFn,
-        freeze: Callable[[], Callable[[], bytes]],
+        freeze: Callable[[], Callable[[], Iterable[bytes]]],
         restore: Callable[[bytes], None],
         *,
         loop: asyncio.AbstractEventLoop,

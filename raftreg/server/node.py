@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from raftreg.common.clock import Clock
@@ -159,7 +159,7 @@ class RegistryNode:
         if wake:
             self._loop.call_soon_threadsafe(self._publish)
 
-    def _freeze(self) -> Callable[[], bytes]:
+    def _freeze(self) -> Callable[[], Iterator[bytes]]:
         """The store now, encoded later off the lock (raft's dump thread); the save's time
         counted is the freeze plus the encoding."""
         t0 = time.perf_counter()
@@ -167,11 +167,10 @@ class RegistryNode:
             view = self.store.freeze()
         frozen = time.perf_counter() - t0
 
-        def encode() -> bytes:
+        def encode() -> Iterator[bytes]:
             t1 = time.perf_counter()
-            blob = view.encode()
+            yield from view.chunks()
             self.counters.snapshot("save", frozen + time.perf_counter() - t1)
-            return blob
 
         return encode
 

@@ -19,7 +19,8 @@ one (`_RETIRED`: defined once, never written by any release; decoding one is an 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import msgpack
@@ -59,12 +60,14 @@ from raftreg.store.commands import (
 
 __all__ = [
     "MAX_TXN_DEPTH",
+    "ArrayHeader",
     "decode_request",
     "encode_request",
     "guard",
     "kv_from_obj",
     "kv_to_obj",
     "pack",
+    "pack_chunks",
     "read_bool",
     "read_bytes",
     "read_int",
@@ -119,6 +122,28 @@ def pack(obj: object) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidArgument(f"cannot encode: {exc}") from None
     return data
+
+
+def pack_chunks(parts: Iterable[object | ArrayHeader]) -> Iterator[bytes]:
+    """`pack` of a large structure, one part at a time: the same bytes as `pack` of the
+    nested lists the `ArrayHeader`s open, but each call into msgpack is short, so a thread
+    encoding a large snapshot never holds the interpreter for long."""
+    packer = msgpack.Packer(use_bin_type=True)
+    try:
+        for part in parts:
+            if isinstance(part, ArrayHeader):
+                yield packer.pack_array_header(part.length)
+            else:
+                yield packer.pack(part)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"cannot encode: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayHeader:
+    """In `pack_chunks`: a list of `length` items, the next `length` parts."""
+
+    length: int
 
 
 def unpack(data: bytes) -> Any:

@@ -30,7 +30,7 @@ from sortedcontainers import SortedList
 
 from raftreg.common.types import Event, EventType, KeyValue
 from raftreg.errors import Compacted, FutureRevision, InvalidArgument
-from raftreg.store.codec import read_bytes, read_int, read_list
+from raftreg.store.codec import ArrayHeader, read_bytes, read_int, read_list
 
 __all__ = ["KeySpace", "KeySpaceView", "in_range"]
 
@@ -428,8 +428,21 @@ class KeySpaceView:
 
     def to_obj(self) -> list[object]:
         """The key space's snapshot form (see the format above `KeySpace.to_obj`)."""
+        return [self._revision, self._compact_revision, list(self._histories()),
+                list(self._log())]
+
+    def parts(self) -> Iterator[object | ArrayHeader]:
+        """`to_obj` for `pack_chunks`: one part per key history and per log entry."""
+        yield ArrayHeader(4)
+        yield self._revision
+        yield self._compact_revision
+        yield ArrayHeader(len(self._keys))
+        yield from self._histories()
+        yield ArrayHeader(len(self._log_revs))
+        yield from self._log()
+
+    def _histories(self) -> Iterator[list[object]]:
         hist = self._hist
-        keys: list[object] = []
         for k in self._keys:
             recs: list[object] = [
                 [kv.mod_revision, kv.create_revision, kv.version, kv.value, kv.lease]
@@ -437,6 +450,8 @@ class KeySpaceView:
                 else [kv.mod_revision]
                 for kv in hist[k]
             ]
-            keys.append([k, recs])
-        log = [[rev, list(ks)] for rev, ks in zip(self._log_revs, self._log_keys, strict=True)]
-        return [self._revision, self._compact_revision, keys, log]
+            yield [k, recs]
+
+    def _log(self) -> Iterator[list[object]]:
+        for rev, ks in zip(self._log_revs, self._log_keys, strict=True):
+            yield [rev, list(ks)]

@@ -49,9 +49,11 @@ from raftreg.errors import (
     RegistryError,
 )
 from raftreg.store.codec import (
+    ArrayHeader,
     guard,
     kv_to_obj,
     pack,
+    pack_chunks,
     read_bool,
     read_int,
     read_list,
@@ -475,17 +477,21 @@ class StoreView:
 
     def encode(self) -> bytes:
         """The snapshot bytes (`Store.snapshot`) of the state it was taken from."""
-        return pack(
-            [
-                SNAPSHOT_MAGIC,
-                SNAPSHOT_FORMAT,
-                self.kv.to_obj(),
-                self.leases,
-                self.clients.to_obj(),
-                self.epoch,
-                self.members,
-            ]
-        )
+        return b"".join(self.chunks())
+
+    def chunks(self) -> Iterator[bytes]:
+        """`encode()` in pieces of about one key history each (see `pack_chunks`)."""
+        return pack_chunks(self._parts())
+
+    def _parts(self) -> Iterator[object | ArrayHeader]:
+        yield ArrayHeader(7)
+        yield SNAPSHOT_MAGIC
+        yield SNAPSHOT_FORMAT
+        yield from self.kv.parts()
+        yield self.leases
+        yield self.clients.to_obj()
+        yield self.epoch
+        yield self.members
 
 
 def _member_to_obj(m: MemberUpdate) -> list[object]:

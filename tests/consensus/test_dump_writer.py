@@ -13,7 +13,7 @@ import pytest
 from pysyncobj.config import SERIALIZER_STATE
 
 from raftreg.config import new_secret
-from raftreg.consensus.dump import DumpWriter, unpack_dump
+from raftreg.consensus.dump import DumpWriter, pack_dump, unpack_dump
 from raftreg.consensus.raft import RaftNode, RaftSettings
 from raftreg.testing.ports import free_ports
 
@@ -40,7 +40,7 @@ def test_a_written_dump_is_renamed_by_check_only(tmp_path: Path) -> None:
     gate = threading.Event()
     w = _writer(tmp_path)
     assert w.check() == SERIALIZER_STATE.NOT_SERIALIZING
-    w.start(lambda: gate.wait(10) and b"state", *ENTRIES, ["a:1", "b:2"])
+    w.start(lambda: [b"st", b"ate"] if gate.wait(10) else [], *ENTRIES, ["a:1", "b:2"])
     assert w.check() == SERIALIZER_STATE.SERIALIZING
     assert not (tmp_path / "raft.dump").exists()
     gate.set()
@@ -57,7 +57,7 @@ def test_a_dump_older_than_an_installed_one_is_dropped(tmp_path: Path) -> None:
     (tmp_path / "raft.dump").write_bytes(b"installed")
     gate = threading.Event()
     w = _writer(tmp_path)
-    w.start(lambda: gate.wait(10) and b"old", *ENTRIES, [])
+    w.start(lambda: [b"old"] if gate.wait(10) else [], *ENTRIES, [])
     w.installed()  # the leader's dump replaced raft.dump meanwhile
     gate.set()
     assert _wait_written(w) == SERIALIZER_STATE.FAILED
@@ -68,7 +68,7 @@ def test_a_dump_older_than_an_installed_one_is_dropped(tmp_path: Path) -> None:
 def test_a_failed_encoding_leaves_the_dump_alone(tmp_path: Path) -> None:
     (tmp_path / "raft.dump").write_bytes(b"previous")
 
-    def broken() -> bytes:
+    def broken() -> list[bytes]:
         raise RuntimeError("boom")
 
     w = _writer(tmp_path)
@@ -93,10 +93,10 @@ async def test_the_leader_keeps_leading_and_committing_while_dumps_are_written(
     encoding = threading.Semaphore(0)
 
     def freeze():  # type: ignore[no-untyped-def]
-        def encode() -> bytes:
+        def encode() -> list[bytes]:
             encoding.release()
             gate.wait(3.0)
-            return b"state"
+            return [b"state"]
 
         return encode
 
@@ -141,3 +141,21 @@ async def test_the_leader_keeps_leading_and_committing_while_dumps_are_written(
         gate.set()
         for n in nodes:
             n.close()
+
+
+def test_a_dump_written_in_parts_is_the_dump_packed_whole(tmp_path: Path) -> None:
+    state = [b"\x93", b"a" * 70_000, b"b"]
+    w = _writer(tmp_path)
+    w.start(lambda: state, *ENTRIES, ["b:2", "a:1"])
+    assert _wait_written(w) == SERIALIZER_STATE.SUCCESS
+    assert (tmp_path / "raft.dump").read_bytes() == msgpack.packb({
+        "magic": "raftreg-raft-dump", "format": 2, "state": b"".join(state),
+        "entries": [list(ENTRIES[0]), list(ENTRIES[1])], "cluster": ["a:1", "b:2"]})
+
+
+@pytest.mark.parametrize("size", [0, 255, 256, 65_535, 65_536])
+def test_a_dump_is_the_same_bytes_whatever_the_state_size(size: int) -> None:
+    state = b"s" * size
+    assert pack_dump(state, *ENTRIES, ["a:1"]) == msgpack.packb({
+        "magic": "raftreg-raft-dump", "format": 2, "state": state,
+        "entries": [list(ENTRIES[0]), list(ENTRIES[1])], "cluster": ["a:1"]})

@@ -31,7 +31,7 @@ class Group:
         for a in addrs:
             s = RaftSettings(self_addr=a, peers=tuple(x for x in addrs if x != a),
                              secret=secret, data_dir=root / a.replace(":", "_"), **STEADY)
-            self.nodes[a] = RaftNode(s, self._apply_fn(a), lambda: lambda: b"", lambda b: None,
+            self.nodes[a] = RaftNode(s, self._apply_fn(a), lambda: lambda: [b""], lambda b: None,
                                      loop=loop)
 
     def _apply_fn(self, addr: str):  # type: ignore[no-untyped-def]

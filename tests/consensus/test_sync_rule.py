@@ -103,7 +103,7 @@ class Checked:
             s = RaftSettings(self_addr=a, peers=tuple(x for x in self.addrs if x != a),
                              secret=self.secret, data_dir=self.root / a.replace(":", "_"),
                              max_inflight=4, **STEADY)
-            self.nodes[a] = RaftNode(s, self.apply_fn(a), lambda: lambda: b"", lambda b: None,
+            self.nodes[a] = RaftNode(s, self.apply_fn(a), lambda: lambda: [b""], lambda b: None,
                                      loop=loop)
 
     async def leader(self) -> RaftNode:
