@@ -113,7 +113,8 @@ STATUS_HEADERS = (
 
 async def cmd_endpoint_status(client: RegistryClient, ns: argparse.Namespace, ctx: _Ctx) -> int:
     eps = list(client.endpoints)
-    results = await asyncio.gather(*(client.status(ep) for ep in eps), return_exceptions=True)
+    results = await asyncio.gather(*(client.status(ep, with_hash=True) for ep in eps),
+                                   return_exceptions=True)
     rows: list[list[object]] = []
     docs: list[dict[str, Any]] = []
     failed = 0

@@ -395,7 +395,7 @@ class MemoryRegistryClient:
             )
         ]
 
-    async def status(self, endpoint: str | None = None) -> NodeStatus:
+    async def status(self, endpoint: str | None = None, *, with_hash: bool = False) -> NodeStatus:
         self._check()
         st = self._store
         return NodeStatus(
@@ -409,7 +409,7 @@ class MemoryRegistryClient:
             leases=len(st.leases()),
             watchers=self.watch_count,
             compact_revision=st.compact_revision,
-            hash=st.hash(),
+            hash=st.hash() if with_hash else 0,
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -217,8 +217,9 @@ class RegistryClient(Protocol):
 
     async def member_list(self) -> list[Member]: ...
 
-    async def status(self, endpoint: str | None = None) -> NodeStatus:
-        """The status of `endpoint`, or of any reachable endpoint when None."""
+    async def status(self, endpoint: str | None = None, *, with_hash: bool = False) -> NodeStatus:
+        """The status of `endpoint`, or of any reachable endpoint when None. `hash` is 0
+        unless `with_hash` (computing it reads every key on the server)."""
         ...
 
     async def close(self) -> None:

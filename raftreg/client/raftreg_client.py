@@ -448,9 +448,9 @@ class GrpcRegistryClient(PooledClient[_Conn]):
 
         return await self._call(call, "member remove", route="leader", write=True)
 
-    async def status(self, endpoint: str | None = None) -> NodeStatus:
+    async def status(self, endpoint: str | None = None, *, with_hash: bool = False) -> NodeStatus:
         async def call(c: _Conn, t: float) -> NodeStatus:
-            r = await c.maintenance.Status(pb.StatusRequest(), timeout=t)
+            r = await c.maintenance.Status(pb.StatusRequest(with_hash=with_hash), timeout=t)
             if c.endpoint in self._endpoints:
                 self._member_endpoints.setdefault(r.header.member_id, c.endpoint)
             return _node_status(c.endpoint, r)

@@ -63,7 +63,7 @@ class NodeCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         n = self._node
         st = n.raft_status()
-        keys, compact_rev, _, leases = n.store_stats()
+        keys, compact_rev, leases = n.store_counts()
         c = n.counters
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

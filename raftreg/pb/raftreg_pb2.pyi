@@ -1555,12 +1555,19 @@ Global___SnapshotResponse: _TypeAlias = SnapshotResponse  # noqa: Y015
 class StatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    WITH_HASH_FIELD_NUMBER: _builtins.int
+    with_hash: _builtins.bool
+    """raftreg extension: also compute `hash` (it reads every key under the store's lock: costly
+    on a large store, so leader discovery and monitoring never ask for it).
+    """
     def __init__(
         self,
+        *,
+        with_hash: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["with_hash", b"with_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1599,6 +1606,7 @@ class StatusResponse(_message.Message):
     keys: _builtins.int
     compact_revision: _builtins.int
     hash: _builtins.int
+    """the full-state hash (as Hash, 64 bits); 0 unless `with_hash`"""
     leases: _builtins.int
     watchers: _builtins.int
     @_builtins.property

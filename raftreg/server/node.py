@@ -424,11 +424,17 @@ class RegistryNode:
             h, at = self.store.hash_kv(revision)
             return h, at, self.store.compact_revision
 
-    def store_stats(self) -> tuple[int, int, int, int]:
-        """(keys, compact_revision, hash, leases) read atomically."""
+    def store_counts(self) -> tuple[int, int, int]:
+        """(keys, compact_revision, leases) read atomically; cheap."""
         with self._lock:
             st = self.store
-            return st.key_count(), st.compact_revision, st.hash(), len(st.leases())
+            return st.key_count(), st.compact_revision, st.lease_count()
+
+    def store_hash(self) -> int:
+        """The full-state hash (`Store.hash`): reads every key under the lock, so only for
+        explicit requests (Hash, Status with_hash), never for routine traffic."""
+        with self._lock:
+            return self.store.hash()
 
     # ------------------------------------------------------------------ leader housekeeping
 

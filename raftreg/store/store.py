@@ -157,6 +157,9 @@ class Store:
     def leases(self) -> list[LeaseInfo]:
         return self._leases.all()
 
+    def lease_count(self) -> int:
+        return len(self._leases)
+
     def lease_ttl(self, id: int) -> int | None:
         """The granted TTL of lease `id`, None if it does not exist."""
         return self._leases.ttl(id)

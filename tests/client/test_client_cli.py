@@ -64,7 +64,7 @@ class _SecondEndpointDown(MemoryRegistryClient):
     def endpoints(self) -> tuple[str, ...]:
         return ("127.0.0.1:2379", "127.0.0.1:9")
 
-    async def status(self, endpoint: str | None = None) -> NodeStatus:
+    async def status(self, endpoint: str | None = None, *, with_hash: bool = False) -> NodeStatus:
         if endpoint == "127.0.0.1:9":
             raise Unavailable("cannot connect to 127.0.0.1:9")
         return await super().status(endpoint)

@@ -195,6 +195,22 @@ def test_member_list_and_status(shared_cluster: ProcessCluster, wires: dict[str,
     assert len({s.header.member_id for s in sts}) == 3
 
 
+def test_status_hashes_the_state_only_when_asked(
+    shared_cluster: ProcessCluster, wires: dict[str, Wire]
+) -> None:
+    """Status is what leader discovery and monitoring call: it never reads every key unless
+    `with_hash` asks for the hash, which is then the full-state hash that Hash reports."""
+    w = wires[shared_cluster.names[0]]
+    assert w.maint.Status(pb.StatusRequest(), timeout=5).hash == 0
+    deadline = time.monotonic() + 10
+    while True:  # no write may land between the two calls
+        with_hash = w.maint.Status(pb.StatusRequest(with_hash=True), timeout=5).hash
+        h32 = w.maint.Hash(pb.HashRequest(), timeout=5).hash
+        if with_hash & 0xFFFFFFFF == h32 or time.monotonic() > deadline:
+            break
+    assert with_hash != 0 and with_hash & 0xFFFFFFFF == h32
+
+
 def test_health_service(shared_cluster: ProcessCluster) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

@@ -48,7 +48,7 @@ class MaintenanceServicer(ServicerBase, pbg.MaintenanceServicer):
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         n = self.node
         st = n.raft_status()
-        keys, compact_rev, h, leases = n.store_stats()
+        keys, compact_rev, leases = n.store_counts()
         leader = n.leader_member()
         errors = [] if st.has_quorum else ["no quorum: this node cannot reach a majority"]
         if leader is None:
@@ -65,7 +65,7 @@ class MaintenanceServicer(ServicerBase, pbg.MaintenanceServicer):
             name=n.me.name,
             keys=keys,
             compact_revision=compact_rev,
-            hash=h,
+            hash=n.store_hash() if request.with_hash else 0,
             leases=leases,
             watchers=n.watcher_count(),
         )
@@ -86,8 +86,7 @@ class MaintenanceServicer(ServicerBase, pbg.MaintenanceServicer):
 
     @rpc
     async def Hash(self, request: pb.HashRequest, context: Any) -> pb.HashResponse:
-        _, _, h, _ = self.node.store_stats()
-        return pb.HashResponse(header=self.header(), hash=h & 0xFFFFFFFF)
+        return pb.HashResponse(header=self.header(), hash=self.node.store_hash() & 0xFFFFFFFF)
 
     @rpc
     async def HashKV(self, request: pb.HashKVRequest, context: Any) -> pb.HashKVResponse:

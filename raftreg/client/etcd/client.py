@@ -397,7 +397,7 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
 
         return await self._call(call, "member list")
 
-    async def status(self, endpoint: str | None = None) -> NodeStatus:
+    async def status(self, endpoint: str | None = None, *, with_hash: bool = False) -> NodeStatus:
         """etcd's Status of `endpoint` (or of any reachable one). etcd does not report keys,
         leases, watchers, compact revision or hash: those fields are 0."""
 
