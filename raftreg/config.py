@@ -79,7 +79,8 @@ class ClusterSettings:
     # not use a larger write window (GrpcRegistryClient(write_window=...), by default this
     # default) than the cluster's.
     client_window: int = DEFAULT_CLIENT_WINDOW
-    # Watches: events buffered per watch stream before the slow watcher is cancelled.
+    # Watches: events queued per watch stream; a watcher that would pass it catches up from
+    # the store's history as its stream drains (not cancelled).
     watch_buffer_events: int = 10_000
     watch_progress_interval_s: float = 10.0
     use_uvloop: bool = True

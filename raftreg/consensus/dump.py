@@ -62,6 +62,25 @@ def _bin_header(n: int) -> bytes:
     return struct.pack(">BI", 0xC6, n)
 
 
+def _blocks(chunks: Iterable[bytes], size: int = 1 << 20) -> list[bytes]:
+    """`chunks` joined into blocks of about `size` bytes as they come: millions of small
+    chunks alive at once would leave the allocator's small-object arenas fragmented (RSS that
+    stays up after the dump), blocks are large allocations handed back when freed."""
+    blocks: list[bytes] = []
+    pending: list[bytes] = []
+    n = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        n += len(chunk)
+        if n >= size:
+            blocks.append(b"".join(pending))
+            pending.clear()
+            n = 0
+    if pending:
+        blocks.append(b"".join(pending))
+    return blocks
+
+
 class DumpWriter:
     """Writes raft dumps on a thread of its own, so that the tick thread (heartbeats, elections,
     applies) never waits for a large store to be encoded and written.
@@ -108,7 +127,7 @@ class DumpWriter:
     def _write(self, encode: Callable[[], Iterable[bytes]], last_entry: Sequence[Any],
                prev_entry: Sequence[Any], cluster: Sequence[str]) -> None:
         try:
-            state = list(encode())
+            state = _blocks(encode())
             head, tail = _dump_frame(sum(map(len, state)), last_entry, prev_entry, cluster)
             with open(self._next, "wb") as f:
                 f.write(head)
