@@ -37,6 +37,7 @@ from raftreg.testing.watchcheck import final_state
 # tear, as there would be under a heavier load.
 POWER_CUT_SYNC_DELAY_MS = 5.0
 SENTINEL = "/zz/fault-sentinel"
+SNAPSHOT_ENTRIES = 100
 
 
 class _RaftregTarget:
@@ -47,6 +48,9 @@ class _RaftregTarget:
             root, faults=True, power_cuts=schedule.power_cuts,
             sync_delay_ms=POWER_CUT_SYNC_DELAY_MS, disk_metadata=schedule.disk_metadata,
             auto_compact_retain=0,
+            # a raft dump and log compaction every ~100 entries: every schedule runs through
+            # dumps written mid-fault and snapshots sent to followers that fell behind
+            snapshot_entries=SNAPSHOT_ENTRIES,
             watch_progress_interval_s=1.0, propose_timeout_s=3.0,
         )
         self.cluster: FaultCluster = self.c
