@@ -73,6 +73,7 @@ class Outgoing:
     canceled: bool = False
     compact_revision: int = 0
     cancel_reason: str = ""
+    size: int = 0  # bytes of `events`, as `_size` counts them
 
 
 class Watcher:
@@ -82,6 +83,9 @@ class Watcher:
         self.stream = stream
         self.next_rev = 0
         self.synced = True  # False while catching up from history (live events skip it)
+        # Its newest message of events while still queued and nothing for it (a progress
+        # notification included) was queued after it: later revisions join it (one write).
+        self.queued: Outgoing | None = None
 
     def select(self, events: list[Event]) -> list[Event]:
         s = self.spec
@@ -111,10 +115,33 @@ class WatchStream:
     def send(self, msg: Outgoing) -> None:
         if self.closed:
             return
+        if not msg.events:  # nothing may join an event message queued before this one
+            if msg.watch_id == -1:
+                for w in self.watchers.values():
+                    w.queued = None
+            elif (one := self.watchers.get(msg.watch_id)) is not None:
+                one.queued = None
         self.queued_events += len(msg.events)
         self.queue.put_nowait(msg)
 
+    def send_events(self, w: Watcher, revision: int, events: list[Event]) -> None:
+        """Queue whole revisions for `w`: appended to its queued message while that one stays
+        within the message bounds, so a consumer that falls behind gets fewer, larger writes."""
+        last = w.queued
+        if (last is not None and len(last.events) + len(events) <= MAX_MSG_EVENTS
+                and last.size + _size(events) <= MAX_MSG_BYTES and not self.closed):
+            last.events.extend(events)
+            last.revision = revision
+            last.size += _size(events)
+            self.queued_events += len(events)
+            return
+        msg = Outgoing(w.id, revision, events=events, size=_size(events))
+        self.send(msg)
+        w.queued = msg
+
     def taken(self, msg: Outgoing) -> None:
+        if msg.events and (w := self.watchers.get(msg.watch_id)) is not None and w.queued is msg:
+            w.queued = None  # on its way: nothing joins it any more
         self.queued_events -= len(msg.events)
         if self.queued_events <= self.hub._limit // 2 and not self.closed:
             for w in [w for w in self.watchers.values() if not w.synced]:
@@ -217,7 +244,7 @@ class WatchHub:
             selected = w.select(chunk)
             w.next_rev = max(w.next_rev, chunk[-1].kv.mod_revision + 1)
             if selected:
-                w.stream.send(Outgoing(w.id, rev, events=selected))
+                w.stream.send_events(w, rev, selected)
         # Not `rev + 1`: the store may have moved past the history read, and those revisions'
         # publishes are still on their way (the select() filter drops what history covered).
         w.synced = True
@@ -233,7 +260,7 @@ class WatchHub:
         if events:
             w.next_rev = max(w.next_rev, events[-1].kv.mod_revision + 1)
         if selected:
-            w.stream.send(Outgoing(w.id, revision, events=selected))
+            w.stream.send_events(w, revision, selected)
 
     # ------------------------------------------------------------------ publishers (event loop)
 
@@ -275,10 +302,7 @@ def _whole_revisions(events: list[Event], start: int, room: int, *, allow_oversi
         rev = events[j].kv.mod_revision
         k = j
         while k < len(events) and events[k].kv.mod_revision == rev:
-            e = events[k]
-            size += 32 + len(e.kv.key) + len(e.kv.value)
-            if e.prev_kv is not None:
-                size += len(e.prev_kv.value)
+            size += _event_size(events[k])
             k += 1
         if (k - start > limit or size > MAX_MSG_BYTES) and n > 0:
             break
@@ -287,3 +311,13 @@ def _whole_revisions(events: list[Event], start: int, room: int, *, allow_oversi
         n = k - start
         j = k
     return n
+
+
+def _event_size(e: Event) -> int:
+    """About the encoded size of one event (what MAX_MSG_BYTES bounds)."""
+    return 32 + len(e.kv.key) + len(e.kv.value) + (0 if e.prev_kv is None else
+                                                    len(e.prev_kv.value))
+
+
+def _size(events: list[Event]) -> int:
+    return sum(map(_event_size, events))

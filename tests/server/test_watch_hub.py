@@ -149,10 +149,32 @@ def test_live_events_arrive_as_whole_revisions_in_order() -> None:
     assert msgs[0].created and msgs[0].watch_id == wid
     got = events_of(msgs, wid)
     assert got == node.expected(spec, start)
-    assert [len(m.events) for m in msgs[1:]] == [1, 10, 1, 11]
+    assert [len(m.events) for m in msgs[1:]] == [23], "queued revisions join one message"
     for m in msgs[1:]:
         assert m.revision == max(e.kv.mod_revision for e in m.events)
     assert all(e.prev_kv is None for e in got), "prev_kv only on request"
+
+
+def test_revisions_join_a_queued_message_only_until_it_is_taken_or_a_notice_follows() -> None:
+    node = Node()
+    s = node.hub.open_stream()
+    spec = WatchSpec(b"a/", prefix_range_end(b"a/"))
+    a = watch(node, s, spec)
+    b = watch(node, s, spec)
+    take(s)
+    start = node.store.revision + 1
+    node.put(b"a/1")
+    node.put(b"a/2")  # joins each watcher's queued message
+    assert [(m.watch_id, len(m.events)) for m in take(s)] == [(a, 2), (b, 2)]
+    node.put(b"a/3")  # the previous messages were taken: new ones
+    node.hub.progress(s)  # a stream-wide notice: nothing may join what was queued before it
+    node.put(b"a/4")
+    msgs = take(s)
+    assert [(m.watch_id, len(m.events)) for m in msgs] == [(a, 1), (b, 1), (-1, 0), (a, 1),
+                                                             (b, 1)]
+    assert msgs[2].revision == start + 2
+    for w in (a, b):
+        assert events_of(msgs, w) == node.expected(spec, start)[2:]
 
 
 def test_catch_up_then_live_is_exactly_once_even_when_publishing_lags() -> None:
@@ -433,7 +455,7 @@ def test_publisher_with_no_consumer_running_at_all_completes() -> None:
     for i in range(n):
         node.put(b"s/%d" % i)
     assert len(node.hub) == 10
-    assert all(s.queued_events == limit and s.queue.qsize() == limit + 1 for s in streams)
+    assert all(s.queued_events == limit and s.queue.qsize() == 2 for s in streams)
     for s, wid in zip(streams, ids, strict=True):
         assert events_of(take(s), wid) == node.expected(spec, start)
 
