@@ -65,8 +65,8 @@ class LeaseTable:
         return None if lease is None else lease.ttl
 
     def ttls(self) -> dict[int, int]:
-        """{lease id: granted TTL} of every lease (no key sets copied), ascending ids."""
-        return {i: self._leases[i].ttl for i in sorted(self._leases)}
+        """{lease id: granted TTL} of every lease (no key sets copied), in no set order."""
+        return {i: lease.ttl for i, lease in self._leases.items()}
 
     def all(self) -> list[LeaseInfo]:
         """Copies of every lease, sorted by id."""

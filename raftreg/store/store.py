@@ -165,7 +165,7 @@ class Store:
         return self._leases.ttl(id)
 
     def lease_ttls(self) -> dict[int, int]:
-        """{lease id: granted TTL} of every lease, ascending ids (cheaper than `leases`)."""
+        """{lease id: granted TTL} of every lease, in no set order (cheaper than `leases`)."""
         return self._leases.ttls()
 
     def range(self, r: Range) -> RangeResult:

@@ -9,14 +9,40 @@ from typing import Any
 
 from raftreg.api.servicers.base import ServicerBase
 from raftreg.common import convert
+from raftreg.common.types import Event
 from raftreg.errors import RegistryError
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
+from raftreg.server.node import RegistryNode
 from raftreg.server.watch_hub import Outgoing, WatchSpec
 from raftreg.store.validate import check_key_range
 
 
+class _ConvertedEvents:
+    """Events already converted to protobuf, by identity. The hub hands the same `Event` object
+    to every watcher of a revision (unless it strips prev_kv), so each is converted once, not
+    once per watcher. Holds the event itself, so an id is never reused while cached."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self._size = size
+        self._cache: dict[int, tuple[Event, pb.Event]] = {}
+
+    def __call__(self, e: Event) -> pb.Event:
+        hit = self._cache.get(id(e))
+        if hit is not None and hit[0] is e:
+            return hit[1]
+        out = convert.event_to_pb(e)
+        if len(self._cache) >= self._size:
+            del self._cache[next(iter(self._cache))]  # the oldest
+        self._cache[id(e)] = (e, out)
+        return out
+
+
 class WatchServicer(ServicerBase, pbg.WatchServicer):
+    def __init__(self, node: RegistryNode, *, etcd: bool = False) -> None:
+        super().__init__(node, etcd=etcd)
+        self._event_pb = _ConvertedEvents()
+
     def _to_pb(self, m: Outgoing) -> pb.WatchResponse:
         return pb.WatchResponse(
             header=self.header(m.revision),
@@ -25,7 +51,7 @@ class WatchServicer(ServicerBase, pbg.WatchServicer):
             canceled=m.canceled,
             compact_revision=m.compact_revision,
             cancel_reason=m.cancel_reason,
-            events=[convert.event_to_pb(e) for e in m.events],
+            events=[self._event_pb(e) for e in m.events],
         )
 
     async def Watch(
