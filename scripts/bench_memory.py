@@ -54,9 +54,7 @@ import json
 import math
 import multiprocessing
 import os
-import signal
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -68,7 +66,15 @@ from typing import Any
 import grpc
 import grpc.aio
 from bench_compare import Raw, pct
-from bench_scale import die_with_parent, loadavg, node_pids, print_table, rss_mib, show
+from bench_scale import (
+    die_with_parent,
+    loadavg,
+    node_pids,
+    print_table,
+    rss_mib,
+    run_backends,
+    show,
+)
 from bench_wal import parse_settings
 
 from raftreg.client.etcd.pb import etcdv3_pb2 as pb
@@ -523,27 +529,13 @@ def main() -> int:
         ap.error("--keys: totals in increasing order")
     if ns.snapshot_entries is None:
         ns.snapshot_entries = 100 if ns.quick else 500
-    # Ctrl-C and SIGTERM both unwind (prober stopped, clusters killed, temp files removed)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     load_before = loadavg()
     print(f"load average before: {load_before}  (cores: {os.cpu_count()}); keys"
           f" {','.join(map(str, ns.keys))}, 100 B values; snapshot every {ns.snapshot_entries}"
           f" entries; {ns.txn_ops} puts/Txn x {ns.inflight} in flight", flush=True)
-    backends = ["raftreg", "etcd"] if ns.backend == "both" else [ns.backend]
-    results: dict[str, dict[str, float]] = {}
-    try:
-        with contextlib.ExitStack() as stack:
-            if ns.keep:
-                ns.keep.mkdir(parents=True)  # a new directory: logs of a failed run stay
-                tmp = str(ns.keep)
-            else:
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-memory-"))
-            for b in backends:
-                results[b] = bench(b, Path(tmp), ns)
-    except KeyboardInterrupt:
-        print("interrupted: every cluster and the prober stopped", file=sys.stderr)
+    results = run_backends(ns, "bench-memory-", bench)
+    if results is None:
         return 130
     load_after = loadavg()
     if not print_table(results):

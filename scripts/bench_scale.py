@@ -68,7 +68,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -380,6 +380,33 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
     return math.nan
 
 
+def run_backends(
+    ns: argparse.Namespace, prefix: str,
+    bench: Callable[[str, Path, argparse.Namespace], dict[str, float]],
+) -> dict[str, dict[str, float]] | None:
+    """`bench(backend, root, ns)` for each backend `ns.backend` names, in a temporary
+    directory (or `ns.keep`, created and kept). None when interrupted: Ctrl-C and SIGTERM both
+    unwind (children stopped, clusters killed, temp files removed), even when started in the
+    background with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    backends = ["raftreg", "etcd"] if ns.backend == "both" else [ns.backend]
+    results: dict[str, dict[str, float]] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            if ns.keep:
+                ns.keep.mkdir(parents=True)  # a new directory: logs of a failed run stay
+                tmp = str(ns.keep)
+            else:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+            for b in backends:
+                results[b] = bench(b, Path(tmp), ns)
+    except KeyboardInterrupt:
+        print("interrupted: every cluster and child process stopped", file=sys.stderr)
+        return None
+    return results
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -628,27 +655,12 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, metavar="DIR",
                     help="data and logs (servers, children) in this new directory, kept")
     ns = ap.parse_args()
-    # Ctrl-C and SIGTERM both unwind (children stopped, clusters killed, temp files removed),
-    # even when started in the background with SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     load_before = loadavg()
     print(f"load average before: {load_before}  (cores: {os.cpu_count()}); N={ns.instances}"
           f" P={ns.procs} M={ns.watchers} hold={ns.hold:g}s TTL={ns.ttl}s", flush=True)
-    backends = ["raftreg", "etcd"] if ns.backend == "both" else [ns.backend]
-    results: dict[str, dict[str, float]] = {}
-    try:
-        with contextlib.ExitStack() as stack:
-            if ns.keep:
-                ns.keep.mkdir(parents=True)  # a new directory: logs of a failed run stay
-                tmp = str(ns.keep)
-            else:
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-"))
-            for b in backends:
-                results[b] = bench(b, Path(tmp), ns)
-    except KeyboardInterrupt:
-        print("interrupted: every cluster and child process stopped", file=sys.stderr)
+    results = run_backends(ns, "bench-scale-", bench)
+    if results is None:
         return 130
     load_after = loadavg()
     if not print_table(results):
