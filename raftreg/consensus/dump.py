@@ -53,6 +53,9 @@ def _dump_frame(state_len: int, last_entry: Sequence[Any], prev_entry: Sequence[
     return head, tail
 
 
+_DONE = threading.Thread()  # stands for a dump thread that never started (see `start`)
+
+
 def _bin_header(n: int) -> bytes:
     """msgpack's header of an n-byte bin (the smallest form, as `packb` writes it)."""
     if n < 1 << 8:
@@ -115,14 +118,24 @@ class DumpWriter:
     def writing(self) -> bool:
         return self._job is not None
 
-    def start(self, encode: Callable[[], Iterable[bytes]], last_entry: Sequence[Any],
-              prev_entry: Sequence[Any], cluster: Sequence[str]) -> None:
+    def start(self, freeze: Callable[[], Callable[[], Iterable[bytes]]],
+              last_entry: Sequence[Any], prev_entry: Sequence[Any],
+              cluster: Sequence[str]) -> None:
+        """Take the state (`freeze()`, here) and write it on the dump thread. Never raises: a
+        dump that cannot start is reported FAILED by the next `check()` (PySyncObj would
+        otherwise wait for it forever, sending no dump to any follower)."""
         assert self._job is None, "one dump at a time"
         self._failed = False
         self._installs_at_start = self._installs
-        self._job = threading.Thread(target=self._write, name="raft-dump", daemon=True,
-                                     args=(encode, last_entry, prev_entry, cluster))
-        self._job.start()
+        try:
+            encode = freeze()
+            self._job = threading.Thread(target=self._write, name="raft-dump", daemon=True,
+                                         args=(encode, last_entry, prev_entry, cluster))
+            self._job.start()
+        except Exception:
+            log.exception("starting a raft dump failed")
+            self._failed = True
+            self._job = _DONE
 
     def _write(self, encode: Callable[[], Iterable[bytes]], last_entry: Sequence[Any],
                prev_entry: Sequence[Any], cluster: Sequence[str]) -> None:
@@ -143,7 +156,7 @@ class DumpWriter:
         job = self._job
         if job is None:
             return SERIALIZER_STATE.NOT_SERIALIZING  # type: ignore[no-any-return]
-        if job.is_alive():
+        if job is not _DONE and job.is_alive():
             return SERIALIZER_STATE.SERIALIZING  # type: ignore[no-any-return]
         self._job = None
         if self._failed or self._installs != self._installs_at_start:
@@ -159,7 +172,7 @@ class DumpWriter:
     def close(self, timeout: float) -> None:
         """Wait (up to `timeout`) for a dump being written; it is not renamed any more."""
         job = self._job
-        if job is not None:
+        if job is not None and job is not _DONE:
             job.join(timeout)
 
 

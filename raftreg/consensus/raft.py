@@ -292,8 +292,7 @@ class RaftNode:
 
     def _serialize(self, filename: str, data: Any) -> None:  # tick thread
         last_entry, prev_entry, cluster = data
-        self._dumps.start(self._freeze(), last_entry, prev_entry,
-                          [n.address for n in cluster])
+        self._dumps.start(self._freeze, last_entry, prev_entry, [n.address for n in cluster])
         # PySyncObj renames `filename` over the dump once this returns. We never write it (the
         # dump is renamed in `_check_dump` when written): that rename fails, PySyncObj ignores
         # the failure, and `_check_dump`, its serializeChecker, reports the outcome.

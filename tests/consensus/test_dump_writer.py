@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -40,7 +41,7 @@ def test_a_written_dump_is_renamed_by_check_only(tmp_path: Path) -> None:
     gate = threading.Event()
     w = _writer(tmp_path)
     assert w.check() == SERIALIZER_STATE.NOT_SERIALIZING
-    w.start(lambda: [b"st", b"ate"] if gate.wait(10) else [], *ENTRIES, ["a:1", "b:2"])
+    w.start(lambda: lambda: [b"st", b"ate"] if gate.wait(10) else [], *ENTRIES, ["a:1", "b:2"])
     assert w.check() == SERIALIZER_STATE.SERIALIZING
     assert not (tmp_path / "raft.dump").exists()
     gate.set()
@@ -57,7 +58,7 @@ def test_a_dump_older_than_an_installed_one_is_dropped(tmp_path: Path) -> None:
     (tmp_path / "raft.dump").write_bytes(b"installed")
     gate = threading.Event()
     w = _writer(tmp_path)
-    w.start(lambda: [b"old"] if gate.wait(10) else [], *ENTRIES, [])
+    w.start(lambda: lambda: [b"old"] if gate.wait(10) else [], *ENTRIES, [])
     w.installed()  # the leader's dump replaced raft.dump meanwhile
     gate.set()
     assert _wait_written(w) == SERIALIZER_STATE.FAILED
@@ -72,9 +73,21 @@ def test_a_failed_encoding_leaves_the_dump_alone(tmp_path: Path) -> None:
         raise RuntimeError("boom")
 
     w = _writer(tmp_path)
-    w.start(broken, *ENTRIES, [])
+    w.start(lambda: broken, *ENTRIES, [])
     assert _wait_written(w) == SERIALIZER_STATE.FAILED
     assert (tmp_path / "raft.dump").read_bytes() == b"previous"
+
+
+def test_a_dump_that_cannot_start_is_reported_failed_once(tmp_path: Path) -> None:
+    def no_freeze() -> Callable[[], list[bytes]]:
+        raise RuntimeError("boom")
+
+    w = _writer(tmp_path)
+    w.start(no_freeze, *ENTRIES, [])
+    assert w.check() == SERIALIZER_STATE.FAILED
+    assert w.check() == SERIALIZER_STATE.NOT_SERIALIZING
+    w.start(lambda: lambda: [b"s"], *ENTRIES, [])  # the next one goes ahead
+    assert _wait_written(w) == SERIALIZER_STATE.SUCCESS
 
 
 def test_a_stale_partial_dump_is_removed_on_start(tmp_path: Path) -> None:
@@ -146,7 +159,7 @@ async def test_the_leader_keeps_leading_and_committing_while_dumps_are_written(
 def test_a_dump_written_in_parts_is_the_dump_packed_whole(tmp_path: Path) -> None:
     state = [b"\x93", b"a" * 70_000, b"b"]
     w = _writer(tmp_path)
-    w.start(lambda: state, *ENTRIES, ["b:2", "a:1"])
+    w.start(lambda: lambda: state, *ENTRIES, ["b:2", "a:1"])
     assert _wait_written(w) == SERIALIZER_STATE.SUCCESS
     assert (tmp_path / "raft.dump").read_bytes() == msgpack.packb({
         "magic": "raftreg-raft-dump", "format": 2, "state": b"".join(state),
