@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.monotonic import monotonic as raft_clock  # PySyncObj's deadlines use this clock
 
 from raftreg.consensus.commands import CommandsMixin
 from raftreg.consensus.journal import DurableJournal
@@ -149,6 +150,16 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
         computation."""
         super()._SyncObj__onBecomeLeader()
         self._journal.sync()
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # tick thread
+        """A dump received from the leader counts as hearing from it once it is installed.
+        PySyncObj restarts the election timer when the message arrives, before the install;
+        restoring a large store takes seconds (~8 s at 1,000,000 keys), so the follower
+        started an election right after it, deposing a healthy leader (PySyncObj has no
+        pre-vote). Harmless at start-up, where the timer starts now anyway."""
+        super()._SyncObj__loadDumpFile(clearJournal)
+        self._SyncObj__raftElectionDeadline = (
+            raft_clock() + self._SyncObj__generateRaftTimeout())
 
     def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # tick thread
         """Forget the leader when its connection drops. PySyncObj forwards a follower's
@@ -276,7 +287,7 @@ class _Fsm(CommandsMixin, SyncObj):  # type: ignore[misc]
             if self._getLeader() is not None:
                 self._joining = False
             else:  # no election before the first word from a leader (see RaftSettings.join)
-                self._SyncObj__raftElectionDeadline = time.monotonic() + self._join_hold
+                self._SyncObj__raftElectionDeadline = raft_clock() + self._join_hold
         try:
             self._take_reads()
             super()._onTick(timeToWait)

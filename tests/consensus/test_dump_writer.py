@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,3 +173,50 @@ def test_a_dump_is_the_same_bytes_whatever_the_state_size(size: int) -> None:
     assert pack_dump(state, *ENTRIES, ["a:1"]) == msgpack.packb({
         "magic": "raftreg-raft-dump", "format": 2, "state": state,
         "entries": [list(ENTRIES[0]), list(ENTRIES[1])], "cluster": ["a:1"]})
+
+
+@pytest.mark.slow
+async def test_a_follower_that_installs_a_slow_dump_does_not_depose_the_leader(
+    tmp_path: Path,
+) -> None:
+    """The third member starts after the leader compacted its log, so it gets the leader's
+    dump; restoring it takes 3 s, longer than the 1-2 s election timeout. Its election timer
+    must start after the install: it used to start an election at once, a new term."""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    secret = new_secret()
+    loop = asyncio.get_running_loop()
+    restored = asyncio.Event()
+
+    def slow_restore(state: bytes) -> None:  # tick thread of the late member
+        time.sleep(3.0)
+        loop.call_soon_threadsafe(restored.set)
+
+    def member(a: str, restore: Callable[[bytes], None]) -> RaftNode:
+        return RaftNode(RaftSettings(self_addr=a, peers=tuple(x for x in addrs if x != a),
+                                     secret=secret, data_dir=tmp_path / a.replace(":", "_"),
+                                     heartbeat_interval=0.1, election_timeout_min=1.0,
+                                     election_timeout_max=2.0, leader_fallback_timeout=1.0,
+                                     snapshot_entries=50),
+                        lambda item: None, lambda: lambda: [b"state"], restore, loop=loop)
+
+    nodes = [member(a, lambda b: None) for a in addrs[:2]]
+    try:
+        async with asyncio.timeout(30):
+            while sum(n.is_leader for n in nodes) != 1:
+                await asyncio.sleep(0.02)
+        leader = next(n for n in nodes if n.is_leader)
+        for i in range(150):
+            await leader.propose(b"w%d" % i)
+        async with asyncio.timeout(30):  # compacted: a new member can only get the dump
+            while leader.status().log_len >= 150:
+                await asyncio.sleep(0.02)
+        term = leader.term
+        nodes.append(member(addrs[2], slow_restore))
+        async with asyncio.timeout(30):
+            await restored.wait()
+        await asyncio.sleep(2.5)  # longer than an election timeout after the install
+        await leader.propose(b"after")
+        assert leader.is_leader and [n.term for n in nodes] == [term] * 3
+    finally:
+        for n in nodes:
+            n.close()
