@@ -101,15 +101,16 @@ def test_a_stale_partial_dump_is_removed_on_start(tmp_path: Path) -> None:
 async def test_the_leader_keeps_leading_and_committing_while_dumps_are_written(
     tmp_path: Path,
 ) -> None:
-    """Every member compacts after 50 entries, and each dump takes 3 s to encode: longer than
-    the 1-2 s election timeout. Written on the tick thread, it cost the leader its term."""
+    """Every member compacts after 50 entries, and each dump takes 5 s to encode: longer than
+    the 2-4 s election timeout (long, so that a loaded machine elects no one by itself).
+    Written on the tick thread, it cost the leader its term."""
     gate = threading.Event()
     encoding = threading.Semaphore(0)
 
     def freeze():  # type: ignore[no-untyped-def]
         def encode() -> list[bytes]:
             encoding.release()
-            gate.wait(3.0)
+            gate.wait(5.0)
             return [b"state"]
 
         return encode
@@ -120,8 +121,8 @@ async def test_the_leader_keeps_leading_and_committing_while_dumps_are_written(
     nodes = [
         RaftNode(RaftSettings(self_addr=a, peers=tuple(x for x in addrs if x != a),
                               secret=secret, data_dir=tmp_path / a.replace(":", "_"),
-                              heartbeat_interval=0.1, election_timeout_min=1.0,
-                              election_timeout_max=2.0, leader_fallback_timeout=1.0,
+                              heartbeat_interval=0.1, election_timeout_min=2.0,
+                              election_timeout_max=4.0, leader_fallback_timeout=3.0,
                               snapshot_entries=50),
                  lambda item: None, freeze, lambda b: None, loop=loop)
         for a in addrs
@@ -139,7 +140,7 @@ async def test_the_leader_keeps_leading_and_committing_while_dumps_are_written(
                 await asyncio.sleep(0.01)
         started = loop.time()
         committed = 0
-        while loop.time() - started < 2.5:  # all of it while the dumps are still encoding
+        while loop.time() - started < 4.5:  # all of it while the dumps are still encoding
             await leader.propose(b"during")
             committed += 1
         assert leader.is_leader and leader.term == term
@@ -180,7 +181,7 @@ async def test_a_follower_that_installs_a_slow_dump_does_not_depose_the_leader(
     tmp_path: Path,
 ) -> None:
     """The third member starts after the leader compacted its log, so it gets the leader's
-    dump; restoring it takes 3 s, longer than the 1-2 s election timeout. Its election timer
+    dump; restoring it takes 5 s, longer than the 2-4 s election timeout. Its election timer
     must start after the install: it used to start an election at once, a new term."""
     addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
     secret = new_secret()
@@ -188,14 +189,14 @@ async def test_a_follower_that_installs_a_slow_dump_does_not_depose_the_leader(
     restored = asyncio.Event()
 
     def slow_restore(state: bytes) -> None:  # tick thread of the late member
-        time.sleep(3.0)
+        time.sleep(5.0)
         loop.call_soon_threadsafe(restored.set)
 
     def member(a: str, restore: Callable[[bytes], None]) -> RaftNode:
         return RaftNode(RaftSettings(self_addr=a, peers=tuple(x for x in addrs if x != a),
                                      secret=secret, data_dir=tmp_path / a.replace(":", "_"),
-                                     heartbeat_interval=0.1, election_timeout_min=1.0,
-                                     election_timeout_max=2.0, leader_fallback_timeout=1.0,
+                                     heartbeat_interval=0.1, election_timeout_min=2.0,
+                                     election_timeout_max=4.0, leader_fallback_timeout=3.0,
                                      snapshot_entries=50),
                         lambda item: None, lambda: lambda: [b"state"], restore, loop=loop)
 
@@ -214,7 +215,7 @@ async def test_a_follower_that_installs_a_slow_dump_does_not_depose_the_leader(
         nodes.append(member(addrs[2], slow_restore))
         async with asyncio.timeout(30):
             await restored.wait()
-        await asyncio.sleep(2.5)  # longer than an election timeout after the install
+        await asyncio.sleep(4.5)  # longer than an election timeout after the install
         await leader.propose(b"after")
         assert leader.is_leader and [n.term for n in nodes] == [term] * 3
     finally:
