@@ -25,6 +25,10 @@ from raftreg.logfmt import LogFormat
 # than this many sequence numbers apart unfinished (so a retry is never refused as too old).
 DEFAULT_CLIENT_WINDOW = 1024
 
+# raftreg's many-lease keepalive (`LeaseKeepAliveRequest.IDs`): the most lease ids a server
+# renews for one message, and the most a client puts in one.
+MAX_KEEPALIVE_IDS = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:

@@ -2,7 +2,8 @@
 
 Writes need no help here (the consensus layer forwards proposals); lease keepalives and
 time-to-live are not replicated, so a follower relays them: unary calls over a channel to the
-current leader, keepalives over one shared LeaseKeepAlive stream whose answers are matched to
+current leader, keepalives over one shared LeaseKeepAlive stream (many leases per request
+where the leader takes that, `raftreg.common.keepalive_wire`) whose answers are matched to
 callers by lease id, first come first served.
 """
 
@@ -12,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
+from raftreg.common.keepalive_wire import RenewalWire
 from raftreg.common.status import error_from_status
 from raftreg.errors import NotApplied, Unavailable
 from raftreg.pb import raftreg_pb2 as pb
@@ -40,7 +43,8 @@ class LeaderLink:
         self._timeout = timeout
         self._channel: grpc.aio.Channel | None = None
         self._channel_addr: str | None = None
-        self._ka_queue: asyncio.Queue[pb.LeaseKeepAliveRequest] | None = None
+        self._ka_queue: asyncio.Queue[Message] | None = None
+        self._ka_wire: RenewalWire | None = None
         self._ka_waiters: dict[int, deque[asyncio.Future[int]]] = defaultdict(deque)
         self._ka_task: asyncio.Task[None] | None = None
 
@@ -94,43 +98,62 @@ class LeaderLink:
             err = error_from_status(e.code(), e.details() or "", md)
             raise err from None
 
-    async def keepalive(self, lease_id: int) -> int:
+    async def keepalive(self, lease_ids: Sequence[int]) -> list[int]:
+        """Renew `lease_ids` at the leader; their TTLs in the same order."""
         stub = self._stub()
         if self._ka_task is None or self._ka_task.done():
             self._ka_queue = asyncio.Queue()
-            self._ka_task = asyncio.create_task(self._run_keepalive_stream(stub, self._ka_queue))
-        assert self._ka_queue is not None
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._ka_waiters[lease_id].append(fut)
-        self._ka_queue.put_nowait(pb.LeaseKeepAliveRequest(ID=lease_id))
+            self._ka_wire = RenewalWire(pb.LeaseKeepAliveRequest)
+            self._ka_task = asyncio.create_task(
+                self._run_keepalive_stream(stub, self._ka_queue, self._ka_wire))
+        assert self._ka_queue is not None and self._ka_wire is not None
+        loop = asyncio.get_running_loop()
+        futs: list[tuple[int, asyncio.Future[int]]] = []
+        for lease_id in lease_ids:
+            fut: asyncio.Future[int] = loop.create_future()
+            self._ka_waiters[lease_id].append(fut)
+            futs.append((lease_id, fut))
+        for req in self._ka_wire.encode(lease_ids):
+            self._ka_queue.put_nowait(req)
         try:
-            return await asyncio.wait_for(fut, self._timeout)
+            async with asyncio.timeout(self._timeout):
+                return [await fut for _, fut in futs]
         except TimeoutError:
-            with contextlib.suppress(ValueError):
-                self._ka_waiters[lease_id].remove(fut)
+            for lease_id, fut in futs:
+                with contextlib.suppress(ValueError):
+                    self._ka_waiters[lease_id].remove(fut)
             raise Unavailable("the leader did not answer the keepalive in time") from None
 
     async def _run_keepalive_stream(
-        self, stub: Any, queue: asyncio.Queue[pb.LeaseKeepAliveRequest]
+        self, stub: Any, queue: asyncio.Queue[Message], wire: RenewalWire
     ) -> None:
-        async def requests() -> AsyncIterator[pb.LeaseKeepAliveRequest]:
+        async def requests() -> AsyncIterator[Message]:
             while True:
                 yield await queue.get()
 
+        call = stub.LeaseKeepAlive(requests())
         try:
-            call = stub.LeaseKeepAlive(requests())
             async for resp in call:
-                waiters = self._ka_waiters.get(resp.ID)
-                if waiters:
-                    fut = waiters.popleft()
-                    if not fut.done():
-                        fut.set_result(resp.TTL)
+                pairs, held = wire.decode(resp)
+                for req in held:
+                    queue.put_nowait(req)
+                for lease_id, ttl in pairs:
+                    waiters = self._ka_waiters.get(lease_id)
+                    if waiters:
+                        fut = waiters.popleft()
+                        if not fut.done():
+                            fut.set_result(ttl)
         except grpc.aio.AioRpcError as e:
             log.info("keepalive forwarding stream ended: %s", e.code())
             self._fail_waiters(Unavailable(f"forwarding to the leader failed: {e.details()}"))
+        except Unavailable as e:
+            log.warning("keepalive forwarding stream unusable: %s", e)
+            self._fail_waiters(e)  # the next keepalive opens a new stream
         else:
             # The leader closed the stream without an error: nobody will answer the waiters.
             self._fail_waiters(Unavailable("the leader ended the keepalive forwarding stream"))
+        finally:
+            call.cancel()
 
     async def close(self) -> None:
         if self._ka_task is not None:

@@ -7,8 +7,12 @@ Contracts:
   `lease_keepalive_once` calls instead.
 - Each lease is renewed about every TTL/3 (x a uniform jitter of +-10%), counted from the send
   time of its last acknowledged renewal; a new lease and every lease after a reconnect is
-  renewed at once. At most one renewal per lease is in flight; one unanswered for longer than
-  `response_timeout` (default: the lease's renew interval) counts as a broken stream.
+  renewed at once. Renewals due together go in one `send` (raftreg's server renews them with
+  one message, see `raftreg.common.keepalive_wire`), and whenever one is due, the leases due
+  within `coalesce` x their renew interval join it early (default 10%), so a process holding
+  thousands of leases sends a few large renewals instead of thousands of small ones. At most
+  one renewal per lease is in flight; one unanswered for longer than `response_timeout`
+  (default: the lease's renew interval) counts as a broken stream.
 - On stream failure the keeper reconnects (the gRPC client then prefers another endpoint) with
   exponential backoff and jitter, and renews everything at once.
 - Loss: `on_lost(lease_id)` is called exactly once, and the lease is no longer renewed, when the
@@ -29,7 +33,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
@@ -48,14 +52,15 @@ OnRenew = Callable[[int, int], None]
 
 
 class KeepAliveStream(Protocol):
-    """One open keepalive stream. `send` never blocks; `recv` returns the next answer
-    (lease id, TTL; TTL 0 = lease gone) and raises a `RegistryError` once the stream failed
-    or ended. Answers name their lease and may come in any order."""
+    """One open keepalive stream. `send` renews the leases named, never blocks; `recv` returns
+    the next answer (lease id, TTL; TTL 0 = lease gone), one per lease, and raises a
+    `RegistryError` once the stream failed or ended. Answers name their lease and may come in
+    any order."""
 
     @property
     def endpoint(self) -> str: ...
 
-    def send(self, lease_id: int) -> None: ...
+    def send(self, lease_ids: Sequence[int]) -> None: ...
 
     async def recv(self) -> tuple[int, int]: ...
 
@@ -83,7 +88,11 @@ class UnaryKeepAliveStream:
     def endpoint(self) -> str:
         return ",".join(self._client.endpoints)
 
-    def send(self, lease_id: int) -> None:
+    def send(self, lease_ids: Sequence[int]) -> None:
+        for lease_id in lease_ids:
+            self._send(lease_id)
+
+    def _send(self, lease_id: int) -> None:
         async def one() -> None:
             try:
                 ttl = await self._client.lease_keepalive_once(lease_id)
@@ -133,17 +142,20 @@ class LeaseKeeper:
         clock: Clock | None = None,
         renew_fraction: float = 1 / 3,
         jitter: float = 0.1,
+        coalesce: float = 0.1,
         backoff_base: float = 0.05,
         backoff_max: float = 0.5,
         response_timeout: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if not 0 < renew_fraction < 1 or not 0 <= jitter < 1:
-            raise InvalidArgument("renew_fraction must be in (0, 1) and jitter in [0, 1)")
+        if not 0 < renew_fraction < 1 or not 0 <= jitter < 1 or not 0 <= coalesce < 1:
+            raise InvalidArgument(
+                "renew_fraction must be in (0, 1), jitter and coalesce in [0, 1)")
         self._client = client
         self._clock: Clock = clock or LoopClock()
         self._fraction = renew_fraction
         self._jitter = jitter
+        self._coalesce = coalesce
         self._response_timeout = response_timeout
         self._rng = rng or random.Random()
         self._retry = Backoff(base=backoff_base, max_delay=backoff_max, jitter="equal",
@@ -380,9 +392,13 @@ class LeaseKeeper:
                     self._lose(k, f"no renewal acknowledged within its TTL ({k.ttl}s)")
             st = self._stream
             wake_at = math.inf
+            connected = st is not None and not self._broken.is_set()
+            any_due = connected and any(
+                not k.inflight and k.next_send <= now for k in self._leases.values())
+            sending = []
             for k in list(self._leases.values()):
                 wake_at = min(wake_at, k.alive_until)
-                if st is None or self._broken.is_set():
+                if not connected:
                     continue
                 if k.inflight:
                     due = k.inflight[0] + self._timeout(k)
@@ -390,12 +406,16 @@ class LeaseKeeper:
                         self._broken.set()
                     else:
                         wake_at = min(wake_at, due)
-                elif k.next_send <= now:
+                elif k.next_send <= now or (
+                    any_due and k.next_send <= now + self._coalesce * self._renew_interval(k)
+                ):
                     k.inflight.append(now)
-                    st.send(k.id)
+                    sending.append(k.id)
                     wake_at = min(wake_at, now + self._timeout(k))
                 else:
                     wake_at = min(wake_at, k.next_send)
+            if sending and st is not None:
+                st.send(sending)
             self._wake.clear()
             if wake_at == math.inf:
                 await self._wake.wait()

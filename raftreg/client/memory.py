@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -91,13 +91,14 @@ class _MemoryKeepAliveStream:
     def endpoint(self) -> str:
         return self._client.endpoints[0]
 
-    def send(self, lease_id: int) -> None:
+    def send(self, lease_ids: Sequence[int]) -> None:
         if self.closed:
             return
         if self._client.unavailable:
             self.fail(Unavailable("memory registry is unavailable"))
             return
-        self._answers.put_nowait((lease_id, self._client._renew(lease_id)))
+        for lease_id in lease_ids:
+            self._answers.put_nowait((lease_id, self._client._renew(lease_id)))
 
     def fail(self, err: Unavailable) -> None:
         self._answers.put_nowait(err)

@@ -143,9 +143,11 @@ class PooledClient(Generic[C]):
         request: Callable[..., Message],
         response: type[Message],
         error: Callable[[grpc.aio.AioRpcError], E.RegistryError],
+        *,
+        batches: bool | None = None,
     ) -> KeepAliveCall:
         """A `KeepAliveCall` over `call` (already opened to `endpoint`) that reports its
-        endpoint's health to this client."""
+        endpoint's health to this client; `batches` as `KeepAliveCall`'s."""
 
         def failed(ep: str) -> None:
             if not self._closed:
@@ -153,7 +155,7 @@ class PooledClient(Generic[C]):
 
         return KeepAliveCall(
             call, endpoint, request=request, response=response, error=error,
-            on_answer=self._pool.mark_ok, on_failure=failed,
+            on_answer=self._pool.mark_ok, on_failure=failed, batches=batches,
         )
 
     # --- watches ---------------------------------------------------------------------------

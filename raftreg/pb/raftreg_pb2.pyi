@@ -1073,15 +1073,25 @@ class LeaseKeepAliveRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
     ID: _builtins.int
+    @_builtins.property
+    def IDs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """raftreg: renew many leases with one message (a client holding many leases). A request
+        with IDs is answered by ONE response carrying IDs and TTLs, pair by pair in the same
+        order; `ID`, if also set, is renewed first. Send IDs only to a server whose answers carry
+        `batches` (etcd and raftreg before it ignore this field).
+        """
+
     def __init__(
         self,
         *,
         ID: _builtins.int = ...,
+        IDs: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ID", b"ID"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ID", b"ID", "IDs", b"IDs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1094,21 +1104,35 @@ class LeaseKeepAliveResponse(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    TTLS_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
     ID: _builtins.int
     TTL: _builtins.int
     """0 when the lease is unknown or already expired."""
+    batches: _builtins.bool
+    """raftreg: set on every answer of a server that accepts requests with IDs."""
     @_builtins.property
     def header(self) -> Global___ResponseHeader: ...
+    @_builtins.property
+    def IDs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """raftreg: the answer to a request with IDs (TTLs[i] is IDs[i]'s, 0 as above)."""
+
+    @_builtins.property
+    def TTLs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
         header: Global___ResponseHeader | None = ...,
         ID: _builtins.int = ...,
         TTL: _builtins.int = ...,
+        IDs: _abc.Iterable[_builtins.int] | None = ...,
+        TTLs: _abc.Iterable[_builtins.int] | None = ...,
+        batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ID", b"ID", "TTL", b"TTL", "header", b"header"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ID", b"ID", "IDs", b"IDs", "TTL", b"TTL", "TTLs", b"TTLs", "batches", b"batches", "header", b"header"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,6 +6,7 @@ Contract:
 - `renew(id)` is answered only after a read barrier confirmed this node still leads, and the
   new deadline counts from BEFORE the barrier: once a renewal is acknowledged, no leader (this
   one or the next, which grants a full TTL on promotion) expires the lease before that deadline.
+  `renew_many(ids)` is the same for many leases behind one barrier.
 - Expiry is decided here but carried out as a replicated `LeaseExpire` command, in batches,
   so every replica deletes the same keys at the same revision. A lease whose expiry is in
   flight is no longer renewable (renew answers 0, the lease is lost).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from raftreg.errors import LeaseNotFound, NotApplied, RegistryError
 from raftreg.store import LeaseInfo
@@ -112,16 +113,24 @@ class Lessor:
 
     async def renew(self, lease_id: int) -> int:
         """Leader only: extend the lease by its TTL; returns the TTL, 0 if the lease is gone."""
+        return (await self.renew_many((lease_id,)))[0]
+
+    async def renew_many(self, lease_ids: Sequence[int]) -> list[int]:
+        """`renew` for many leases behind ONE read barrier; their TTLs in the same order."""
         started = self._clock()
         await self._barrier()
         if not self._ensure_current():
             raise NotApplied("not the leader")
         await self._await_epoch()
-        ttl = self._ttl(lease_id)
-        if ttl is None or lease_id in self._expiring:
-            return 0
-        self._deadlines[lease_id] = max(self._deadline(lease_id, ttl), started + ttl)
-        return ttl
+        ttls = []
+        for lease_id in lease_ids:
+            ttl = self._ttl(lease_id)
+            if ttl is None or lease_id in self._expiring:
+                ttls.append(0)
+                continue
+            self._deadlines[lease_id] = max(self._deadline(lease_id, ttl), started + ttl)
+            ttls.append(ttl)
+        return ttls
 
     async def remaining(self, lease_id: int) -> tuple[int, LeaseInfo]:
         """Leader only: (remaining whole seconds, lease). Raises LeaseNotFound."""

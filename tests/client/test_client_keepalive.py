@@ -196,13 +196,17 @@ async def test_unary_fallback_for_clients_without_a_stream() -> None:
 
 class FakeLeaseServer(pbg.LeaseServicer):
     """Answers every keepalive with `ttl`; aborts the stream (UNAVAILABLE) after
-    `drop_after` answers when set."""
+    `drop_after` answers when set. `batches=False` plays etcd (or raftreg before many-lease
+    keepalives): it reads `ID` only and never announces `batches`."""
 
-    def __init__(self, ttl: int = 1, drop_after: int | None = None) -> None:
+    def __init__(self, ttl: int = 1, drop_after: int | None = None, *,
+                 batches: bool = False) -> None:
         self.ttl = ttl
         self.drop_after = drop_after
+        self.batches = batches
         self.streams = 0
         self.requests: list[int] = []
+        self.messages: list[list[int]] = []  # the lease ids of each request, as read
 
     async def LeaseKeepAlive(
         self, request_iterator: Any, context: Any
@@ -212,9 +216,17 @@ class FakeLeaseServer(pbg.LeaseServicer):
         async for req in request_iterator:
             if self.drop_after is not None and answered >= self.drop_after:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted drop")
-            self.requests.append(req.ID)
             answered += 1
-            yield pb.LeaseKeepAliveResponse(ID=req.ID, TTL=self.ttl)
+            if self.batches and req.IDs:
+                ids = list(req.IDs)
+                self.messages.append(ids)
+                self.requests.extend(ids)
+                yield pb.LeaseKeepAliveResponse(IDs=ids, TTLs=[self.ttl] * len(ids),
+                                                batches=True)
+                continue
+            self.messages.append([req.ID])
+            self.requests.append(req.ID)
+            yield pb.LeaseKeepAliveResponse(ID=req.ID, TTL=self.ttl, batches=self.batches)
 
     async def _unimplemented(self, request: Any, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "fake: keepalive only")
@@ -279,6 +291,73 @@ async def test_grpc_keeper_uses_one_stream_and_fails_over() -> None:
         await eventually(lambda: 13 in b.requests)
         await client.close()
         assert own.kept() == frozenset()
+    # Neither server announced `batches`: every renewal went as etcd's request, one lease each.
+    assert all(m != [0] for m in a.messages + b.messages)
+
+
+async def test_grpc_keeper_renews_many_leases_per_message_where_the_server_takes_them() -> None:
+    srv = FakeLeaseServer(ttl=TTL, batches=True)
+    clock = ManualClock()
+    ids = list(range(21, 26))
+    async with serving(srv) as eps:
+        client = GrpcRegistryClient(eps, timeout=2.0, backoff_base=0.01)
+        keeper = LeaseKeeper(client, clock=clock, backoff_base=0.01)
+        renewed: list[int] = []
+        for lid in ids:
+            keeper.keep(lid, TTL, on_renew=lambda i, _t: renewed.append(i))
+        await eventually(lambda: sorted(renewed) == ids)
+        # The first request is etcd's (one lease); its answer announced `batches`, so the
+        # leases held meanwhile went in one request.
+        assert srv.messages == [ids[:1], ids[1:]]
+        clock.advance(RENEW)
+        await eventually(lambda: len(renewed) == 2 * len(ids))
+        assert srv.messages[2:] == [ids]  # all due together: one request
+        assert srv.streams == 1
+        await client.close()
+
+
+class SendLog:
+    """Wraps a memory client's keepalive streams, recording each `send`'s lease ids."""
+
+    def __init__(self, m: MemoryRegistryClient) -> None:
+        self.sends: list[tuple[float, list[int]]] = []
+        opener = m.open_keepalive_stream
+
+        async def open_stream() -> Any:
+            st = await opener()
+            send = st.send
+
+            def logged(lease_ids: Any) -> None:
+                self.sends.append((m.clock.now(), list(lease_ids)))
+                send(lease_ids)
+
+            st.send = logged  # type: ignore[method-assign]
+            return st
+
+        m.open_keepalive_stream = open_stream  # type: ignore[method-assign]
+
+
+async def test_renewals_due_close_together_go_in_one_send() -> None:
+    async with MemoryRegistryClient(seed=1) as m:
+        log = SendLog(m)
+        keeper = LeaseKeeper(m, clock=m.clock, jitter=0.0, coalesce=0.1)
+        a, b, c = [(await m.lease_grant(30)).id for _ in range(3)]
+        keeper.keep(a, 30)
+        await settle()
+        m.advance(0.5)
+        keeper.keep(b, 30)  # due 0.5 s after `a` each round: within 10% of 10 s
+        await settle()
+        m.advance(2.0)
+        keeper.keep(c, 30)  # due 2.5 s after `a`: not within 10%
+        await settle()
+        assert log.sends == [(0.0, [a]), (0.5, [b]), (2.5, [c])]
+        m.advance(7.5)  # t = 10: `a` is due, `b` joins it early, `c` waits
+        await settle()
+        assert log.sends[3:] == [(10.0, [a, b])]
+        m.advance(2.5)
+        await settle()
+        assert log.sends[4:] == [(12.5, [c])]
+        await keeper.close()
 
 
 async def test_grpc_keeper_reports_loss_once_no_endpoint_answers() -> None:

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from raftreg.common.keys import prefix_range_end
-from raftreg.config import ClusterSettings, load_config
+from raftreg.config import MAX_KEEPALIVE_IDS, ClusterSettings, load_config
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
 from raftreg.server.lessor import TICK_S
@@ -118,7 +118,9 @@ class Node:
 
 
 class KeepAlive:
-    """One LeaseKeepAlive stream; `ping(ids)` sends one keepalive per id and waits for all."""
+    """One LeaseKeepAlive stream; `ping(ids)` sends one keepalive per id (etcd's request) and
+    waits for all; `ping(ids, batched=True)` sends them in one request (raftreg's `IDs`) and
+    checks its one answer."""
 
     def __init__(self, node: Node) -> None:
         self._q: asyncio.Queue[pb.LeaseKeepAliveRequest | None] = asyncio.Queue()
@@ -128,14 +130,26 @@ class KeepAlive:
         while (r := await self._q.get()) is not None:
             yield r
 
-    async def ping(self, ids: list[int], timeout: float = 10.0) -> dict[int, int]:
+    async def _read(self, deadline: float) -> pb.LeaseKeepAliveResponse:
+        resp = await asyncio.wait_for(self.call.read(), max(0.01, deadline - time.monotonic()))
+        assert resp is not grpc.aio.EOF, "the keepalive stream ended"  # type: ignore[attr-defined]
+        assert resp.batches, "a raftreg server announces many-lease keepalives"
+        return resp  # type: ignore[no-any-return]
+
+    async def ping(self, ids: list[int], timeout: float = 10.0, *,
+                   batched: bool = False) -> dict[int, int]:
+        deadline = time.monotonic() + timeout
+        if batched:
+            self._q.put_nowait(pb.LeaseKeepAliveRequest(IDs=ids))
+            resp = await self._read(deadline)
+            assert list(resp.IDs) == ids and len(resp.TTLs) == len(ids) and resp.ID == 0
+            return dict(zip(resp.IDs, resp.TTLs, strict=True))
         for i in ids:
             self._q.put_nowait(pb.LeaseKeepAliveRequest(ID=i))
         out: dict[int, int] = {}
-        deadline = time.monotonic() + timeout
         while len(out) < len(set(ids)):
-            resp = await asyncio.wait_for(self.call.read(), max(0.01, deadline - time.monotonic()))
-            assert resp is not grpc.aio.EOF, "the keepalive stream ended"  # type: ignore[attr-defined]
+            resp = await self._read(deadline)
+            assert not resp.IDs
             out[int(resp.ID)] = int(resp.TTL)
         return out
 
@@ -245,8 +259,9 @@ async def test_grant_attach_revoke_and_list(lcluster: ProcessCluster) -> None:
             await n.close()
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["one-per-request", "one-request"])
 async def test_keepalive_many_leases_on_one_stream_through_a_follower(
-    lcluster: ProcessCluster,
+    lcluster: ProcessCluster, batched: bool,
 ) -> None:
     leader, (f1, _) = roles(lcluster)
     f = Node(lcluster.client[f1])
@@ -258,7 +273,7 @@ async def test_keepalive_many_leases_on_one_stream_through_a_follower(
         # keepalive round follows the grants at once.
         ids = [g.ID for g in await asyncio.gather(*(f.grant(ttl) for _ in range(50)))]
         ka = KeepAlive(f)
-        assert await ka.ping(ids) == {lid: ttl for lid in ids}
+        assert await ka.ping(ids, batched=batched) == {lid: ttl for lid in ids}
         await asyncio.gather(*(f.put(b"ka/%d" % i, lease=lid) for i, lid in enumerate(ids)))
         control = (await f.grant(ttl)).ID  # not kept alive: proves the TTL is real
         t_control = time.monotonic()  # its TTL started before this
@@ -271,7 +286,7 @@ async def test_keepalive_many_leases_on_one_stream_through_a_follower(
                 f"the control lease (not kept alive) still exists {ttl + late:.2f}s after its "
                 f"grant: TTL {ttl}s + {expiry_bound_message(settings_of(lcluster))}")
             t = time.monotonic()
-            got = await ka.ping(ids)
+            got = await ka.ping(ids, batched=batched)
             assert got == {lid: ttl for lid in ids}, "a lease kept alive every TTL/4 was lost"
             rounds += 1
             await asyncio.sleep(max(0.0, ttl / 4 - (time.monotonic() - t)))
@@ -283,6 +298,40 @@ async def test_keepalive_many_leases_on_one_stream_through_a_follower(
     finally:
         await f.close()
         await ld.close()
+
+
+async def test_one_keepalive_request_renews_many_leases(lcluster: ProcessCluster) -> None:
+    """raftreg's `IDs`: one answer, pair by pair in order (`ID` first when also set), 0 for an
+    unknown lease, the same through a follower; at most MAX_KEEPALIVE_IDS per request. etcd's
+    API answers etcd's way and does not announce `batches` (an etcd client never sends IDs)."""
+    leader, (f1, _) = roles(lcluster)
+    ld, f = Node(lcluster.client[leader]), Node(lcluster.client[f1])
+    try:
+        a, b = [g.ID for g in await asyncio.gather(ld.grant(20), ld.grant(30))]
+        unknown = 0x0BAD0BAD
+        for n in (ld, f):
+            call = n.lease.LeaseKeepAlive(
+                iter([pb.LeaseKeepAliveRequest(ID=b, IDs=[a, unknown, a])]), timeout=10)
+            answers = [r async for r in call]
+            assert len(answers) == 1
+            r = answers[0]
+            assert (list(r.IDs), list(r.TTLs), r.ID, r.batches) == (
+                [b, a, unknown, a], [30, 20, 0, 20], 0, True)
+        etcd_ka = ld.channel.stream_stream(
+            "/etcdserverpb.Lease/LeaseKeepAlive",
+            request_serializer=pb.LeaseKeepAliveRequest.SerializeToString,
+            response_deserializer=pb.LeaseKeepAliveResponse.FromString)
+        answers = [r async for r in etcd_ka(iter([pb.LeaseKeepAliveRequest(ID=a)]), timeout=10)]
+        assert [(r.ID, r.TTL, r.batches) for r in answers] == [(a, 20, False)]
+        call = ld.lease.LeaseKeepAlive(
+            iter([pb.LeaseKeepAliveRequest(IDs=[a] * (MAX_KEEPALIVE_IDS + 1))]), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as too_many:
+            _ = [r async for r in call]
+        assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert str(MAX_KEEPALIVE_IDS) in (too_many.value.details() or "")
+    finally:
+        await ld.close()
+        await f.close()
 
 
 async def test_expiry_deletes_on_every_node_not_early_and_soon_after(

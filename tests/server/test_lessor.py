@@ -225,6 +225,32 @@ async def test_renewal_deadline_counts_from_before_the_barrier() -> None:
     assert h.expired_ids() == [1]
 
 
+async def test_many_renewals_share_one_barrier_and_its_start_time() -> None:
+    """`renew_many`: one read barrier for all, each deadline counted from before it, 0 for a
+    lease that is gone, answers in request order."""
+    h = Harness()
+    h.grant(1, ttl=10)
+    h.grant(2, ttl=20)
+    await h.start()
+    barriers = 0
+
+    def count() -> None:
+        nonlocal barriers
+        barriers += 1
+
+    h.on_barrier = count
+    t0 = h.now
+    h.now = started = t0 + 5
+    h.barrier_s = 2.0
+    assert await h.lessor.renew_many([2, 99, 1, 1]) == [20, 0, 10, 10]
+    assert barriers == 1
+    h.barrier_s = 0.0
+    await h.tick(started + 10 - 1e-6)
+    assert h.expiries() == []
+    await h.tick(started + 10)  # lease 1: renewed at `started` (before the barrier) + 10
+    assert h.expired_ids() == [1]
+
+
 # ---------------------------------------------------------------------------------------------
 # on becoming leader every lease gets a fresh full TTL
 

@@ -370,7 +370,8 @@ class EtcdRegistryClient(PooledClient[EtcdConn]):
             raise E.NotApplied(str(f)) from None
         call = self._pool.conn(ep).lease_keepalive(None, metadata=REQUIRE_LEADER)
         return self._keepalive_call(
-            ep, call, pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse, rpc_error
+            ep, call, pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse, rpc_error,
+            batches=False,
         )
 
     # --- watches ---------------------------------------------------------------------------
