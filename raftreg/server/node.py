@@ -184,9 +184,9 @@ class RegistryNode:
 
     # ------------------------------------------------------------------ locked store views
 
-    def _history(self, start: int, key: bytes, range_end: bytes) -> list[Event]:
+    def _history(self, start: int, key: bytes, range_end: bytes, limit: int) -> list[Event]:
         with self._lock:
-            return self.store.events_since(start, key, range_end)
+            return self.store.events_since(start, key, range_end, limit)
 
     def _lease_ttls(self) -> dict[int, int]:
         with self._lock:

@@ -17,9 +17,11 @@ in apply order, after the lock was released) with a revision below `next_rev` ar
 together cover every revision exactly once. After a snapshot install the live stream has a
 hole, so `resync()` makes every watcher catch up again from its `next_rev`.
 
-Catch-up is paced by the stream: history is sent in messages of whole revisions while the
-stream's queue has room; a watcher with more history than that is "unsynced" (live events skip
-it) and continues catching up as the stream drains, then rejoins the live stream. A live event
+Catch-up is paced by the stream: history is read (at most what the stream's queue has room
+for, in whole revisions) and sent while the queue has room; a watcher with more history than
+that is "unsynced" (live events skip it) and continues catching up as the stream drains, then
+rejoins the live stream. Nothing is read for a stream with no room: catch-up costs in
+proportion to what it sends, however many watchers wait. A live event
 that would overflow the queue makes its watcher unsynced the same way, `next_rev` unchanged.
 Watch ids are per stream, as in etcd.
 """
@@ -145,6 +147,8 @@ class WatchStream:
         self.queued_events -= len(msg.events)
         if self.queued_events <= self.hub._limit // 2 and not self.closed:
             for w in [w for w in self.watchers.values() if not w.synced]:
+                if self.queued_events >= self.hub._limit:
+                    break  # the next drain to half resumes the rest
                 self.hub._catch_up(w)
 
     def close(self) -> None:
@@ -159,12 +163,13 @@ class WatchHub:
     def __init__(
         self,
         current_revision: Callable[[], int],
-        history: Callable[[int, bytes, bytes], list[Event]],
+        history: Callable[[int, bytes, bytes, int], list[Event]],
         *,
         buffer_limit: int,
     ) -> None:
-        """`history(start, key, range_end)` reads `store.events_since` under the node's lock
-        and raises `Compacted`; `current_revision()` reads the store's revision."""
+        """`history(start, key, range_end, limit)` reads `store.events_since` under the
+        node's lock (whole revisions, stopping at or past `limit` events) and raises
+        `Compacted`; `current_revision()` reads the store's revision."""
         self._revision = current_revision
         self._history = history
         self._limit = buffer_limit
@@ -217,37 +222,46 @@ class WatchHub:
     def _catch_up(self, w: Watcher) -> None:
         """Send history from `w.next_rev` while the stream has room; the watcher is synced
         (gets live events) once it has everything up to the store's current revision."""
-        try:
-            events = self._history(w.next_rev, w.spec.key, w.spec.range_end)
-        except Compacted as e:
-            self.remove(w)
-            w.stream.send(
-                Outgoing(w.id, self._revision(), canceled=True,
-                         compact_revision=e.compact_revision,
-                         cancel_reason="required revision has been compacted")
-            )
-            return
-        except RegistryError as e:  # e.g. a bad range: refuse this watch, keep the stream
-            self.remove(w)
-            w.stream.send(Outgoing(w.id, self._revision(), canceled=True, cancel_reason=str(e)))
-            return
-        rev = self._revision()
+        stream = w.stream
         w.synced = False
-        i = 0
-        while i < len(events):
-            room = self._limit - w.stream.queued_events
-            n = _whole_revisions(events, i, room, allow_oversize=w.stream.queued_events == 0)
-            if n == 0:
+        while True:
+            room = self._limit - stream.queued_events
+            if room <= 0 and stream.queued_events:
                 return  # resumed by WatchStream.taken() as the stream drains
-            chunk = events[i : i + n]
-            i += n
-            selected = w.select(chunk)
-            w.next_rev = max(w.next_rev, chunk[-1].kv.mod_revision + 1)
-            if selected:
-                w.stream.send_events(w, rev, selected)
-        # Not `rev + 1`: the store may have moved past the history read, and those revisions'
-        # publishes are still on their way (the select() filter drops what history covered).
-        w.synced = True
+            try:
+                events = self._history(w.next_rev, w.spec.key, w.spec.range_end, max(room, 1))
+            except Compacted as e:
+                self.remove(w)
+                stream.send(
+                    Outgoing(w.id, self._revision(), canceled=True,
+                             compact_revision=e.compact_revision,
+                             cancel_reason="required revision has been compacted")
+                )
+                return
+            except RegistryError as e:  # e.g. a bad range: refuse this watch, keep the stream
+                self.remove(w)
+                stream.send(Outgoing(w.id, self._revision(), canceled=True,
+                                     cancel_reason=str(e)))
+                return
+            if not events:
+                # Synced. Not "up to the current revision": the store may have moved past the
+                # history read, and those revisions' publishes are still on their way (the
+                # `next_rev` check in `publish` drops what history covered).
+                w.synced = True
+                return
+            rev = self._revision()
+            i = 0
+            while i < len(events):
+                n = _whole_revisions(events, i, self._limit - stream.queued_events,
+                                     allow_oversize=stream.queued_events == 0)
+                if n == 0:
+                    return  # resumed by WatchStream.taken() as the stream drains
+                chunk = events[i : i + n]
+                i += n
+                selected = w.select(chunk)
+                w.next_rev = max(w.next_rev, chunk[-1].kv.mod_revision + 1)
+                if selected:
+                    stream.send_events(w, rev, selected)
 
     def _deliver(self, w: Watcher, events: list[Event], revision: int) -> None:
         selected = w.select(events)

@@ -175,12 +175,17 @@ class KeySpace:
         prev = h[i - 1] if i and h[i - 1].version else None
         return Event(EventType.PUT if kv.version else EventType.DELETE, kv, prev)
 
-    def events_since(self, start_revision: int, key: bytes, range_end: bytes) -> list[Event]:
-        """Logged events with revision >= start_revision on the selected keys, in log order."""
+    def events_since(self, start_revision: int, key: bytes, range_end: bytes,
+                     limit: int | None = None) -> list[Event]:
+        """Logged events with revision >= start_revision on the selected keys, in log order;
+        with `limit`, only the first revisions holding at least that many (whole revisions:
+        it stops at the first revision boundary at or past `limit` events)."""
         if start_revision < self._compact_revision:
             raise Compacted(COMPACTED_MESSAGE, self._compact_revision)
         out: list[Event] = []
         for i in range(bisect_left(self._log_revs, start_revision), len(self._log_revs)):
+            if limit is not None and len(out) >= limit:
+                break
             rev = self._log_revs[i]
             for k in self._log_keys[i]:
                 if in_range(k, key, range_end):

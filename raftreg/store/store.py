@@ -176,11 +176,14 @@ class Store:
             self._kv.check_read_revision(r.revision)
         return self._range(r)
 
-    def events_since(self, start_revision: int, key: bytes, range_end: bytes) -> list[Event]:
+    def events_since(self, start_revision: int, key: bytes, range_end: bytes,
+                     limit: int | None = None) -> list[Event]:
         """Committed events at revisions >= start_revision on the selected keys, in apply order,
-        prev_kv filled. Raises Compacted below compact_revision, InvalidArgument on a bad range."""
+        prev_kv filled; with `limit`, whole revisions up to the first boundary at or past
+        `limit` events. Raises Compacted below compact_revision, InvalidArgument on a bad
+        range."""
         check_key_range(key, range_end)
-        return self._kv.events_since(start_revision, key, range_end)
+        return self._kv.events_since(start_revision, key, range_end, limit)
 
     # -----------------------------------------------------------------------------------------
     # apply

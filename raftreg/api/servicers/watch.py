@@ -9,7 +9,7 @@ from typing import Any
 
 from raftreg.api.servicers.base import ServicerBase
 from raftreg.common import convert
-from raftreg.common.types import Event
+from raftreg.common.types import Event, KeyValue
 from raftreg.errors import RegistryError
 from raftreg.pb import raftreg_pb2 as pb
 from raftreg.pb import raftreg_pb2_grpc as pbg
@@ -19,22 +19,25 @@ from raftreg.store.validate import check_key_range
 
 
 class _ConvertedEvents:
-    """Events already converted to protobuf, by identity. The hub hands the same `Event` object
-    to every watcher of a revision (unless it strips prev_kv), so each is converted once, not
-    once per watcher. Holds the event itself, so an id is never reused while cached."""
+    """Events already converted to protobuf, by the identity of their key-values. The store
+    keeps each revision's `KeyValue` objects, and every `Event` it builds (live, or read again
+    from history for a watcher catching up; with or without prev_kv) refers to them, so an event
+    is converted once for all watchers, not once per watcher. Holds the key-values themselves,
+    so an id is never reused while cached."""
 
-    def __init__(self, size: int = 8192) -> None:
+    def __init__(self, size: int = 16384) -> None:
         self._size = size
-        self._cache: dict[int, tuple[Event, pb.Event]] = {}
+        self._cache: dict[tuple[int, int, int], tuple[KeyValue, KeyValue | None, pb.Event]] = {}
 
     def __call__(self, e: Event) -> pb.Event:
-        hit = self._cache.get(id(e))
-        if hit is not None and hit[0] is e:
-            return hit[1]
+        key = (id(e.kv), id(e.prev_kv), e.type)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is e.kv and hit[1] is e.prev_kv:
+            return hit[2]
         out = convert.event_to_pb(e)
         if len(self._cache) >= self._size:
             del self._cache[next(iter(self._cache))]  # the oldest
-        self._cache[id(e)] = (e, out)
+        self._cache[key] = (e.kv, e.prev_kv, out)
         return out
 
 
