@@ -33,6 +33,7 @@ from raftreg.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from raftreg.server.heap import hold_collector
 from raftreg.server.lessor import Lessor
 from raftreg.server.watch_hub import WatchHub
 from raftreg.store import LeaseInfo, Store, decode_request, encode_request, failure_to_error
@@ -165,6 +166,7 @@ class RegistryNode:
         t0 = time.perf_counter()
         with self._lock:
             view = self.store.freeze()
+            hold_collector(view.kv)
         frozen = time.perf_counter() - t0
 
         def encode() -> Iterator[bytes]:
@@ -265,6 +267,7 @@ class RegistryNode:
         t0 = time.perf_counter()
         with self._lock:
             view = self.store.freeze()
+            hold_collector(view.kv)
         state = await asyncio.to_thread(view.encode)  # off the loop: reads and writes go on
         self.counters.snapshot("backup", time.perf_counter() - t0)
         return state, view.revision
