@@ -16,6 +16,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ def _dump_frame(state_len: int, last_entry: Sequence[Any], prev_entry: Sequence[
 
 _DONE = threading.Thread()  # stands for a dump thread that never started (see `start`)
 
+# A node's dump thread sleeps this much per CPU second it encodes (`_blocks`): at most half a
+# core, so on a small machine three members writing a large dump at once leave CPU for requests.
+DUMP_REST = 1.0
+
 
 def _bin_header(n: int) -> bytes:
     """msgpack's header of an n-byte bin (the smallest form, as `packb` writes it)."""
@@ -65,13 +70,18 @@ def _bin_header(n: int) -> bytes:
     return struct.pack(">BI", 0xC6, n)
 
 
-def _blocks(chunks: Iterable[bytes], size: int = 1 << 20) -> list[bytes]:
+def _blocks(chunks: Iterable[bytes], size: int = 1 << 20, *,
+            rest: float = 0.0) -> list[bytes]:
     """`chunks` joined into blocks of about `size` bytes as they come: millions of small
     chunks alive at once would leave the allocator's small-object arenas fragmented (RSS that
-    stays up after the dump), blocks are large allocations handed back when freed."""
+    stays up after the dump), blocks are large allocations handed back when freed. After each
+    block the thread sleeps `rest` x the CPU time it spent on it (as etcd's compaction sleeps
+    between batches): a dump then uses at most 1 / (1 + rest) of a core, and leaves the rest
+    of the interpreter and the machine to the node's requests."""
     blocks: list[bytes] = []
     pending: list[bytes] = []
     n = 0
+    cpu = time.thread_time()
     for chunk in chunks:
         pending.append(chunk)
         n += len(chunk)
@@ -79,6 +89,10 @@ def _blocks(chunks: Iterable[bytes], size: int = 1 << 20) -> list[bytes]:
             blocks.append(b"".join(pending))
             pending.clear()
             n = 0
+            if rest:
+                now = time.thread_time()
+                time.sleep(rest * (now - cpu))
+                cpu = time.thread_time()
     if pending:
         blocks.append(b"".join(pending))
     return blocks
@@ -103,8 +117,10 @@ class DumpWriter:
       `raft.dump` is always a complete, fsynced dump.
     """
 
-    def __init__(self, path: Path, fsync_file: Callable[[int, str], None]) -> None:
+    def __init__(self, path: Path, fsync_file: Callable[[int, str], None], *,
+                 rest: float = 0.0) -> None:
         self._path = path
+        self._rest = rest  # see `_blocks`
         self._next = path.with_name(path.name + ".next")
         self._fsync_file = fsync_file
         self._job: threading.Thread | None = None
@@ -140,7 +156,7 @@ class DumpWriter:
     def _write(self, encode: Callable[[], Iterable[bytes]], last_entry: Sequence[Any],
                prev_entry: Sequence[Any], cluster: Sequence[str]) -> None:
         try:
-            state = _blocks(encode())
+            state = _blocks(encode(), rest=self._rest)
             head, tail = _dump_frame(sum(map(len, state)), last_entry, prev_entry, cluster)
             with open(self._next, "wb") as f:
                 f.write(head)

@@ -61,7 +61,13 @@ from pysyncobj.node import TCPNode
 
 from raftreg.config import check_secret
 from raftreg.consensus.commands import APPEND_BATCH_BYTES, BATCH_MAX_BYTES, MAX_ITEM_BYTES
-from raftreg.consensus.dump import DumpWriter, _resume_compaction, seed_data_dir, unpack_dump
+from raftreg.consensus.dump import (
+    DUMP_REST,
+    DumpWriter,
+    _resume_compaction,
+    seed_data_dir,
+    unpack_dump,
+)
 from raftreg.consensus.fsm import ApplyFn, FaultInjection, _Fsm
 from raftreg.consensus.journal import DurableJournal
 from raftreg.consensus.status import RaftStatus
@@ -174,7 +180,8 @@ class RaftNode:
             unsafe_no_sync=None if faults is None else (lambda: faults.unsafe_no_sync),
         )
         _resume_compaction(self._journal, settings.data_dir / "raft.dump")
-        self._dumps = DumpWriter(settings.data_dir / "raft.dump", self._journal.fsync_file)
+        self._dumps = DumpWriter(settings.data_dir / "raft.dump", self._journal.fsync_file,
+                                 rest=DUMP_REST)
         self._fsm = _Fsm(settings.self_addr, list(settings.peers), conf, apply_one, self._faults,
                          journal=self._journal, secret=settings.secret, join=settings.join)
 

@@ -293,13 +293,17 @@ class KeySpace:
         self._compact_revision = revision
 
     def _writable(self, key: bytes) -> list[KeyValue]:
-        """`key`'s history list, safe to change in place: copied first if a view may share it."""
+        """`key`'s history list, safe to change in place: if a view may share it, every view
+        first keeps it as its own (the list never changes again) and the key space goes on
+        with a copy."""
         h = self._hist[key]
         private = self._private
         if private is not None:
             if not self._views:
                 self._private = None  # every view is gone: nothing is shared any more
             elif key not in private:
+                for view in self._views:
+                    view._keep(key, h)
                 h = self._hist[key] = h.copy()
                 private.add(key)
         return h
@@ -308,13 +312,14 @@ class KeySpace:
     # views
 
     def freeze(self) -> KeySpaceView:
-        """The state now, as an immutable view (outside a write). Costs O(keys) pointer copies
-        and no per-key work; the histories are shared, copied on their next change."""
+        """The state now, as an immutable view (outside a write). Costs one copy of the key
+        list and no per-key work: the view reads the key space's own dict of histories, and a
+        history is handed to the view (`_writable`) before its first change."""
         assert self._pending is None, "freeze inside a write"
         view = KeySpaceView(
             self._revision,
             self._compact_revision,
-            dict(self._hist),
+            self._hist,
             list(self._keys),
             list(self._log_revs),
             list(self._log_keys),
@@ -405,11 +410,26 @@ class KeySpace:
 
 class KeySpaceView:
     """A `KeySpace` frozen at one revision (`KeySpace.freeze`). Nothing in it changes after it
-    is taken: its lists are its own or never changed again (the key space copies on write).
-    So any thread may encode it while the key space goes on applying writes."""
+    is taken, so any thread may encode it while the key space goes on applying writes.
 
-    __slots__ = ("__weakref__", "_compact_revision", "_hist", "_keys", "_log_keys",
-                 "_log_revs", "_revision")
+    How: its key and log lists are copies. Histories are read from the key space's own dict,
+    unless the key space handed the view that key's history (`_keep`) before changing it, as it
+    does on every first change after the view was taken (copy on write; a compaction that
+    drops a key changes it first). The key space writes `_kept` before it replaces the dict's
+    entry, and a reader reads the dict before `_kept` (`_history`): whichever it finds, the
+    history is the one of the view's moment (dict and set operations are atomic under the
+    GIL)."""
+
+    __slots__ = (
+        "__weakref__",
+        "_compact_revision",
+        "_hist",
+        "_kept",
+        "_keys",
+        "_log_keys",
+        "_log_revs",
+        "_revision",
+    )
 
     def __init__(
         self,
@@ -422,7 +442,8 @@ class KeySpaceView:
     ) -> None:
         self._revision = revision
         self._compact_revision = compact_revision
-        self._hist = hist
+        self._hist = hist  # the key space's, shared: read through `_history`
+        self._kept: dict[bytes, list[KeyValue]] = {}
         self._keys = keys
         self._log_revs = log_revs
         self._log_keys = log_keys
@@ -446,14 +467,26 @@ class KeySpaceView:
         yield ArrayHeader(len(self._log_revs))
         yield from self._log()
 
+    def _keep(self, key: bytes, history: list[KeyValue]) -> None:
+        """The key space is about to change `key`: `history` (never changed again) is the
+        view's, if the view has not kept an older one already."""
+        self._kept.setdefault(key, history)
+
+    def _history(self, key: bytes) -> list[KeyValue]:
+        h = self._hist.get(key)
+        kept = self._kept.get(key)
+        if kept is not None:
+            return kept
+        assert h is not None, "a key of the view was dropped without being kept"
+        return h
+
     def _histories(self) -> Iterator[list[object]]:
-        hist = self._hist
         for k in self._keys:
             recs: list[object] = [
                 [kv.mod_revision, kv.create_revision, kv.version, kv.value, kv.lease]
                 if kv.version
                 else [kv.mod_revision]
-                for kv in hist[k]
+                for kv in self._history(k)
             ]
             yield [k, recs]
 

@@ -9,13 +9,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 from pysyncobj.config import SERIALIZER_STATE
 
 from raftreg.config import new_secret
-from raftreg.consensus.dump import DumpWriter, pack_dump, unpack_dump
+from raftreg.consensus.dump import DumpWriter, _blocks, pack_dump, unpack_dump
 from raftreg.consensus.raft import RaftNode, RaftSettings
 from raftreg.testing.ports import free_ports
 
@@ -221,3 +222,23 @@ async def test_a_follower_that_installs_a_slow_dump_does_not_depose_the_leader(
     finally:
         for n in nodes:
             n.close()
+
+
+def test_a_dump_rests_as_long_as_it_computes() -> None:
+    """`_blocks(rest=1.0)`: after each block the thread sleeps the CPU time that block took,
+    so an encoding uses at most half a core (wall >= 2 x CPU over whole blocks)."""
+
+    def busy_chunks() -> Any:
+        for _ in range(6):
+            t = time.thread_time()
+            while time.thread_time() - t < 0.02:  # 20 ms of CPU per 1 KiB block
+                pass
+            yield b"x" * 1024
+
+    for rest, factor in ((0.0, 1.0), (1.0, 2.0)):
+        wall, cpu = time.monotonic(), time.thread_time()
+        blocks = _blocks(busy_chunks(), size=1024, rest=rest)
+        wall, cpu = time.monotonic() - wall, time.thread_time() - cpu
+        assert blocks == [b"x" * 1024] * 6
+        assert wall >= factor * cpu * 0.95, (rest, wall, cpu)
+    assert wall < 10  # bounded: it rests, it does not stall

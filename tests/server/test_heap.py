@@ -89,5 +89,5 @@ def test_a_view_held_off_the_collector_is_not_traversed_by_young_collections() -
     finally:
         gc.set_threshold(*threshold)
     assert holders() == 0
-    # The view's dict of 200,000 keys, traversed or not: several ms against well under one.
-    assert held < plain / 3, (held, plain)
+    # The view's list of 200,000 keys, traversed or not: ~1 ms against ~0.2 ms here.
+    assert held < plain / 2, (held, plain)
