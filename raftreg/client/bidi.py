@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -112,5 +111,5 @@ class KeepAliveCall:
     async def close(self) -> None:
         self._writer.cancel()
         self._call.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        # gather, not suppress(CancelledError): a cancellation of the caller goes on.
+        await asyncio.gather(self._writer, return_exceptions=True)

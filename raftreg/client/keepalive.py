@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import math
 import random
@@ -245,9 +244,7 @@ class LeaseKeeper:
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.gather(*tasks, return_exceptions=True)  # a cancelled caller stays so
         st, self._stream = self._stream, None
         if st is not None:
             await st.close()
@@ -326,6 +323,9 @@ class LeaseKeeper:
                 continue
             try:
                 st = await self._open()
+            except ClientClosed:
+                log.info("keepalive: the client is closed; nothing is renewed any more")
+                return  # the leases run out (on_lost) like any lease no one renews
             except RegistryError as e:
                 attempt += 1
                 log.info("keepalive: cannot open a stream (%s); retrying", e)
@@ -355,9 +355,8 @@ class LeaseKeeper:
             finally:
                 for t in (reader, broken):
                     t.cancel()
-                for t in (reader, broken):
-                    with contextlib.suppress(asyncio.CancelledError, RegistryError):
-                        await t
+                # gather, not suppress(CancelledError): a cancellation of THIS task goes on.
+                await asyncio.gather(reader, broken, return_exceptions=True)
                 self._stream = None
                 for k in self._leases.values():
                     k.inflight.clear()

@@ -157,6 +157,22 @@ async def test_forget_grant_and_keep_and_close() -> None:
         await keeper.close()
 
 
+async def test_a_keeper_whose_client_is_closed_stops_and_its_leases_run_out() -> None:
+    async with MemoryRegistryClient(seed=1) as m:
+        rec = Recorder(m)
+        keeper = LeaseKeeper(m, clock=m.clock)  # not the client's own: outlives its close
+        lid = await keeper.grant_and_keep(6, rec.on_lost, on_renew=rec.on_renew)
+        await settle()
+        assert len(rec.renewed) == 1
+        connection = keeper._tasks[0]
+    m.break_keepalive_streams()
+    await eventually(connection.done)  # no reconnect loop against a closed client
+    assert connection.exception() is None
+    await step(m, 6.5)
+    assert rec.lost == [lid]
+    await keeper.close()
+
+
 class UnaryOnly:
     """A RegistryClient-like object without `open_keepalive_stream`."""
 
@@ -313,6 +329,7 @@ async def test_grpc_keeper_renews_many_leases_per_message_where_the_server_takes
         await eventually(lambda: len(renewed) == 2 * len(ids))
         assert srv.messages[2:] == [ids]  # all due together: one request
         assert srv.streams == 1
+        await keeper.close()
         await client.close()
 
 
