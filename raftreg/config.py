@@ -75,6 +75,10 @@ class ClusterSettings:
     auto_compact_retain: int = 100_000
     # Leases.
     min_lease_ttl: int = 2
+    # The leader records the remaining TTL of every lease with more than this many seconds
+    # left, this often (etcd's lease checkpoints, raftreg/server/lessor.py); a new leader
+    # gives such a lease its remaining TTL instead of a full one. 0 turns checkpoints off.
+    lease_checkpoint_interval_s: float = 300.0
     # Request-identity entries of clients idle this long are forgotten.
     client_idle_expiry_s: float = 3600.0
     # Request identity: per client, the results of the last `client_window` sequence numbers
@@ -114,6 +118,8 @@ class ClusterSettings:
     auth_file: str = ""
 
     def __post_init__(self) -> None:
+        if self.lease_checkpoint_interval_s < 0:
+            raise InvalidArgument("[cluster]: lease_checkpoint_interval_s must be >= 0")
         if self.client_window < 1:
             raise InvalidArgument("[cluster]: client_window must be >= 1")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

@@ -2,7 +2,8 @@
 
 Contract:
 - On becoming leader every lease gets a fresh full TTL, so a failover never expires a lease
-  early; a whole-cluster restart is a failover too.
+  early; a whole-cluster restart is a failover too. A lease with a checkpointed remaining TTL
+  gets that instead (below).
 - `renew(id)` is answered only after a read barrier confirmed this node still leads, and the
   new deadline counts from BEFORE the barrier: once a renewal is acknowledged, no leader (this
   one or the next, which grants a full TTL on promotion) expires the lease before that deadline.
@@ -15,22 +16,34 @@ Contract:
   ignores it once a newer epoch is applied. So a deposed leader (e.g. resumed from a pause
   with stale deadlines, its proposal forwarded to the new leader by PySyncObj) cannot expire
   a lease the new leader has renewed. Found by the fault tests (seed 1000).
+- Checkpoints (etcd's, `checkpoint_interval` seconds apart; 0 turns them off): the leader
+  replicates `LeaseCheckpoint` with the remaining TTL, rounded up, of every lease that has more
+  than an interval left, so that leader changes more frequent than a TTL cannot keep an
+  abandoned lease alive for ever. A new leader gives a checkpointed lease `promotion +
+  remaining`: the checkpoint was made before the promotion, so no earlier deadline is cut.
+  The remaining TTLs are read once the new leader's epoch is applied (every older entry,
+  clears included, is applied by then; older-term checkpoints after it are fenced). Renewing
+  a checkpointed lease (or one whose checkpoint is in flight) first replicates its clear, in
+  the same term and after the checkpoint in the log, and is acknowledged only once that clear
+  is applied: so a renewal is never undone by an older remaining TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 
 from raftreg.errors import LeaseNotFound, NotApplied, RegistryError
 from raftreg.store import LeaseInfo
-from raftreg.store.commands import Command, LeaderEpoch, LeaseExpire
+from raftreg.store.commands import Command, LeaderEpoch, LeaseCheckpoint, LeaseExpire
 
 log = logging.getLogger("raftreg.lessor")
 
 EXPIRE_BATCH = 1000
+CHECKPOINT_BATCH = 1000
 # How often the leader's loop looks for expired leases (`run` ticks every TICK_S seconds).
 TICK_S = 0.05
 
@@ -47,6 +60,8 @@ class Lessor:
         barrier: Callable[[], Awaitable[None]],
         propose: Callable[[Command], Awaitable[object]],
         epoch: Callable[[], int],
+        checkpoints: Callable[[Iterable[int] | None], dict[int, int]] = lambda ids: {},
+        checkpoint_interval: float = 0.0,
         tick_s: float = TICK_S,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -59,6 +74,15 @@ class Lessor:
         self._barrier = barrier
         self._propose = propose
         self._epoch = epoch
+        # {id: remaining ms} of the checkpointed leases among the ids given (None: all)
+        self._checkpoints = checkpoints
+        self._checkpoint_interval = checkpoint_interval
+        self._next_checkpoint = 0.0
+        self._checkpointing: set[int] = set()  # ids whose checkpoint is in flight
+        # ids whose checkpoint failed with an unknown outcome in this term: it may still apply
+        self._unsure: set[int] = set()
+        self._promoted_at = 0.0
+        self._settled_term: int | None = None  # the term whose epoch was seen applied
         self._announcing: asyncio.Task[None] | None = None
         self._tick = tick_s
         self._clock = clock
@@ -84,6 +108,9 @@ class Lessor:
             self._deadlines = {lid: now + ttl for lid, ttl in self._ttls().items()}
             self._expiring.clear()
             self._led_term = term
+            self._promoted_at = now
+            self._unsure.clear()  # older-term checkpoints: applied by our epoch, or fenced
+            self._next_checkpoint = now + self._checkpoint_interval
             log.info("leading term %d: %d leases get a fresh TTL", term, len(self._deadlines))
         return True
 
@@ -92,12 +119,24 @@ class Lessor:
         term = self._led_term
         assert term is not None
         if self._epoch() >= term:
+            self._settle(term)
             return
         if self._announcing is None or self._announcing.done():
             self._announcing = asyncio.create_task(self._announce(term))
         await asyncio.shield(self._announcing)
         if self._epoch() < term:
             raise NotApplied("the new leader could not establish its lease epoch yet")
+        self._settle(term)
+
+    def _settle(self, term: int) -> None:
+        """Once per term, when its epoch is seen applied: checkpointed leases count their
+        remaining TTL from the promotion instead of a full TTL."""
+        if self._settled_term == term:
+            return
+        self._settled_term = term
+        for lid, remaining_ms in self._checkpoints(None).items():
+            if lid in self._deadlines:
+                self._deadlines[lid] = self._promoted_at + remaining_ms / 1000
 
     async def _announce(self, term: int) -> None:
         try:
@@ -122,6 +161,7 @@ class Lessor:
         if not self._ensure_current():
             raise NotApplied("not the leader")
         await self._await_epoch()
+        await self._clear_checkpoints(lease_ids)
         ttls = []
         for lease_id in lease_ids:
             ttl = self._ttl(lease_id)
@@ -131,6 +171,21 @@ class Lessor:
             self._deadlines[lease_id] = max(self._deadline(lease_id, ttl), started + ttl)
             ttls.append(ttl)
         return ttls
+
+    async def _clear_checkpoints(self, lease_ids: Sequence[int]) -> None:
+        """Replicate the clear of every checkpoint (applied or in flight) among `lease_ids`;
+        raises if it is not applied, so the renewal is refused."""
+        clear = set(self._checkpoints(lease_ids))
+        if self._checkpointing or self._unsure:
+            clear.update(i for i in lease_ids if i in self._checkpointing or i in self._unsure)
+        if not clear:
+            return
+        term = self._led_term
+        assert term is not None
+        await self._propose(LeaseCheckpoint(tuple((i, -1) for i in sorted(clear)), term))
+        if not self._ensure_current() or self._led_term != term:
+            raise NotApplied("not the leader")
+        self._unsure.difference_update(clear)
 
     async def remaining(self, lease_id: int) -> tuple[int, LeaseInfo]:
         """Leader only: (remaining whole seconds, lease). Raises LeaseNotFound."""
@@ -165,6 +220,7 @@ class Lessor:
             if self._announcing is None or self._announcing.done():
                 self._announcing = asyncio.create_task(self._announce(term))
             return  # no expiry before this leader's epoch is applied
+        self._settle(term)
         now = self._clock()
         if now >= self._next_scan:
             self._scan()
@@ -185,9 +241,29 @@ class Lessor:
         for i in range(0, len(due), EXPIRE_BATCH):
             batch = tuple(due[i : i + EXPIRE_BATCH])
             self._expiring.update(batch)
-            task = asyncio.create_task(self._propose_expiry(batch, term))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._propose_expiry(batch, term))
+        if self._checkpoint_interval and now >= self._next_checkpoint:
+            self._next_checkpoint = now + self._checkpoint_interval
+            self._checkpoint(now, term)
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _checkpoint(self, now: float, term: int) -> None:
+        """Propose the remaining TTL (ms, rounded up) of every lease with more than an
+        interval left (etcd's rule), in batches of CHECKPOINT_BATCH."""
+        pairs = [
+            (lid, math.ceil((d - now) * 1000))
+            for lid, d in sorted(self._deadlines.items())
+            if d - now > self._checkpoint_interval
+            and lid not in self._expiring and lid not in self._checkpointing
+        ]
+        for i in range(0, len(pairs), CHECKPOINT_BATCH):
+            batch = tuple(pairs[i : i + CHECKPOINT_BATCH])
+            self._checkpointing.update(lid for lid, _ in batch)
+            self._spawn(self._propose_checkpoint(batch, term))
 
     def _scan(self) -> None:
         """Sync the deadlines with the store: forget gone leases, start the TTL of new ones."""
@@ -197,6 +273,17 @@ class Lessor:
         self._expiring.intersection_update(live)
         for lid, ttl in live.items():
             self._deadline(lid, ttl)
+
+    async def _propose_checkpoint(self, batch: tuple[tuple[int, int], ...], term: int) -> None:
+        ids = [lid for lid, _ in batch]
+        try:
+            await self._propose(LeaseCheckpoint(batch, term))
+        except RegistryError as e:  # the next interval records them again
+            log.warning("checkpoint of %d leases not confirmed: %s", len(batch), e)
+            if self._led_term == term:
+                self._unsure.update(ids)
+        finally:
+            self._checkpointing.difference_update(ids)
 
     async def _propose_expiry(self, ids: tuple[int, ...], term: int) -> None:
         try:

@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from raftreg.common.clock import Clock
@@ -130,6 +130,8 @@ class RegistryNode:
             barrier=self.barrier,
             propose=self.write,
             epoch=lambda: self.store.leader_epoch,
+            checkpoints=self._lease_checkpoints,
+            checkpoint_interval=s.lease_checkpoint_interval_s,
             clock=time.monotonic if clock is None else clock.now,
             sleep=asyncio.sleep if clock is None else clock.sleep,
         )
@@ -193,6 +195,10 @@ class RegistryNode:
     def _lease_ttls(self) -> dict[int, int]:
         with self._lock:
             return self.store.lease_ttls()
+
+    def _lease_checkpoints(self, ids: Iterable[int] | None) -> dict[int, int]:
+        with self._lock:
+            return self.store.lease_checkpoints(ids)
 
     def _lease_ttl(self, lease_id: int) -> int | None:
         with self._lock:

@@ -50,6 +50,7 @@ from raftreg.store.commands import (
     ExpireClients,
     Failure,
     LeaderEpoch,
+    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
@@ -95,6 +96,7 @@ _EXPIRE_CLIENTS: Final = 9
 _RANGE: Final = 11
 _MEMBER_UPDATE: Final = 13
 _LEADER_EPOCH: Final = 12
+_LEASE_CHECKPOINT: Final = 14
 # Tags of commands that were defined but never proposed, and of the never-written batch envelope.
 _RETIRED: Final = {8: "lease checkpoint", 10: "barrier"}
 _RETIRED_ENVELOPES: Final = {2: "batch"}
@@ -313,6 +315,9 @@ def _command_to_obj(cmd: Command | Range) -> list[object]:
             return [_LEASE_EXPIRE, [int(i) for i in cmd.ids], int(cmd.term)]
         case LeaderEpoch():
             return [_LEADER_EPOCH, int(cmd.term)]
+        case LeaseCheckpoint():
+            return [_LEASE_CHECKPOINT, [[int(i), int(ms)] for i, ms in cmd.checkpoints],
+                    int(cmd.term)]
         case ExpireClients():
             return [_EXPIRE_CLIENTS, int(cmd.idle_before_ms)]
         case MemberUpdate():
@@ -399,6 +404,15 @@ def _command_from_obj(x: object, depth: int = 0) -> Command:
     if tag == _LEADER_EPOCH:
         _arity(items, 2, "leader_epoch")
         return LeaderEpoch(term=read_int(items[1], "leader_epoch term"))
+    if tag == _LEASE_CHECKPOINT:
+        _arity(items, 3, "lease_checkpoint")
+        pairs = [read_list(p, "lease checkpoint", 2)
+                 for p in read_list(items[1], "lease checkpoints")]
+        return LeaseCheckpoint(
+            checkpoints=tuple((read_int(i, "lease id"), read_int(ms, "lease remaining_ms"))
+                              for i, ms in pairs),
+            term=read_int(items[2], "lease_checkpoint term"),
+        )
     if tag == _EXPIRE_CLIENTS:
         _arity(items, 2, "expire_clients")
         return ExpireClients(idle_before_ms=read_int(items[1], "idle_before_ms"))

@@ -37,6 +37,7 @@ __all__ = [
     "ExpireClients",
     "Failure",
     "LeaderEpoch",
+    "LeaseCheckpoint",
     "LeaseExpire",
     "LeaseGrant",
     "LeaseRevoke",
@@ -82,6 +83,18 @@ class LeaseExpire:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseCheckpoint:
+    """Remaining TTLs recorded by the leader of raft term `term` (etcd's lease checkpoints):
+    `(lease id, remaining ms)` pairs; -1 clears a lease's checkpoint. A later leader gives a
+    checkpointed lease its remaining TTL instead of a full one. Fenced like `LeaseExpire`: ignored
+    once a newer leader has announced itself, so a deposed leader's stale remaining TTL never
+    shortens a lease the new leader has renewed. Missing leases are skipped."""
+
+    checkpoints: tuple[tuple[int, int], ...]
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
 class LeaderEpoch:
     """A new leader's announcement, proposed before it renews or expires any lease: from its
     application on, leader-only decisions made in older terms are ignored."""
@@ -116,6 +129,7 @@ Command = (
     | LeaseGrant
     | LeaseRevoke
     | LeaseExpire
+    | LeaseCheckpoint
     | LeaderEpoch
     | ExpireClients
     | MemberUpdate

@@ -7,6 +7,7 @@ are derivable from the key space and snapshots do not store them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from raftreg.errors import InvalidArgument
@@ -18,8 +19,8 @@ __all__ = ["LeaseInfo", "LeaseTable"]
 @dataclass(slots=True)
 class LeaseInfo:
     """The store's (replicated) view of a lease. Deadlines are not here: only the leader keeps
-    them, on its own clock. `remaining_ms` is always -1: no command checkpoints remaining TTLs
-    (yet); it stays because snapshots and `Store.hash` carry it."""
+    them, on its own clock. `remaining_ms` is the remaining TTL a leader last checkpointed
+    (`LeaseCheckpoint`), -1 when none is."""
 
     id: int
     ttl: int
@@ -28,10 +29,11 @@ class LeaseInfo:
 
 
 class LeaseTable:
-    __slots__ = ("_leases",)
+    __slots__ = ("_checkpointed", "_leases")
 
     def __init__(self) -> None:
         self._leases: dict[int, LeaseInfo] = {}
+        self._checkpointed: set[int] = set()  # ids with remaining_ms >= 0
 
     def __contains__(self, lease_id: int) -> bool:
         return lease_id in self._leases
@@ -45,6 +47,7 @@ class LeaseTable:
 
     def remove(self, lease_id: int) -> LeaseInfo:
         """Forget the lease; returns its (internal) record so the caller can delete its keys."""
+        self._checkpointed.discard(lease_id)
         return self._leases.pop(lease_id)
 
     def attach(self, lease_id: int, key: bytes) -> None:
@@ -54,6 +57,25 @@ class LeaseTable:
         lease = self._leases.get(lease_id)
         if lease is not None:
             lease.keys.discard(key)
+
+    def checkpoint(self, lease_id: int, remaining_ms: int) -> None:
+        """Record (or with -1 clear) a remaining TTL; a missing lease is skipped."""
+        lease = self._leases.get(lease_id)
+        if lease is not None:
+            lease.remaining_ms = remaining_ms
+            if remaining_ms >= 0:
+                self._checkpointed.add(lease_id)
+            else:
+                self._checkpointed.discard(lease_id)
+
+    def checkpoints(self, ids: Iterable[int] | None = None) -> dict[int, int]:
+        """{lease id: remaining ms} of the checkpointed leases among `ids` (None: all), in no
+        set order. Costs nothing per lease while no lease is checkpointed."""
+        held = self._checkpointed
+        if not held:
+            return {}
+        chosen = held if ids is None else (i for i in ids if i in held)
+        return {i: self._leases[i].remaining_ms for i in chosen}
 
     def get(self, lease_id: int) -> LeaseInfo | None:
         """A copy: callers cannot mutate the table through it."""
@@ -91,6 +113,10 @@ class LeaseTable:
             last = lease_id
             lease = LeaseInfo(lease_id, read_int(fields[1], "lease ttl"))
             lease.remaining_ms = read_int(fields[2], "lease remaining_ms")
+            if lease.remaining_ms < -1:
+                raise InvalidArgument("corrupt snapshot: lease remaining_ms below -1")
+            if lease.remaining_ms >= 0:
+                table._checkpointed.add(lease_id)
             table._leases[lease_id] = lease
         return table
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Final
@@ -66,6 +66,7 @@ from raftreg.store.commands import (
     Done,
     ExpireClients,
     LeaderEpoch,
+    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
@@ -168,6 +169,11 @@ class Store:
         """{lease id: granted TTL} of every lease, in no set order (cheaper than `leases`)."""
         return self._leases.ttls()
 
+    def lease_checkpoints(self, ids: Iterable[int] | None = None) -> dict[int, int]:
+        """{lease id: remaining ms} of the leases (among `ids`; None: all) with a checkpointed
+        remaining TTL."""
+        return self._leases.checkpoints(ids)
+
     def range(self, r: Range) -> RangeResult:
         """Serve a read at r.revision (0 = current). Raises InvalidArgument, Compacted,
         FutureRevision."""
@@ -247,6 +253,11 @@ class Store:
                     if lease_id in self._leases:
                         events.extend(self._revoke(lease_id))
                 return Done(self.revision), events
+            case LeaseCheckpoint():
+                if cmd.term >= self._epoch:  # else a deposed leader's remaining TTLs
+                    for lease_id, remaining_ms in cmd.checkpoints:
+                        self._leases.checkpoint(lease_id, remaining_ms)
+                return Done(self.revision), []
             case ExpireClients():
                 self._clients.expire(cmd.idle_before_ms)
                 return Done(self.revision), []

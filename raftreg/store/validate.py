@@ -24,6 +24,7 @@ from raftreg.store.commands import (
     Compact,
     ExpireClients,
     LeaderEpoch,
+    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
@@ -227,6 +228,12 @@ def validate_command(command: object, *, max_value_bytes: int, max_txn_ops: int)
             for lease_id in command.ids:
                 _need_int(lease_id, "lease id")
             _need_int(command.term, "lease_expire term")
+        case LeaseCheckpoint():
+            for lease_id, remaining_ms in command.checkpoints:
+                _need_int(lease_id, "lease id")
+                if _need_int(remaining_ms, "lease remaining_ms") < -1:
+                    raise InvalidArgument("lease remaining_ms must be >= -1")
+            _need_int(command.term, "lease_checkpoint term")
         case LeaderEpoch():
             if _need_int(command.term, "leader_epoch term") <= 0:
                 raise InvalidArgument("leader epoch term must be positive")

@@ -597,3 +597,71 @@ async def test_whole_cluster_restart_gives_a_full_ttl(own_cluster: ProcessCluste
     finally:
         for x in nodes:
             await x.close()
+
+
+async def _ttl_on(c: ProcessCluster, name: str, lease_id: int) -> tuple[int, float]:
+    """(TTL left, when the answer arrived) from `name`, waiting out UNAVAILABLE while it
+    establishes its leadership."""
+    node = Node(c.client[name])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                got = (await node.ttl(lease_id)).TTL
+                return int(got), time.monotonic()
+            except grpc.aio.AioRpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                assert time.monotonic() < deadline, f"{name} never answered: {e}"
+                await asyncio.sleep(0.02)
+    finally:
+        await node.close()
+
+
+async def test_a_new_leader_keeps_the_checkpointed_remaining_ttl(tmp_path: Path) -> None:
+    """Checkpoints every 0.5 s. A lease left to run down for 6 s keeps its remaining TTL across
+    a leader kill (not a fresh full one); once renewed, the next leader gives it a full TTL
+    again: a renewal is never cut short by an older checkpoint."""
+    ttl = 20
+    with ProcessCluster(tmp_path / "cluster", min_lease_ttl=MIN_TTL,
+                        lease_checkpoint_interval_s=0.5) as c:
+        c.start()
+        first = c.wait_leader()
+        n = Node(c.client[first])
+        try:
+            sent = time.monotonic()
+            lid = (await n.grant(ttl)).ID
+            granted = time.monotonic()
+            await n.put(b"ck/k", lease=lid)
+            left = ttl
+            while left > ttl - 6:  # the lease runs down: nothing to wait on
+                left = (await n.ttl(lid)).TTL
+                assert time.monotonic() - granted < 15, "the lease's TTL did not go down"
+                await asyncio.sleep(0.1)
+        finally:
+            await n.close()
+        c.kill(first)
+        killed = time.monotonic()
+        second = c.wait_leader(among=[x for x in c.names if x != first])
+        left, at = await _ttl_on(c, second, lid)
+        assert left >= sent + ttl - at, f"{left}s left: cut short (at most {at - sent:.1f}s ran)"
+        # The last checkpoint was at most an interval (+ a commit) before the kill; whole
+        # seconds round up; the lease may have started its TTL a scan after the grant.
+        most = ttl - (killed - granted) + 0.5 + 0.5 + 1 + 1
+        assert left <= most, f"{left}s left after a {killed - granted:.1f}s run-down: not kept"
+        print(f"\nafter {killed - granted:.1f}s of a {ttl}s TTL and a leader kill: {left}s left")
+
+        c.start(first)
+        c.wait_converged()
+        node = Node(c.client[second])
+        ka = KeepAlive(node)
+        try:
+            renewed = time.monotonic()
+            assert await ka.ping([lid]) == {lid: ttl}
+            c.kill(second)
+        finally:
+            ka.close()
+            await node.close()
+        third = c.wait_leader(among=[x for x in c.names if x != second])
+        left, at = await _ttl_on(c, third, lid)
+        assert left >= renewed + ttl - at, (
+            f"{left}s left {at - renewed:.1f}s after a renewal: an older checkpoint cut it")

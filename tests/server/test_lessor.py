@@ -22,6 +22,7 @@ from raftreg.store import (
     Command,
     Failure,
     LeaderEpoch,
+    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseRevoke,
@@ -34,7 +35,7 @@ class Harness:
     """One node's view: leadership and term are plain fields, the store is real, proposals
     are applied at once, or held until `release()` when `hold` is set."""
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoint_interval: float = 0.0) -> None:
         self.now = 1000.0
         self.store = Store()
         self.leader = True
@@ -55,6 +56,8 @@ class Harness:
             barrier=self._barrier,
             propose=self._propose,
             epoch=lambda: self.store.leader_epoch,
+            checkpoints=self.store.lease_checkpoints,
+            checkpoint_interval=checkpoint_interval,
             clock=lambda: self.now,
         )
 
@@ -113,6 +116,9 @@ class Harness:
 
     def expired_ids(self) -> list[int]:
         return [i for c in self.expiries() for i in c.ids]
+
+    def checkpoints(self) -> list[LeaseCheckpoint]:
+        return [c for c in self.proposed if isinstance(c, LeaseCheckpoint)]
 
 
 async def settle() -> None:
@@ -522,6 +528,146 @@ async def test_stale_expiry_of_a_deposed_leader_is_ignored_by_the_store() -> Non
 
 
 # ---------------------------------------------------------------------------------------------
+# checkpoints: a new leader gives a checkpointed lease its remaining TTL
+
+
+async def test_checkpoint_records_the_remaining_ttl_of_leases_with_more_than_an_interval() -> None:
+    h = Harness(checkpoint_interval=10)
+    h.grant(1, ttl=60)
+    h.grant(2, ttl=15)
+    h.grant(3, ttl=30)
+    await h.start()
+    t0 = h.now
+    await h.tick(t0 + 9.999)
+    assert h.checkpoints() == []
+    h.now = t0 + 10.0004  # remaining TTLs are rounded up to the ms: never shorter
+    assert await h.lessor.renew(3) == 30
+    await h.tick()
+    # lease 2 has 4.9996 s left, less than an interval: not recorded (etcd's rule)
+    assert h.checkpoints() == [LeaseCheckpoint(((1, 50_000), (3, 30_000)), 1)]
+    assert h.store.lease_checkpoints() == {1: 50_000, 3: 30_000}
+    await h.tick(t0 + 19.999)
+    assert len(h.checkpoints()) == 1, "one pass per interval"
+    await h.tick(t0 + 20.5)
+    assert h.checkpoints()[1:] == [LeaseCheckpoint(((1, 39_500), (3, 19_501)), 1)]
+
+
+async def test_new_leader_gives_a_checkpointed_lease_its_remaining_ttl() -> None:
+    h = Harness(checkpoint_interval=10)
+    h.grant(1, ttl=60)
+    h.grant(2, ttl=60)
+    h.apply(LeaseCheckpoint(((1, 20_000),), term=0))  # recorded by an earlier leader
+    h.leader, h.term = True, 2
+    promoted = h.now
+    await h.start()
+    assert (await h.lessor.remaining(1))[0] == 20
+    assert (await h.lessor.remaining(2))[0] == 60
+    await h.tick(promoted + 19.999)
+    assert h.expiries() == []
+    await h.tick(promoted + 20)
+    assert h.expiries() == [LeaseExpire((1,), 2)]
+
+
+async def test_remaining_ttls_are_read_once_the_epoch_is_applied() -> None:
+    """A clear committed in the old term but applied after the promotion: the new leader reads
+    the checkpoints only when its epoch is applied, so it never uses the cleared one."""
+    h = Harness(checkpoint_interval=10)
+    h.grant(1, ttl=60)
+    h.apply(LeaseCheckpoint(((1, 5_000),), term=0))
+    h.hold = True
+    t0 = h.now
+    await h.tick()  # promotion: the epoch is proposed, not applied
+    assert h.proposed == [LeaderEpoch(1)]
+    h.apply(LeaseCheckpoint(((1, -1),), term=0))  # the older term's clear, applied now
+    h.release()
+    await settle()
+    await h.tick(t0 + 59.999)
+    assert h.expiries() == []
+    await h.tick(t0 + 60)
+    assert h.expiries() == [LeaseExpire((1,), 1)]
+
+
+async def test_renewing_a_checkpointed_lease_replicates_its_clear_first() -> None:
+    h = Harness(checkpoint_interval=10)
+    h.grant(1, ttl=60)
+    h.grant(2, ttl=60)
+    await h.start()
+    t0 = h.now
+    await h.tick(t0 + 30)
+    assert h.store.lease_checkpoints() == {1: 30_000, 2: 30_000}
+    h.hold = True
+    renewal = asyncio.create_task(h.lessor.renew_many([2, 99]))
+    await settle()
+    assert not renewal.done(), "acknowledged before its clear was applied"
+    assert h.proposed[-1] == LeaseCheckpoint(((2, -1),), 1)
+    h.release()
+    await settle()
+    assert renewal.result() == [60, 0]
+    assert h.store.lease_checkpoints() == {1: 30_000}
+    h.hold = False
+    proposed = len(h.proposed)
+    assert await h.lessor.renew(2) == 60
+    assert h.proposed[proposed:] == [], "a lease without a checkpoint renews with no entry"
+    # The next leader: lease 1 gets its 30 s left, lease 2 (renewed) a full TTL.
+    h.term = 2
+    promoted = h.now
+    await h.start()
+    await h.tick(promoted + 30)
+    assert h.expiries() == [LeaseExpire((1,), 2)]
+    await h.tick(promoted + 59.999)
+    assert h.expired_ids() == [1]
+
+
+async def test_renewal_clears_a_checkpoint_still_in_flight_after_it() -> None:
+    h = Harness(checkpoint_interval=10)
+    h.grant(1, ttl=60)
+    await h.start()
+    h.hold = True
+    await h.tick(h.now + 10)
+    assert h.checkpoints() == [LeaseCheckpoint(((1, 50_000),), 1)]
+    renewal = asyncio.create_task(h.lessor.renew(1))
+    await settle()
+    assert h.checkpoints()[1:] == [LeaseCheckpoint(((1, -1),), 1)]
+    for cmd, fut in h.pending:  # committed in log order: the checkpoint, then its clear
+        h.apply(cmd)
+        fut.set_result(None)
+    h.pending.clear()
+    await settle()
+    assert renewal.result() == 60
+    assert h.store.lease_checkpoints() == {}
+
+
+async def test_a_checkpoint_of_unknown_outcome_is_cleared_by_the_next_renewal() -> None:
+    h = Harness(checkpoint_interval=10)
+    h.grant(1, ttl=60)
+    await h.start()
+    h.hold = True
+    await h.tick(h.now + 10)
+    h.release(OutcomeUnknown("timed out"))  # it may still commit later
+    await settle()
+    h.hold = False
+    assert await h.lessor.renew(1) == 60
+    assert h.checkpoints()[1:] == [LeaseCheckpoint(((1, -1),), 1)]
+    assert await h.lessor.renew(1) == 60
+    assert len(h.checkpoints()) == 2, "cleared once"
+
+
+async def test_renewal_is_refused_when_its_clear_is_not_applied() -> None:
+    h = Harness(checkpoint_interval=10)
+    h.grant(1, ttl=60)
+    await h.start()
+    await h.tick(h.now + 10)
+    h.hold = True
+    renewal = asyncio.create_task(h.lessor.renew(1))
+    await settle()
+    h.release(OutcomeUnknown("leader changed"))
+    await settle()
+    with pytest.raises(Unavailable):
+        renewal.result()
+    assert h.store.lease_checkpoints() == {1: 50_000}
+
+
+# ---------------------------------------------------------------------------------------------
 # the same properties against a model, over random schedules
 
 
@@ -595,3 +741,76 @@ async def _check_model(schedule: list[tuple[str, int, float]]) -> None:
                 assert h.proposed[seen:] == [], "a deposed leader proposed"
             h.leader, h.term = True, h.term + 1
             fresh = True
+
+
+@st.composite
+def checkpoint_schedules(draw: st.DrawFn) -> list[tuple[str, int, float]]:
+    """Like `schedules`, with steps near the 1 s checkpoint interval and quick failovers."""
+    ops = st.one_of(
+        st.tuples(st.just("tick"), st.just(0), st.sampled_from([0.0, 0.5, 1.0, 1.5])),
+        st.tuples(st.just("renew"), st.integers(1, 4), st.sampled_from([0.0, 0.5])),
+        st.tuples(st.just("failover"), st.just(0), st.sampled_from([0.0, 0.0, 0.5, 3.0])),
+    )
+    return draw(st.lists(ops, min_size=1, max_size=40))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(checkpoint_schedules())
+def test_checkpoints_never_expire_a_lease_before_its_promise(
+    schedule: list[tuple[str, int, float]],
+) -> None:
+    """With checkpoints every 1 s: no lease expires before the last acknowledged renewal's
+    start (or its grant) + TTL, whatever the failovers; and none later than without them."""
+    asyncio.run(_check_checkpoints(schedule))
+
+
+async def _check_checkpoints(schedule: list[tuple[str, int, float]]) -> None:
+    ttl = {1: 2, 2: 5, 3: 8, 4: 12}
+    h = Harness(checkpoint_interval=1.0)
+    for lid, t in ttl.items():
+        h.grant(lid, t)
+    promised = {i: h.now + t for i, t in ttl.items()}
+    live = set(ttl)
+    bound: dict[int, float] = {}  # the latest expiry without checkpoints (the exact model's)
+    fresh = True
+
+    async def tick(dt: float) -> None:
+        nonlocal bound, fresh, live
+        h.now += dt
+        if fresh:
+            bound, fresh = {i: h.now + ttl[i] for i in live}, False
+        seen = len(h.expired_ids())
+        await h.tick()
+        expired = set(h.expired_ids()[seen:])
+        for i in expired:
+            assert h.now >= promised[i], f"lease {i} expired before its promise"
+        live -= expired
+        late = {i for i in live if bound[i] <= h.now}
+        assert not late, f"leases {late} outlived their deadline without checkpoints"
+
+    for op, lid, dt in schedule:
+        if op == "tick":
+            await tick(dt)
+        elif op == "renew":
+            h.barrier_s = dt
+            started = h.now
+            got = await h.lessor.renew(lid)
+            if fresh:
+                bound, fresh = {i: h.now + ttl[i] for i in live}, False
+            if lid in live:
+                assert got == ttl[lid]
+                promised[lid] = max(promised[lid], started + ttl[lid])
+                bound[lid] = max(bound[lid], started + ttl[lid])
+            else:
+                assert got == 0
+        else:
+            if dt:
+                h.leader = False
+                await h.tick()
+                h.now += dt
+                await h.tick()
+            h.leader, h.term = True, h.term + 1
+            fresh = True
+    for _ in range(2 * max(ttl.values()) + 2):  # then no renewal: every lease runs out
+        await tick(0.5)
+    assert not live

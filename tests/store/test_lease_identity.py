@@ -16,6 +16,7 @@ from raftreg.store import (
     Done,
     ExpireClients,
     LeaderEpoch,
+    LeaseCheckpoint,
     LeaseExpire,
     LeaseGrant,
     LeaseInfo,
@@ -231,3 +232,54 @@ def test_leader_epoch_survives_snapshot_and_counts_in_the_hash() -> None:
     t = Store()
     t.restore(s.snapshot())
     assert t.leader_epoch == 5 and t.hash() == s.hash()
+
+
+def test_checkpoints_record_clear_and_skip_missing_leases() -> None:
+    s = Store()
+    run(s, LeaseGrant(1, 600))
+    run(s, LeaseGrant(2, 600))
+    run(s, Put(b"k", b"v", lease=1))
+    before = s.revision
+    assert s.lease_checkpoints() == {}
+    assert run(s, LeaseCheckpoint(((1, 400_000), (2, 599_001), (7, 5)), term=1)) == Done(before)
+    assert s.revision == before, "a checkpoint changes no key and costs no revision"
+    assert s.lease_checkpoints() == {1: 400_000, 2: 599_001}
+    assert s.lease_checkpoints([2, 3]) == {2: 599_001}
+    assert s.lease(1) == LeaseInfo(1, 600, {b"k"}, 400_000)
+    run(s, LeaseCheckpoint(((1, -1),), term=1))
+    assert s.lease_checkpoints() == {2: 599_001}
+    assert s.lease(1) == LeaseInfo(1, 600, {b"k"}, -1)
+    run(s, LeaseRevoke(2))
+    assert s.lease_checkpoints() == {}
+    run(s, LeaseGrant(2, 30))  # the id again: a new lease, not checkpointed
+    assert s.lease(2) == LeaseInfo(2, 30, set(), -1)
+
+
+def test_a_deposed_leaders_checkpoint_is_ignored_after_a_newer_leader_announced_itself() -> None:
+    """A remaining TTL recorded in term 3 and applied after LeaderEpoch(4) is dropped: the new
+    leader may have renewed the lease since, and a stale checkpoint would cut that renewal."""
+    s = Store()
+    run(s, LeaseGrant(1, 600))
+    run(s, LeaderEpoch(3))
+    run(s, LeaseCheckpoint(((1, 300_000),), term=3))
+    run(s, LeaderEpoch(4))
+    run(s, LeaseCheckpoint(((1, 1_000),), term=3))
+    assert s.lease_checkpoints() == {1: 300_000}
+    run(s, LeaseCheckpoint(((1, -1),), term=3))
+    assert s.lease_checkpoints() == {1: 300_000}
+    run(s, LeaseCheckpoint(((1, -1),), term=4))
+    assert s.lease_checkpoints() == {}
+
+
+def test_checkpoints_survive_snapshot_and_count_in_the_hash() -> None:
+    s = Store()
+    run(s, LeaseGrant(1, 600))
+    run(s, LeaseGrant(2, 600))
+    h0 = s.hash()
+    run(s, LeaseCheckpoint(((2, 123_456),), term=0))
+    assert s.hash() != h0
+    t = Store()
+    t.restore(s.snapshot())
+    assert t.lease_checkpoints() == {2: 123_456} and t.hash() == s.hash()
+    run(t, LeaseCheckpoint(((2, -1),), term=0))
+    assert t.hash() == h0

@@ -51,6 +51,9 @@ class _RaftregTarget:
             # a raft dump and log compaction every ~100 entries: every schedule runs through
             # dumps written mid-fault and snapshots sent to followers that fell behind
             snapshot_entries=SNAPSHOT_ENTRIES,
+            # lease checkpoints every second: the workload's 3 s leases are checkpointed, and
+            # their renewals clear the checkpoints, through every fault
+            lease_checkpoint_interval_s=1.0,
             watch_progress_interval_s=1.0, propose_timeout_s=3.0,
         )
         self.cluster: FaultCluster = self.c
