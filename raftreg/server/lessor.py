@@ -23,9 +23,10 @@ Contract:
   remaining`: the checkpoint was made before the promotion, so no earlier deadline is cut.
   The remaining TTLs are read once the new leader's epoch is applied (every older entry,
   clears included, is applied by then; older-term checkpoints after it are fenced). Renewing
-  a checkpointed lease (or one whose checkpoint is in flight) first replicates its clear, in
-  the same term and after the checkpoint in the log, and is acknowledged only once that clear
-  is applied: so a renewal is never undone by an older remaining TTL.
+  a checkpointed lease (or one whose checkpoint is in flight or of unknown outcome) sets its
+  new deadline, then replicates its clear, in the same term and after the checkpoint in the
+  log, and is acknowledged only once that clear is applied; a checkpoint taken meanwhile
+  already counts from the new deadline. So a renewal is never undone by an older remaining TTL.
 """
 
 from __future__ import annotations
@@ -161,7 +162,6 @@ class Lessor:
         if not self._ensure_current():
             raise NotApplied("not the leader")
         await self._await_epoch()
-        await self._clear_checkpoints(lease_ids)
         ttls = []
         for lease_id in lease_ids:
             ttl = self._ttl(lease_id)
@@ -170,6 +170,9 @@ class Lessor:
                 continue
             self._deadlines[lease_id] = max(self._deadline(lease_id, ttl), started + ttl)
             ttls.append(ttl)
+        # Deadlines first: a checkpoint taken while the clear is in flight already counts
+        # from them. (A refused renewal keeps its later deadline: later is never unsafe.)
+        await self._clear_checkpoints([i for i, t in zip(lease_ids, ttls, strict=True) if t])
         return ttls
 
     async def _clear_checkpoints(self, lease_ids: Sequence[int]) -> None:

@@ -637,6 +637,38 @@ async def test_renewal_clears_a_checkpoint_still_in_flight_after_it() -> None:
     assert h.store.lease_checkpoints() == {}
 
 
+async def test_a_checkpoint_taken_while_a_renewal_clears_counts_from_the_renewal() -> None:
+    """Lease 2's clear is in flight when the next checkpoint pass runs: lease 1, renewed in the
+    same batch (no clear needed), is recorded with its renewed deadline, not the old one."""
+    h = Harness(checkpoint_interval=10)
+    h.grant(1, ttl=60)
+    h.grant(2, ttl=60)
+    await h.start()
+    t0 = h.now
+    await h.tick(t0 + 10)
+    assert await h.lessor.renew(1) == 60  # clears lease 1's checkpoint
+    assert h.store.lease_checkpoints() == {2: 50_000}
+    h.hold = True
+    h.now = t0 + 15
+    renewal = asyncio.create_task(h.lessor.renew_many([1, 2]))
+    await settle()
+    await h.tick(t0 + 20)  # a checkpoint pass while lease 2's clear is held
+    for cmd, fut in h.pending:
+        h.apply(cmd)
+        fut.set_result(None)
+    h.pending.clear()
+    await settle()
+    assert renewal.result() == [60, 60]
+    assert h.store.lease_checkpoints() == {1: 55_000, 2: 55_000}
+    h.hold = False
+    h.term = 2  # a new leader at t0 + 20: both keep their renewed deadline t0 + 75
+    await h.start()
+    await h.tick(t0 + 74.999)
+    assert h.expiries() == []
+    await h.tick(t0 + 75)
+    assert h.expiries() == [LeaseExpire((1, 2), 2)]
+
+
 async def test_a_checkpoint_of_unknown_outcome_is_cleared_by_the_next_renewal() -> None:
     h = Harness(checkpoint_interval=10)
     h.grant(1, ttl=60)
