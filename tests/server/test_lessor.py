@@ -628,10 +628,7 @@ async def test_renewal_clears_a_checkpoint_still_in_flight_after_it() -> None:
     renewal = asyncio.create_task(h.lessor.renew(1))
     await settle()
     assert h.checkpoints()[1:] == [LeaseCheckpoint(((1, -1),), 1)]
-    for cmd, fut in h.pending:  # committed in log order: the checkpoint, then its clear
-        h.apply(cmd)
-        fut.set_result(None)
-    h.pending.clear()
+    h.release()  # applied in log order: the checkpoint, then its clear
     await settle()
     assert renewal.result() == 60
     assert h.store.lease_checkpoints() == {}
@@ -653,10 +650,7 @@ async def test_a_checkpoint_taken_while_a_renewal_clears_counts_from_the_renewal
     renewal = asyncio.create_task(h.lessor.renew_many([1, 2]))
     await settle()
     await h.tick(t0 + 20)  # a checkpoint pass while lease 2's clear is held
-    for cmd, fut in h.pending:
-        h.apply(cmd)
-        fut.set_result(None)
-    h.pending.clear()
+    h.release()  # applied in log order
     await settle()
     assert renewal.result() == [60, 60]
     assert h.store.lease_checkpoints() == {1: 55_000, 2: 55_000}
