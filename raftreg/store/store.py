@@ -12,6 +12,9 @@ Contracts:
 - `freeze()` is `snapshot()` split in two: the view is taken at once (pointer copies, no
   per-key work) and `StoreView.encode()` gives the same bytes later, from any thread, however
   many writes were applied meanwhile.
+- `restore()` is split the other way: `decode()` does all the per-key work and reads nothing
+  of the store's state, so it may run while others read the store; `install()` swaps the
+  decoded state in at once.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ from raftreg.store.mvcc import (
 from raftreg.store.txn import txn_path
 from raftreg.store.validate import check_key_range, validate_command, validate_range
 
-__all__ = ["SNAPSHOT_FORMAT", "Store", "StoreView"]
+__all__ = ["SNAPSHOT_FORMAT", "Decoded", "Store", "StoreView"]
 
 SNAPSHOT_MAGIC: Final = "raftreg.store"
 SNAPSHOT_FORMAT: Final = 3  # 3 added the member table; format 2 is still restored
@@ -447,9 +450,19 @@ class Store:
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's. On InvalidArgument (corrupt or foreign
         blob, unknown format) the current state is left untouched."""
+        self.install(self.decode(data))
+
+    def install(self, state: Decoded) -> None:
+        """Replace the whole state with a decoded snapshot's (`decode`); no per-key work."""
+        self._kv, self._leases, self._clients, self._epoch, self._members = state.parts
+
+    def decode(self, data: bytes) -> Decoded:
+        """A snapshot's state, checked and built but not installed: reads nothing of this
+        store's state (only its `client_window` setting), so it may run while others read
+        the store. InvalidArgument on a corrupt or foreign blob, or an unknown format."""
         obj = unpack(data)
 
-        def decode() -> tuple[KeySpace, LeaseTable, ClientTable, int, dict[int, MemberUpdate]]:
+        def build() -> tuple[KeySpace, LeaseTable, ClientTable, int, dict[int, MemberUpdate]]:
             items = read_list(obj, "snapshot")
             if len(items) < 2 or items[0] != SNAPSHOT_MAGIC:
                 raise InvalidArgument("not a raftreg store snapshot")
@@ -473,9 +486,14 @@ class Store:
                     leases.attach(live.lease, live.key)
             return kv, leases, clients, read_int(items[5], "snapshot leader epoch"), members
 
-        self._kv, self._leases, self._clients, self._epoch, self._members = guard(
-            decode, "snapshot"
-        )
+        return Decoded(guard(build, "snapshot"))
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded snapshot (`Store.decode`), for `Store.install`; built by nothing else."""
+
+    parts: tuple[KeySpace, LeaseTable, ClientTable, int, dict[int, MemberUpdate]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ no process, no sleep on the wall clock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -25,7 +26,7 @@ from raftreg.errors import NotApplied, OutcomeUnknown
 from raftreg.server.lessor import TICK_S
 from raftreg.server.node import RegistryNode
 from raftreg.server.watch_hub import WatchSpec
-from raftreg.store import LeaderEpoch, LeaseExpire, LeaseGrant, decode_request
+from raftreg.store import LeaderEpoch, LeaseExpire, LeaseGrant, Request, Store, decode_request
 from raftreg.store.commands import Command
 from tests.server.test_watch_hub import events_of, take
 
@@ -39,6 +40,7 @@ class Harness:
     consensus: LocalConsensus
     clock: ManualClock
     applied: list[Command]  # every command the state machine applied, in order
+    restore: Callable[[bytes], None]  # the state machine's restore (the tick thread calls it)
 
     async def settle(self) -> None:
         """Let every ready task and handed-over publication run (no clock involved)."""
@@ -70,8 +72,10 @@ async def h() -> AsyncIterator[Harness]:
     cfg = ClusterConfig(ClusterSettings(), (NodeConfig("n1", "local:1", "local:2"),))
     applied: list[Command] = []
     made: list[LocalConsensus] = []
+    restores: list[Callable[[bytes], None]] = []
 
     def consensus(sm: StateMachine) -> Consensus:
+        restores.append(sm.restore)
         def apply_one(data: bytes) -> object:
             applied.append(decode_request(data).command)
             return sm.apply_one(data)
@@ -83,7 +87,7 @@ async def h() -> AsyncIterator[Harness]:
     node = RegistryNode(cfg, "n1", loop=asyncio.get_running_loop(), consensus=consensus,
                         clock=clock)
     lessor = asyncio.create_task(node.lessor.run())
-    harness = Harness(node, made[0], clock, applied)
+    harness = Harness(node, made[0], clock, applied, restores[0])
     await harness.settle()
     try:
         yield harness
@@ -206,3 +210,43 @@ async def test_membership_of_a_local_consensus_is_fixed(h: Harness) -> None:
     assert h.node.leader_client_addr() == "local:2"
     status = h.node.raft_status()
     assert status.is_leader and status.applied_index == status.commit_index
+
+
+# ---------------------------------------------------------------------------------------------
+# a snapshot from the leader is decoded while the old state stays readable
+
+
+async def test_a_snapshot_is_decoded_while_the_old_state_stays_readable(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await h.node.write(Put(b"old", b"1"))
+    other = Store()
+    other.apply(Request(Put(b"new", b"2")))
+    blob = other.snapshot()
+    decoding, go_on = threading.Event(), threading.Event()
+    decode = Store.decode
+
+    def slow_decode(store: Store, data: bytes) -> object:
+        decoding.set()
+        assert go_on.wait(10)
+        return decode(store, data)
+
+    monkeypatch.setattr(Store, "decode", slow_decode)
+
+    def read(key: bytes) -> list[bytes]:  # on a thread of its own: a held lock blocks it only
+        r = asyncio.run(h.node.read(Range(key), serializable=True))
+        return [kv.key for kv in r.kvs]
+
+    installing = threading.Thread(target=h.restore, args=(blob,))  # as the tick thread would
+    installing.start()
+    try:
+        assert await asyncio.to_thread(decoding.wait, 10)
+        try:
+            assert await asyncio.wait_for(asyncio.to_thread(read, b"old"), 5) == [b"old"]
+        except TimeoutError:
+            pytest.fail("the store was locked while the snapshot was decoded")
+    finally:
+        go_on.set()
+        await asyncio.to_thread(installing.join, 10)
+    assert await asyncio.to_thread(read, b"new") == [b"new"]
+    assert await asyncio.to_thread(read, b"old") == []
